@@ -1,0 +1,92 @@
+"""The ``"torch"`` backend: pure torch ops on any device; this is the CUDA path.
+
+Forward and exact backward are vectorised over rows. Along the sequence they run either as
+sequential sweeps (few, cheap steps: best for short rows) or as log-depth parallel scans (best
+for long rows, and on GPUs); ``method="auto"`` picks by length.
+
+The backward is the exact adjoint derived in ``rust/bk-core/src/sweep.rs``, written here as two
+linear recurrences:
+
+    lam_gL_k = e_k + kap_k gL_{k+1}^2 lam_gL_{k+1}      (reverse; e = conj(gamma) causal, -kap_k lam_D_{k+1} bidirectional)
+    lam_gR_k = -kap_{k-1} lam_D_{k-1} + kap_{k-1} gR_{k-1}^2 lam_gR_{k-1}   (forward, bidirectional only)
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+from torch.nn.functional import pad
+
+from .reference import combine_bidirectional, left_ratios_sweep, shifted_diagonal
+from .scan import left_ratios_scan, linear_recurrence_scan, linear_recurrence_sweep
+
+METHODS = ("auto", "sweep", "scan")
+
+#: From this length on, ``method="auto"`` uses the parallel scans (see benches/ for the crossover).
+SCAN_MIN_LENGTH = 64
+
+
+def _use_scan(n: int, method: str) -> bool:
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    return method == "scan" or (method == "auto" and n >= SCAN_MIN_LENGTH)
+
+
+def _left_ratios(s: Tensor, kap: Tensor, scan: bool) -> Tensor:
+    return left_ratios_scan(s, kap) if scan else left_ratios_sweep(s, kap)
+
+
+def _right_ratios(s: Tensor, kap: Tensor, scan: bool) -> Tensor:
+    """``gR_k = 1/(s_k - kap_k gR_{k+1})``: the left recursion on the reversed row."""
+    return _left_ratios(s.flip(-1), kap.flip(-1), scan).flip(-1)
+
+
+def forward(diag: Tensor, kap: Tensor, z: Tensor, mode: str, method: str = "auto") -> Tensor:
+    """BK-Core forward. ``diag (..., N)`` real, ``kap (..., N-1)`` real, ``z (...)`` complex."""
+    scan = _use_scan(diag.shape[-1], method)
+    s = shifted_diagonal(diag, z)
+    g_left = _left_ratios(s, kap, scan)
+    if mode == "causal":
+        return g_left
+    return combine_bidirectional(s, kap, g_left, _right_ratios(s, kap, scan))
+
+
+def backward(
+    grad: Tensor, diag: Tensor, kap: Tensor, z: Tensor, mode: str, method: str = "auto"
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Exact vector-Jacobian product: returns ``(dL/d diag, dL/d kap, dL/dz)``.
+
+    ``grad`` is the upstream gradient ``dL/dRe G + i dL/dIm G`` of shape ``diag.shape``.
+    """
+    scan = _use_scan(diag.shape[-1], method)
+    recurrence = linear_recurrence_scan if scan else linear_recurrence_sweep
+    s = shifted_diagonal(diag, z)
+    kap_c = kap.to(s.dtype)
+    g_left = _left_ratios(s, kap, scan)
+    lam_out = grad.to(s.dtype).conj()
+
+    def reverse_recurrence(e: Tensor, m: Tensor) -> Tensor:
+        return recurrence(e.flip(-1), m.flip(-1)).flip(-1)
+
+    # m_k = kap_k gL_{k+1}^2 multiplies lam_gL_{k+1} into lam_gL_k (the last entry is unused).
+    m_left = pad(kap_c * g_left[..., 1:] ** 2, (0, 1))
+    if mode == "causal":
+        lam_gl = reverse_recurrence(lam_out, m_left)
+        lam_s = -(g_left**2) * lam_gl
+        lam_kap = -g_left[..., :-1] * lam_s[..., 1:]
+    else:
+        g_right = _right_ratios(s, kap, scan)
+        g = combine_bidirectional(s, kap, g_left, g_right)
+        lam_d = -(g**2) * lam_out
+        lam_gl = reverse_recurrence(pad(-kap_c * lam_d[..., 1:], (0, 1)), m_left)
+        lam_gr = recurrence(pad(-kap_c * lam_d[..., :-1], (1, 0)), pad(kap_c * g_right[..., :-1] ** 2, (1, 0)))
+        lam_dl = -(g_left**2) * lam_gl
+        lam_dr = -(g_right**2) * lam_gr
+        lam_s = lam_d + lam_dl + lam_dr
+        lam_kap = -g_left[..., :-1] * (lam_d[..., 1:] + lam_dl[..., 1:]) - g_right[..., 1:] * (
+            lam_d[..., :-1] + lam_dr[..., :-1]
+        )
+    grad_z = -lam_s.sum(dim=-1).conj()
+    return lam_s.real.to(diag.dtype), lam_kap.real.to(kap.dtype), grad_z
+
+
+__all__ = ["METHODS", "SCAN_MIN_LENGTH", "backward", "forward"]

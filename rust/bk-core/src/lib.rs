@@ -1,0 +1,36 @@
+//! BK-Core: the diagonal of the resolvent `(H - zI)^-1` of a real tridiagonal operator, in O(N).
+//!
+//! `H` has diagonal `a` (N values) and off-diagonals `b` (above) and `c` (below), N-1 values each.
+//! The resolvent diagonal depends on the off-diagonals only through the couplings
+//! `kap_k = b_k * c_k`, so every kernel here takes `kap` and the caller applies the chain rule
+//! to `b` and `c` (see `resnetbk/_backends.py`).
+//!
+//! Two modes (DESIGN.md section 1):
+//! * [`Mode::Bidirectional`]: `G_kk = [(H - zI)^-1]_kk`, which depends on the whole window.
+//! * [`Mode::Causal`]: `g_k = [(H_{0..k} - zI)^-1]_kk`, the resolvent of the leading block,
+//!   which depends on positions `0..=k` only.
+//!
+//! Everything is carried as ratios (the continued-fraction / recursive Green's function form),
+//! never as determinants, so nothing overflows at any N (DESIGN.md section 2).
+//! The backward pass is the exact vector-Jacobian product, derived by reverse-mode
+//! differentiation of the same sweeps (DESIGN.md section 3); see [`sweep`] for the derivation.
+
+pub mod batch;
+pub mod sweep;
+
+pub use batch::{backward_batch, forward_batch, BatchShapeError};
+pub use num_complex::Complex;
+
+/// Which resolvent diagonal to compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `g_k` depends on positions `0..=k` only: usable as a language-model mixer.
+    Causal,
+    /// `G_kk` of the full window: reads future positions.
+    Bidirectional,
+}
+
+/// The real scalar types the kernels run in (f32 -> complex64, f64 -> complex128).
+pub trait Real: num_traits::Float + Send + Sync + std::fmt::Debug + 'static {}
+impl Real for f32 {}
+impl Real for f64 {}

@@ -1,0 +1,179 @@
+//! The Rust kernels against a dense complex inverse (Gauss-Jordan in f64) and against
+//! central finite differences of the forward pass.
+
+use bk_core::{backward_batch, forward_batch, Complex, Mode};
+
+type C = Complex<f64>;
+
+/// A small deterministic generator (no dev-dependency needed for test data).
+struct Lcg(u64);
+impl Lcg {
+    fn uniform(&mut self) -> f64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 11) as f64) / ((1u64 << 53) as f64) * 2.0 - 1.0
+    }
+}
+
+/// Inverse of a dense complex matrix by Gauss-Jordan with partial pivoting.
+fn dense_inverse(mut m: Vec<Vec<C>>) -> Vec<Vec<C>> {
+    let n = m.len();
+    let mut inv: Vec<Vec<C>> = (0..n)
+        .map(|i| (0..n).map(|j| if i == j { C::new(1.0, 0.0) } else { C::new(0.0, 0.0) }).collect())
+        .collect();
+    for col in 0..n {
+        let pivot = (col..n).max_by(|&x, &y| m[x][col].norm().total_cmp(&m[y][col].norm())).unwrap();
+        m.swap(col, pivot);
+        inv.swap(col, pivot);
+        let p = m[col][col];
+        for j in 0..n {
+            m[col][j] /= p;
+            inv[col][j] /= p;
+        }
+        for i in 0..n {
+            if i != col {
+                let f = m[i][col];
+                for j in 0..n {
+                    let (mc, ic) = (m[col][j], inv[col][j]);
+                    m[i][j] -= f * mc;
+                    inv[i][j] -= f * ic;
+                }
+            }
+        }
+    }
+    inv
+}
+
+/// The oracle: diag of (H - zI)^-1 (bidirectional) or of each leading block (causal).
+fn oracle(a: &[f64], b: &[f64], c: &[f64], z: C, mode: Mode) -> Vec<C> {
+    let n = a.len();
+    let resolvent_diag = |size: usize| {
+        let mut m = vec![vec![C::new(0.0, 0.0); size]; size];
+        for i in 0..size {
+            m[i][i] = C::new(a[i], 0.0) - z;
+            if i + 1 < size {
+                m[i][i + 1] = C::new(b[i], 0.0);
+                m[i + 1][i] = C::new(c[i], 0.0);
+            }
+        }
+        dense_inverse(m)
+    };
+    match mode {
+        Mode::Bidirectional => {
+            let inv = resolvent_diag(n);
+            (0..n).map(|k| inv[k][k]).collect()
+        }
+        Mode::Causal => (1..=n).map(|size| resolvent_diag(size)[size - 1][size - 1]).collect(),
+    }
+}
+
+fn random_row(rng: &mut Lcg, n: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let a = (0..n).map(|_| -2.0 + rng.uniform()).collect();
+    let b = (0..n.saturating_sub(1)).map(|_| 1.0 + 0.5 * rng.uniform()).collect();
+    let c = (0..n.saturating_sub(1)).map(|_| 1.0 + 0.5 * rng.uniform()).collect();
+    (a, b, c)
+}
+
+fn forward(a: &[f64], kap: &[f64], z: C, mode: Mode) -> Vec<C> {
+    let mut out = vec![C::new(0.0, 0.0); a.len()];
+    forward_batch(a, kap, &[z], mode, a.len(), &mut out, 1).unwrap();
+    out
+}
+
+#[test]
+fn forward_matches_dense_inverse() {
+    let mut rng = Lcg(7);
+    for &n in &[1usize, 2, 3, 15, 63, 120] {
+        for mode in [Mode::Causal, Mode::Bidirectional] {
+            for z in [C::new(0.0, 1.0), C::new(0.3, 0.2)] {
+                let (a, b, c) = random_row(&mut rng, n);
+                let kap: Vec<f64> = b.iter().zip(&c).map(|(x, y)| x * y).collect();
+                let got = forward(&a, &kap, z, mode);
+                let want = oracle(&a, &b, &c, z, mode);
+                for k in 0..n {
+                    let err = (got[k] - want[k]).norm() / want[k].norm();
+                    assert!(err < 1e-11, "n={n} {mode:?} z={z} k={k}: rel err {err}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn backward_matches_finite_differences() {
+    let mut rng = Lcg(11);
+    let h = 1e-6;
+    for &n in &[1usize, 2, 5, 17] {
+        for mode in [Mode::Causal, Mode::Bidirectional] {
+            let (a, b, c) = random_row(&mut rng, n);
+            let kap: Vec<f64> = b.iter().zip(&c).map(|(x, y)| x * y).collect();
+            let z = C::new(0.1, 0.7);
+            let gamma: Vec<C> = (0..n).map(|_| C::new(rng.uniform(), rng.uniform())).collect();
+            // L = sum_k Re(conj(gamma_k) G_k), whose torch-convention gradient wrt G is gamma.
+            let loss = |a: &[f64], kap: &[f64], z: C| -> f64 {
+                forward(a, kap, z, mode).iter().zip(&gamma).map(|(g, w)| (w.conj() * g).re).sum()
+            };
+            let (mut ga, mut gk, mut gz) = (vec![0.0; n], vec![0.0; n - 1], vec![C::new(0.0, 0.0)]);
+            backward_batch(&a, &kap, &[z], mode, n, &gamma, &mut ga, &mut gk, &mut gz, 1).unwrap();
+            for j in 0..n {
+                let (mut up, mut dn) = (a.clone(), a.clone());
+                up[j] += h;
+                dn[j] -= h;
+                let fd = (loss(&up, &kap, z) - loss(&dn, &kap, z)) / (2.0 * h);
+                assert!((fd - ga[j]).abs() < 1e-6 * (1.0 + fd.abs()), "{mode:?} n={n} da[{j}]: {fd} vs {}", ga[j]);
+            }
+            for j in 0..n - 1 {
+                let (mut up, mut dn) = (kap.clone(), kap.clone());
+                up[j] += h;
+                dn[j] -= h;
+                let fd = (loss(&a, &up, z) - loss(&a, &dn, z)) / (2.0 * h);
+                assert!((fd - gk[j]).abs() < 1e-6 * (1.0 + fd.abs()), "{mode:?} n={n} dkap[{j}]: {fd} vs {}", gk[j]);
+            }
+            let fd_re = (loss(&a, &kap, z + h) - loss(&a, &kap, z - h)) / (2.0 * h);
+            let ih = C::new(0.0, h);
+            let fd_im = (loss(&a, &kap, z + ih) - loss(&a, &kap, z - ih)) / (2.0 * h);
+            assert!((gz[0] - C::new(fd_re, fd_im)).norm() < 1e-6 * (1.0 + gz[0].norm()), "{mode:?} n={n} dz");
+        }
+    }
+}
+
+#[test]
+fn long_rows_stay_bounded_in_f32() {
+    let n = 200_000;
+    let mut rng = Lcg(3);
+    let a: Vec<f32> = (0..n).map(|_| (-2.0 + 3.0 * rng.uniform()) as f32).collect();
+    let kap = vec![1.0f32; n - 1];
+    let z = Complex::new(0.0f32, 1.0);
+    for mode in [Mode::Causal, Mode::Bidirectional] {
+        let mut out = vec![Complex::new(0.0f32, 0.0); n];
+        forward_batch(&a, &kap, &[z], mode, n, &mut out, 1).unwrap();
+        assert!(out.iter().all(|g| g.re.is_finite() && g.im.is_finite() && g.norm() <= 1.0 + 1e-5));
+    }
+}
+
+#[test]
+fn threads_do_not_change_results() {
+    let (rows, n) = (37, 129);
+    let mut rng = Lcg(5);
+    let a: Vec<f64> = (0..rows * n).map(|_| rng.uniform()).collect();
+    let kap: Vec<f64> = (0..rows * (n - 1)).map(|_| 1.0 + 0.1 * rng.uniform()).collect();
+    let z: Vec<C> = (0..rows).map(|_| C::new(rng.uniform(), 1.0)).collect();
+    let gout: Vec<C> = (0..rows * n).map(|_| C::new(rng.uniform(), rng.uniform())).collect();
+    let run = |threads| {
+        let mut out = vec![C::new(0.0, 0.0); rows * n];
+        forward_batch(&a, &kap, &z, Mode::Bidirectional, n, &mut out, threads).unwrap();
+        let (mut ga, mut gk, mut gz) = (vec![0.0; rows * n], vec![0.0; rows * (n - 1)], vec![C::new(0.0, 0.0); rows]);
+        backward_batch(&a, &kap, &z, Mode::Bidirectional, n, &gout, &mut ga, &mut gk, &mut gz, threads).unwrap();
+        (out, ga, gk, gz)
+    };
+    assert_eq!(run(1), run(2));
+    assert_eq!(run(1), run(4));
+}
+
+#[test]
+fn shape_errors_are_reported() {
+    let mut out = vec![C::new(0.0, 0.0); 4];
+    let err = forward_batch(&[0.0; 4], &[1.0; 2], &[C::new(0.0, 1.0)], Mode::Causal, 4, &mut out, 1).unwrap_err();
+    assert!(err.0.contains("kap"), "{err}");
+    let err = forward_batch::<f64>(&[], &[], &[], Mode::Causal, 0, &mut [], 1).unwrap_err();
+    assert!(err.0.contains("at least 1"), "{err}");
+}
