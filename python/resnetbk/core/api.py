@@ -127,6 +127,8 @@ def bk_core(
 
     if backend == "auto":
         backend = "rust" if diag.device.type == "cpu" else "torch"
+    if backend == "rust" and diag.device.type != "cpu":
+        raise ValueError(f"backend='rust' runs on CPU tensors only, got tensors on {diag.device}; use backend='torch' or 'auto'")
     if hybrid_blend is not None and grad != "hybrid":
         raise ValueError(f"hybrid_blend: only meaningful with grad='hybrid', got grad={grad!r}")
 

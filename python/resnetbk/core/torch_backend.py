@@ -62,7 +62,7 @@ def backward(
     s = shifted_diagonal(diag, z)
     kap_c = kap.to(s.dtype)
     g_left = _left_ratios(s, kap, scan)
-    lam_out = grad.to(s.dtype).conj()
+    lam_out = grad.to(s.dtype).conj_physical()
 
     def reverse_recurrence(e: Tensor, m: Tensor) -> Tensor:
         return recurrence(e.flip(-1), m.flip(-1)).flip(-1)
@@ -85,8 +85,8 @@ def backward(
         lam_kap = -g_left[..., :-1] * (lam_d[..., 1:] + lam_dl[..., 1:]) - g_right[..., 1:] * (
             lam_d[..., :-1] + lam_dr[..., :-1]
         )
-    grad_z = -lam_s.sum(dim=-1).conj()
-    return lam_s.real.to(diag.dtype), lam_kap.real.to(kap.dtype), grad_z
+    grad_z = -lam_s.sum(dim=-1).conj_physical()
+    return lam_s.real.contiguous(), lam_kap.real.contiguous(), grad_z
 
 
 __all__ = ["METHODS", "SCAN_MIN_LENGTH", "backward", "forward"]
