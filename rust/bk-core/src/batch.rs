@@ -1,16 +1,18 @@
-//! Batches of independent rows, run in parallel with rayon on a pool of a caller-chosen size.
+//! Batches of independent rows: grouped into lane-interleaved blocks (see [`crate::sweep`]) and
+//! run in parallel with rayon on a pool of a caller-chosen size.
 //!
 //! Arrays are row-major and contiguous: `a` is `rows x n`, `kap` is `rows x (n-1)`,
-//! `z` has one shift per row.
+//! `z` has one shift per row. Results do not depend on the thread count or the block width:
+//! every lane runs the same scalar operations in the same order.
 
-use crate::sweep::{backward_row, forward_row, Scratch};
+use crate::sweep::{backward_block, forward_block, lanes_of, BackwardScratch, Block};
 use crate::{Mode, Real};
 use num_complex::Complex;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// Below this many elements per thread a parallel split costs more than it saves.
+/// Below this many elements per parallel task, splitting costs more than it saves.
 const MIN_ELEMENTS_PER_TASK: usize = 16 * 1024;
 
 /// The lengths of the arrays handed to a batch kernel do not describe `rows x n`.
@@ -51,11 +53,187 @@ fn pool(threads: usize) -> Arc<rayon::ThreadPool> {
         .clone()
 }
 
-/// Rows per parallel task so that each task has enough work to pay for itself.
-fn rows_per_task(rows: usize, n: usize, threads: usize) -> usize {
-    let by_size = MIN_ELEMENTS_PER_TASK.div_ceil(n.max(1));
-    let by_threads = rows.div_ceil(threads.max(1));
-    by_size.max(1).min(by_threads.max(1))
+/// Where a batch's rows live and which rows one block covers.
+struct Rows<'a, T> {
+    n: usize,
+    a: &'a [T],
+    kap: &'a [T],
+    z: &'a [Complex<T>],
+}
+
+/// Lane-interleaved copies of one block's inputs (lanes past the last row repeat it).
+#[derive(Default)]
+struct Gathered<T> {
+    a: Vec<T>,
+    kap: Vec<T>,
+}
+
+/// Per-thread buffers, kept between calls: allocating them afresh for long rows costs more in
+/// page faults than the kernels themselves. Every buffer is fully written before it is read.
+pub struct Workspace<T> {
+    gathered: Gathered<T>,
+    x_re: Vec<T>,
+    x_im: Vec<T>,
+    y_a: Vec<T>,
+    y_kap: Vec<T>,
+    backward: BackwardScratch<T>,
+}
+
+impl<T: Real> Default for Workspace<T> {
+    fn default() -> Self {
+        Self {
+            gathered: Gathered { a: Vec::new(), kap: Vec::new() },
+            x_re: Vec::new(),
+            x_im: Vec::new(),
+            y_a: Vec::new(),
+            y_kap: Vec::new(),
+            backward: BackwardScratch::default(),
+        }
+    }
+}
+
+/// Row index of each lane of the block starting at `first` (lanes past the last row repeat it).
+#[inline(always)]
+fn lane_rows<const L: usize>(first: usize, count: usize) -> [usize; L] {
+    std::array::from_fn(|l| first + l.min(count - 1))
+}
+
+impl<T: Real> Gathered<T> {
+    /// Copies rows `first..first + count` into lane-interleaved form.
+    #[inline(always)]
+    fn load<const L: usize>(&mut self, rows: &Rows<'_, T>, first: usize, count: usize) -> Block<'_, T, L> {
+        let (n, m) = (rows.n, rows.n - 1);
+        let r = lane_rows::<L>(first, count);
+        let a = lanes_of::<T, L>(&mut self.a, n);
+        for (k, slot) in a.iter_mut().enumerate() {
+            *slot = std::array::from_fn(|l| rows.a[r[l] * n + k]);
+        }
+        let kap = lanes_of::<T, L>(&mut self.kap, n + 1);
+        kap[0] = [T::zero(); L];
+        kap[n] = [T::zero(); L];
+        for (k, slot) in kap[1..n].iter_mut().enumerate() {
+            *slot = std::array::from_fn(|l| rows.kap[r[l] * m + k]);
+        }
+        Block {
+            n,
+            a: &self.a.as_chunks::<L>().0[..n],
+            kap: &self.kap.as_chunks::<L>().0[..n + 1],
+            z_re: std::array::from_fn(|l| rows.z[r[l]].re),
+            z_im: std::array::from_fn(|l| rows.z[r[l]].im),
+        }
+    }
+}
+
+/// Lanes per block: wide enough to hide the division latency, narrow enough that there are
+/// at least as many blocks as threads.
+fn lanes_for(rows: usize, threads: usize, widest: usize) -> usize {
+    let mut lanes = widest.min(rows.next_power_of_two());
+    while lanes > 1 && rows.div_ceil(lanes) < threads.max(1) {
+        lanes /= 2;
+    }
+    if rows == 1 {
+        1
+    } else {
+        lanes.max(2).min(widest)
+    }
+}
+
+/// Splits `rows` into tasks of whole blocks and runs `work(first_row, row_count)` for each,
+/// in parallel when `threads > 1`.
+fn for_each_task(rows: usize, n: usize, lanes: usize, threads: usize, work: impl Fn(usize, usize) + Sync + Send) {
+    let blocks = rows.div_ceil(lanes);
+    let blocks_per_task = if threads <= 1 {
+        blocks
+    } else {
+        let by_size = MIN_ELEMENTS_PER_TASK.div_ceil(n * lanes);
+        by_size.max(1).min(blocks.div_ceil(threads)).max(1)
+    };
+    let tasks = blocks.div_ceil(blocks_per_task);
+    let run = |t: usize| {
+        let first = t * blocks_per_task * lanes;
+        let count = (blocks_per_task * lanes).min(rows - first);
+        work(first, count)
+    };
+    if threads <= 1 || tasks <= 1 {
+        (0..tasks).for_each(run);
+    } else {
+        pool(threads).install(|| (0..tasks).into_par_iter().for_each(run));
+    }
+}
+
+/// Raw pointer to an output buffer that tasks write in disjoint row ranges.
+#[derive(Clone, Copy)]
+struct SharedOut<U>(*mut U);
+unsafe impl<U> Send for SharedOut<U> {}
+unsafe impl<U> Sync for SharedOut<U> {}
+
+impl<U> SharedOut<U> {
+    /// # Safety
+    /// Callers write only rows of their own task, so no two threads touch the same element.
+    unsafe fn slice(&self, start: usize, len: usize) -> &mut [U] {
+        std::slice::from_raw_parts_mut(self.0.add(start), len)
+    }
+}
+
+/// Defines `$avx2`, the same function as `$generic` compiled for AVX2 (the kernels are
+/// `#[inline(always)]`, so they are vectorised 256 bits wide inside it), and `$best`, which
+/// calls it when the CPU has AVX2. The arithmetic is identical (no FMA contraction), so results
+/// are bit-identical on every CPU.
+macro_rules! simd_variants {
+    ($best:ident, $avx2:ident, $generic:ident, ($($arg:ident: $ty:ty),*)) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        unsafe fn $avx2<T: Real, const L: usize>(w: &mut Workspace<T>, $($arg: $ty),*) {
+            $generic::<T, L>(w, $($arg),*)
+        }
+
+        // The workspace is fetched out here: code inside the thread-local accessor's closure
+        // would not be compiled with the AVX2 feature.
+        fn $best<T: Real, const L: usize>($($arg: $ty),*) {
+            T::with_workspace(|w| {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if std::arch::is_x86_feature_detected!("avx2") {
+                        // SAFETY: the CPU supports AVX2.
+                        return unsafe { $avx2::<T, L>(w, $($arg),*) };
+                    }
+                }
+                $generic::<T, L>(w, $($arg),*)
+            })
+        }
+    };
+}
+
+simd_variants!(forward_lanes_best, forward_lanes_avx2, forward_lanes,
+    (rows: &Rows<'_, T>, mode: Mode, out: SharedOut<Complex<T>>, first: usize, count: usize));
+simd_variants!(backward_lanes_best, backward_lanes_avx2, backward_lanes,
+    (rows: &Rows<'_, T>, mode: Mode, grad_out: &[Complex<T>], out: GradOut<T>, first: usize, count: usize));
+
+#[inline(always)]
+fn forward_lanes<T: Real, const L: usize>(
+    w: &mut Workspace<T>,
+    rows: &Rows<'_, T>,
+    mode: Mode,
+    out: SharedOut<Complex<T>>,
+    first: usize,
+    count: usize,
+) {
+    let n = rows.n;
+    let (re, im) = (lanes_of::<T, L>(&mut w.x_re, n), lanes_of::<T, L>(&mut w.x_im, n));
+    let mut start = first;
+    while start < first + count {
+        let take = L.min(first + count - start);
+        let block = w.gathered.load::<L>(rows, start, take);
+        forward_block::<T, L>(&block, mode, re, im);
+        for l in 0..take {
+            // SAFETY: row start + l belongs to this task.
+            let dst = unsafe { out.slice((start + l) * n, n) };
+            for (k, d) in dst.iter_mut().enumerate() {
+                *d = Complex::new(re[k][l], im[k][l]);
+            }
+        }
+        start += take;
+    }
 }
 
 /// Forward pass over `rows` independent rows of length `n`, on `threads` threads.
@@ -71,26 +249,73 @@ pub fn forward_batch<T: Real>(
     if n == 0 {
         return Err(BatchShapeError("n: the sequence length must be at least 1".into()));
     }
-    let rows = z.len();
-    check("a", a.len(), rows * n)?;
-    check("kap", kap.len(), rows * (n - 1))?;
-    check("out", out.len(), rows * n)?;
-    let run_row = |r: usize, out_row: &mut [Complex<T>]| {
-        forward_row(&a[r * n..(r + 1) * n], &kap[r * (n - 1)..(r + 1) * (n - 1)], z[r], mode, out_row)
-    };
-    if threads <= 1 || rows <= 1 {
-        out.chunks_mut(n).enumerate().for_each(|(r, o)| run_row(r, o));
-    } else {
-        let chunk_rows = rows_per_task(rows, n, threads);
-        pool(threads).install(|| {
-            out.par_chunks_mut(n * chunk_rows).enumerate().for_each(|(c, block)| {
-                for (i, o) in block.chunks_mut(n).enumerate() {
-                    run_row(c * chunk_rows + i, o);
-                }
-            })
-        });
+    let nrows = z.len();
+    check("a", a.len(), nrows * n)?;
+    check("kap", kap.len(), nrows * (n - 1))?;
+    check("out", out.len(), nrows * n)?;
+    if nrows == 0 {
+        return Ok(());
     }
+    let rows = Rows { n, a, kap, z };
+    let lanes = lanes_for(nrows, threads, T::LANES);
+    let out = SharedOut(out.as_mut_ptr());
+    for_each_task(nrows, n, lanes, threads, |first, count| {
+        match lanes {
+            1 => forward_lanes_best::<T, 1>(&rows, mode, out, first, count),
+            2 => forward_lanes_best::<T, 2>(&rows, mode, out, first, count),
+            4 => forward_lanes_best::<T, 4>(&rows, mode, out, first, count),
+            8 => forward_lanes_best::<T, 8>(&rows, mode, out, first, count),
+            _ => forward_lanes_best::<T, 16>(&rows, mode, out, first, count),
+        }
+    });
     Ok(())
+}
+
+/// Writable views of the backward outputs, shared by tasks that own disjoint rows.
+#[derive(Clone, Copy)]
+struct GradOut<T> {
+    a: SharedOut<T>,
+    kap: SharedOut<T>,
+    z: SharedOut<Complex<T>>,
+}
+
+#[inline(always)]
+fn backward_lanes<T: Real, const L: usize>(
+    w: &mut Workspace<T>,
+    rows: &Rows<'_, T>,
+    mode: Mode,
+    grad_out: &[Complex<T>],
+    out: GradOut<T>,
+    first: usize,
+    count: usize,
+) {
+    let (n, m) = (rows.n, rows.n - 1);
+    let (go_re, go_im) = (lanes_of::<T, L>(&mut w.x_re, n), lanes_of::<T, L>(&mut w.x_im, n));
+    let (ga, gk) = (lanes_of::<T, L>(&mut w.y_a, n), lanes_of::<T, L>(&mut w.y_kap, n + 1));
+    let mut start = first;
+    while start < first + count {
+        let take = L.min(first + count - start);
+        let r = lane_rows::<L>(start, take);
+        for k in 0..n {
+            go_re[k] = std::array::from_fn(|l| grad_out[r[l] * n + k].re);
+            go_im[k] = std::array::from_fn(|l| grad_out[r[l] * n + k].im);
+        }
+        let block = w.gathered.load::<L>(rows, start, take);
+        let (gz_re, gz_im) = backward_block::<T, L>(&block, mode, go_re, go_im, ga, gk, &mut w.backward);
+        for l in 0..take {
+            let r = start + l;
+            // SAFETY: row r belongs to this task.
+            let (dst_a, dst_kap, dst_z) = unsafe { (out.a.slice(r * n, n), out.kap.slice(r * m, m), out.z.slice(r, 1)) };
+            for (k, d) in dst_a.iter_mut().enumerate() {
+                *d = ga[k][l];
+            }
+            for (k, d) in dst_kap.iter_mut().enumerate() {
+                *d = gk[k + 1][l];
+            }
+            dst_z[0] = Complex::new(gz_re[l], gz_im[l]);
+        }
+        start += take;
+    }
 }
 
 /// Exact vector-Jacobian product over `rows` rows: fills `grad_a` (rows x n),
@@ -111,64 +336,31 @@ pub fn backward_batch<T: Real>(
     if n == 0 {
         return Err(BatchShapeError("n: the sequence length must be at least 1".into()));
     }
-    let rows = z.len();
-    let m = n - 1;
-    check("a", a.len(), rows * n)?;
-    check("kap", kap.len(), rows * m)?;
-    check("grad_out", grad_out.len(), rows * n)?;
-    check("grad_a", grad_a.len(), rows * n)?;
-    check("grad_kap", grad_kap.len(), rows * m)?;
-    check("grad_z", grad_z.len(), rows)?;
-    let run_row = |r: usize, ga: &mut [T], gk: &mut [T], scratch: &mut Scratch<T>| -> Complex<T> {
-        backward_row(
-            &a[r * n..(r + 1) * n],
-            &kap[r * m..(r + 1) * m],
-            z[r],
-            mode,
-            &grad_out[r * n..(r + 1) * n],
-            ga,
-            gk,
-            scratch,
-        )
-    };
-    let chunk_rows = if threads <= 1 { rows.max(1) } else { rows_per_task(rows, n, threads) };
-    // chunks_mut(0) panics, so kap blocks of an n = 1 batch get a dummy width of 1 element.
-    let kap_block = (m * chunk_rows).max(1);
-    let work = |(c, ((ga_block, gk_block), gz_block)): (usize, ((&mut [T], &mut [T]), &mut [Complex<T>]))| {
-        let mut scratch = Scratch::new();
-        for i in 0..gz_block.len() {
-            let ga = &mut ga_block[i * n..(i + 1) * n];
-            let gk = if m == 0 { &mut [][..] } else { &mut gk_block[i * m..(i + 1) * m] };
-            gz_block[i] = run_row(c * chunk_rows + i, ga, gk, &mut scratch);
-        }
-    };
-    if rows == 0 {
+    let nrows = z.len();
+    check("a", a.len(), nrows * n)?;
+    check("kap", kap.len(), nrows * (n - 1))?;
+    check("grad_out", grad_out.len(), nrows * n)?;
+    check("grad_a", grad_a.len(), nrows * n)?;
+    check("grad_kap", grad_kap.len(), nrows * (n - 1))?;
+    check("grad_z", grad_z.len(), nrows)?;
+    if nrows == 0 {
         return Ok(());
     }
-    // With m == 0 grad_kap is empty; give zip something with one block per row block.
-    let mut empty_kap: Vec<T> = Vec::new();
-    let gk_all: &mut [T] = if m == 0 {
-        empty_kap.resize(rows.div_ceil(chunk_rows), T::zero());
-        &mut empty_kap[..]
-    } else {
-        grad_kap
+    let rows = Rows { n, a, kap, z };
+    let lanes = lanes_for(nrows, threads, T::LANES);
+    let out = GradOut {
+        a: SharedOut(grad_a.as_mut_ptr()),
+        kap: SharedOut(grad_kap.as_mut_ptr()),
+        z: SharedOut(grad_z.as_mut_ptr()),
     };
-    if threads <= 1 || rows <= 1 {
-        grad_a
-            .chunks_mut(n * chunk_rows)
-            .zip(gk_all.chunks_mut(kap_block))
-            .zip(grad_z.chunks_mut(chunk_rows))
-            .enumerate()
-            .for_each(work);
-    } else {
-        pool(threads).install(|| {
-            grad_a
-                .par_chunks_mut(n * chunk_rows)
-                .zip(gk_all.par_chunks_mut(kap_block))
-                .zip(grad_z.par_chunks_mut(chunk_rows))
-                .enumerate()
-                .for_each(work)
-        });
-    }
+    for_each_task(nrows, n, lanes, threads, |first, count| {
+        match lanes {
+            1 => backward_lanes_best::<T, 1>(&rows, mode, grad_out, out, first, count),
+            2 => backward_lanes_best::<T, 2>(&rows, mode, grad_out, out, first, count),
+            4 => backward_lanes_best::<T, 4>(&rows, mode, grad_out, out, first, count),
+            8 => backward_lanes_best::<T, 8>(&rows, mode, grad_out, out, first, count),
+            _ => backward_lanes_best::<T, 16>(&rows, mode, grad_out, out, first, count),
+        }
+    });
     Ok(())
 }

@@ -31,6 +31,29 @@ pub enum Mode {
 }
 
 /// The real scalar types the kernels run in (f32 -> complex64, f64 -> complex128).
-pub trait Real: num_traits::Float + Send + Sync + std::fmt::Debug + 'static {}
-impl Real for f32 {}
-impl Real for f64 {}
+pub trait Real: num_traits::Float + Send + Sync + std::fmt::Debug + 'static {
+    /// Rows run in lock-step per block: two 256-bit registers' worth, so two independent
+    /// dependency chains overlap (see [`sweep`]).
+    const LANES: usize;
+
+    /// Runs `f` with this thread's reusable buffers for this scalar type.
+    #[doc(hidden)]
+    fn with_workspace<R>(f: impl FnOnce(&mut batch::Workspace<Self>) -> R) -> R;
+}
+
+macro_rules! impl_real {
+    ($t:ty, $lanes:expr) => {
+        impl Real for $t {
+            const LANES: usize = $lanes;
+
+            fn with_workspace<R>(f: impl FnOnce(&mut batch::Workspace<Self>) -> R) -> R {
+                thread_local! {
+                    static WORKSPACE: std::cell::RefCell<batch::Workspace<$t>> = Default::default();
+                }
+                WORKSPACE.with(|w| f(&mut w.borrow_mut()))
+            }
+        }
+    };
+}
+impl_real!(f32, 16);
+impl_real!(f64, 8);

@@ -177,3 +177,32 @@ fn shape_errors_are_reported() {
     let err = forward_batch::<f64>(&[], &[], &[], Mode::Causal, 0, &mut [], 1).unwrap_err();
     assert!(err.0.contains("at least 1"), "{err}");
 }
+
+#[test]
+fn a_row_gives_the_same_bits_alone_or_in_any_block() {
+    // Rows run alone (1 lane) or lane-interleaved in blocks of 2..16: the same scalar operations
+    // in the same order, so bit-identical results.
+    let (rows, n) = (37, 50);
+    let mut rng = Lcg(13);
+    let a: Vec<f32> = (0..rows * n).map(|_| (rng.uniform() - 2.0) as f32).collect();
+    let kap: Vec<f32> = (0..rows * (n - 1)).map(|_| (1.0 + 0.2 * rng.uniform()) as f32).collect();
+    let z: Vec<Complex<f32>> = (0..rows).map(|_| Complex::new(rng.uniform() as f32, 0.5)).collect();
+    let gout: Vec<Complex<f32>> = (0..rows * n).map(|_| Complex::new(rng.uniform() as f32, rng.uniform() as f32)).collect();
+    for mode in [Mode::Causal, Mode::Bidirectional] {
+        let mut batch = vec![Complex::new(0.0f32, 0.0); rows * n];
+        forward_batch(&a, &kap, &z, mode, n, &mut batch, 1).unwrap();
+        let (mut ga, mut gk, mut gz) = (vec![0.0f32; rows * n], vec![0.0f32; rows * (n - 1)], vec![Complex::new(0.0f32, 0.0); rows]);
+        backward_batch(&a, &kap, &z, mode, n, &gout, &mut ga, &mut gk, &mut gz, 1).unwrap();
+        for r in [0, 5, 36] {
+            let (ar, kr, gr) = (&a[r * n..(r + 1) * n], &kap[r * (n - 1)..(r + 1) * (n - 1)], &gout[r * n..(r + 1) * n]);
+            let mut alone = vec![Complex::new(0.0f32, 0.0); n];
+            forward_batch(ar, kr, &z[r..r + 1], mode, n, &mut alone, 1).unwrap();
+            assert_eq!(&alone[..], &batch[r * n..(r + 1) * n], "{mode:?} row {r} forward");
+            let (mut ga1, mut gk1, mut gz1) = (vec![0.0f32; n], vec![0.0f32; n - 1], vec![Complex::new(0.0f32, 0.0)]);
+            backward_batch(ar, kr, &z[r..r + 1], mode, n, gr, &mut ga1, &mut gk1, &mut gz1, 1).unwrap();
+            assert_eq!(&ga1[..], &ga[r * n..(r + 1) * n], "{mode:?} row {r} grad a");
+            assert_eq!(&gk1[..], &gk[r * (n - 1)..(r + 1) * (n - 1)], "{mode:?} row {r} grad kap");
+            assert_eq!(gz1[0], gz[r], "{mode:?} row {r} grad z");
+        }
+    }
+}
