@@ -45,6 +45,8 @@ def _check_real(name: str, t, n_expected: Optional[int], dtype: Optional[torch.d
 
 def _broadcast_batch(name: str, t: Tensor, batch: torch.Size, trailing: tuple) -> Tensor:
     target = batch + trailing
+    if t.shape == target:  # the common case, without torch's slower general check
+        return t
     try:
         if torch.broadcast_shapes(t.shape, target) != target:
             raise RuntimeError

@@ -45,10 +45,9 @@ def _check_backend(backend: str, device: torch.device) -> None:
 def bk_core_op(diag: Tensor, upper: Tensor, lower: Optional[Tensor], z: Tensor, mode: str, backend: str) -> Tensor:
     """Forward: the resolvent diagonal, complex, of shape ``diag.shape``."""
     _check_backend(backend, diag.device)
-    kap = couplings(upper, lower)
     if backend == "rust":
-        return rust_backend.forward(diag, kap, z, mode)
-    return torch_backend.forward(diag, kap, z, mode, _torch_method(backend))
+        return rust_backend.forward(diag, upper, lower, z, mode)
+    return torch_backend.forward(diag, couplings(upper, lower), z, mode, _torch_method(backend))
 
 
 @bk_core_op.register_fake
@@ -62,11 +61,11 @@ def bk_core_backward_op(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Exact VJP: ``(grad_diag, grad_upper, grad_lower, grad_z)``; grad_lower is empty when lower is None."""
     _check_backend(backend, diag.device)
-    kap = couplings(upper, lower)
     if backend == "rust":
-        grad_diag, grad_kap, grad_z = rust_backend.backward(grad, diag, kap, z, mode)
-    else:
-        grad_diag, grad_kap, grad_z = torch_backend.backward(grad, diag, kap, z, mode, _torch_method(backend))
+        grad_diag, grad_upper, grad_lower, grad_z = rust_backend.backward(grad, diag, upper, lower, z, mode)
+        return grad_diag, grad_upper, (upper.new_empty(0) if grad_lower is None else grad_lower), grad_z
+    method = _torch_method(backend)
+    grad_diag, grad_kap, grad_z = torch_backend.backward(grad, diag, couplings(upper, lower), z, mode, method)
     if lower is None:  # kap = b^2
         return grad_diag, 2 * upper * grad_kap, upper.new_empty(0), grad_z
     return grad_diag, grad_kap * lower, grad_kap * upper, grad_z

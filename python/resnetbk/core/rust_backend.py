@@ -1,10 +1,13 @@
 """The ``"rust"`` backend: CPU tensors handed to ``resnetbk._native`` without copies.
 
 Rows are flattened to ``(rows, N)``; inputs are made C-contiguous (a no-op when they already are)
-and outputs are allocated by torch, so the kernels read and write torch's memory directly.
+and outputs are allocated by torch, so the kernels read and write torch's memory directly. The
+kernels form ``kap = upper * lower`` themselves and return gradients for ``upper``/``lower``.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -20,10 +23,13 @@ _KERNELS = {
 
 def _as_numpy(t: Tensor, rows: int, width: int):
     """A C-contiguous ``(rows, width)`` numpy view (a copy only if ``t`` is not contiguous)."""
-    return t.detach().resolve_conj().resolve_neg().reshape(rows, width).contiguous().numpy()
+    t = t.detach()
+    if not t.is_contiguous() or t.is_conj() or t.is_neg():
+        t = t.resolve_conj().resolve_neg().contiguous()
+    return t.numpy().reshape(rows, width)
 
 
-def forward(diag: Tensor, kap: Tensor, z: Tensor, mode: str) -> Tensor:
+def forward(diag: Tensor, upper: Tensor, lower: Optional[Tensor], z: Tensor, mode: str) -> Tensor:
     n = diag.shape[-1]
     rows = diag.numel() // n
     out = torch.empty(diag.shape, dtype=z.dtype)
@@ -32,7 +38,8 @@ def forward(diag: Tensor, kap: Tensor, z: Tensor, mode: str) -> Tensor:
     kernel, _ = _KERNELS[diag.dtype]
     kernel(
         _as_numpy(diag, rows, n),
-        _as_numpy(kap, rows, n - 1),
+        _as_numpy(upper, rows, n - 1),
+        None if lower is None else _as_numpy(lower, rows, n - 1),
         _as_numpy(z, rows, 1).reshape(rows),
         out.view(rows, n).numpy(),
         mode,
@@ -41,24 +48,30 @@ def forward(diag: Tensor, kap: Tensor, z: Tensor, mode: str) -> Tensor:
     return out
 
 
-def backward(grad: Tensor, diag: Tensor, kap: Tensor, z: Tensor, mode: str) -> tuple[Tensor, Tensor, Tensor]:
+def backward(
+    grad: Tensor, diag: Tensor, upper: Tensor, lower: Optional[Tensor], z: Tensor, mode: str
+) -> tuple[Tensor, Tensor, Optional[Tensor], Tensor]:
+    """Returns ``(grad_diag, grad_upper, grad_lower or None, grad_z)``."""
     n = diag.shape[-1]
     rows = diag.numel() // n
     grad_diag = torch.empty(diag.shape, dtype=diag.dtype)
-    grad_kap = torch.empty(kap.shape, dtype=diag.dtype)
+    grad_upper = torch.empty(upper.shape, dtype=diag.dtype)
+    grad_lower = None if lower is None else torch.empty(lower.shape, dtype=diag.dtype)
     grad_z = torch.empty(z.shape, dtype=z.dtype)
     if rows == 0:
-        return grad_diag, grad_kap, grad_z
+        return grad_diag, grad_upper, grad_lower, grad_z
     _, kernel = _KERNELS[diag.dtype]
     kernel(
         _as_numpy(diag, rows, n),
-        _as_numpy(kap, rows, n - 1),
+        _as_numpy(upper, rows, n - 1),
+        None if lower is None else _as_numpy(lower, rows, n - 1),
         _as_numpy(z, rows, 1).reshape(rows),
         _as_numpy(grad.to(z.dtype), rows, n),
         grad_diag.view(rows, n).numpy(),
-        grad_kap.view(rows, n - 1).numpy(),
+        grad_upper.view(rows, n - 1).numpy(),
+        None if grad_lower is None else grad_lower.view(rows, n - 1).numpy(),
         grad_z.view(rows).numpy(),
         mode,
         get_num_threads(),
     )
-    return grad_diag, grad_kap, grad_z
+    return grad_diag, grad_upper, grad_lower, grad_z

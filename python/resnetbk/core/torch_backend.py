@@ -13,6 +13,8 @@ linear recurrences:
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor
 from torch.nn.functional import pad
 
@@ -21,14 +23,27 @@ from .scan import left_ratios_scan, linear_recurrence_scan, linear_recurrence_sw
 
 METHODS = ("auto", "sweep", "scan")
 
-#: From this length on, ``method="auto"`` uses the parallel scans (see benches/ for the crossover).
+#: ``method="auto"`` never scans rows shorter than this.
 SCAN_MIN_LENGTH = 64
+#: On CPU a sweep step costs about as much as this many scan elements-rounds (measured with
+#: benches/: ~13 us per sweep step vs ~55 ns per element per scan round, one thread), so the
+#: scan wins when rows * log2(N) is below it. On GPUs the sweep is launch-bound: scan from
+#: SCAN_MIN_LENGTH on.
+CPU_SWEEP_STEP_IN_SCAN_ELEMENTS = 235
 
 
-def _use_scan(n: int, method: str) -> bool:
+def _use_scan(shape, device, method: str) -> bool:
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
-    return method == "scan" or (method == "auto" and n >= SCAN_MIN_LENGTH)
+    if method != "auto":
+        return method == "scan"
+    n = shape[-1]
+    if n < SCAN_MIN_LENGTH:
+        return False
+    if device.type != "cpu":
+        return True
+    rows = math.prod(shape[:-1])
+    return rows * math.log2(n) < CPU_SWEEP_STEP_IN_SCAN_ELEMENTS
 
 
 def _left_ratios(s: Tensor, kap: Tensor, scan: bool) -> Tensor:
@@ -42,7 +57,7 @@ def _right_ratios(s: Tensor, kap: Tensor, scan: bool) -> Tensor:
 
 def forward(diag: Tensor, kap: Tensor, z: Tensor, mode: str, method: str = "auto") -> Tensor:
     """BK-Core forward. ``diag (..., N)`` real, ``kap (..., N-1)`` real, ``z (...)`` complex."""
-    scan = _use_scan(diag.shape[-1], method)
+    scan = _use_scan(diag.shape, diag.device, method)
     s = shifted_diagonal(diag, z)
     g_left = _left_ratios(s, kap, scan)
     if mode == "causal":
@@ -57,7 +72,7 @@ def backward(
 
     ``grad`` is the upstream gradient ``dL/dRe G + i dL/dIm G`` of shape ``diag.shape``.
     """
-    scan = _use_scan(diag.shape[-1], method)
+    scan = _use_scan(diag.shape, diag.device, method)
     recurrence = linear_recurrence_scan if scan else linear_recurrence_sweep
     s = shifted_diagonal(diag, z)
     kap_c = kap.to(s.dtype)
@@ -89,4 +104,4 @@ def backward(
     return lam_s.real.contiguous(), lam_kap.real.contiguous(), grad_z
 
 
-__all__ = ["METHODS", "SCAN_MIN_LENGTH", "backward", "forward"]
+__all__ = ["METHODS", "backward", "forward"]

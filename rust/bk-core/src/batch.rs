@@ -1,8 +1,10 @@
 //! Batches of independent rows: grouped into lane-interleaved blocks (see [`crate::sweep`]) and
 //! run in parallel with rayon on a pool of a caller-chosen size.
 //!
-//! Arrays are row-major and contiguous: `a` is `rows x n`, `kap` is `rows x (n-1)`,
-//! `z` has one shift per row. Results do not depend on the thread count or the block width:
+//! Arrays are row-major and contiguous: `a` is `rows x n`, the off-diagonals are
+//! `rows x (n-1)`, `z` has one shift per row. The couplings `kap = upper * lower` are formed
+//! while a block is gathered, and the backward applies the chain rule to `upper` and `lower`
+//! while it scatters, so the caller never makes a pass over them. Results do not depend on the thread count or the block width:
 //! every lane runs the same scalar operations in the same order.
 
 use crate::sweep::{backward_block, forward_block, lanes_of, BackwardScratch, Block};
@@ -57,8 +59,41 @@ fn pool(threads: usize) -> Arc<rayon::ThreadPool> {
 struct Rows<'a, T> {
     n: usize,
     a: &'a [T],
-    kap: &'a [T],
+    off: OffDiagonals<'a, T>,
     z: &'a [Complex<T>],
+}
+
+/// The off-diagonals of H: `lower = upper` (symmetric) or both given.
+#[derive(Clone, Copy)]
+pub enum OffDiagonals<'a, T> {
+    Symmetric(&'a [T]),
+    General { upper: &'a [T], lower: &'a [T] },
+}
+
+impl<T: Real> OffDiagonals<'_, T> {
+    #[inline(always)]
+    fn coupling(&self, i: usize) -> T {
+        match self {
+            Self::Symmetric(b) => b[i] * b[i],
+            Self::General { upper, lower } => upper[i] * lower[i],
+        }
+    }
+
+    /// `(dL/d upper_i, dL/d lower_i)` from `dL/d kap_i` (for symmetric H, all of it goes to upper).
+    #[inline(always)]
+    fn chain_rule(&self, i: usize, grad_kap: T) -> (T, T) {
+        match self {
+            Self::Symmetric(b) => ((b[i] + b[i]) * grad_kap, T::zero()),
+            Self::General { upper, lower } => (lower[i] * grad_kap, upper[i] * grad_kap),
+        }
+    }
+
+    fn check(&self, expected: usize) -> Result<(), BatchShapeError> {
+        match self {
+            Self::Symmetric(b) => check("upper", b.len(), expected),
+            Self::General { upper, lower } => check("upper", upper.len(), expected).and(check("lower", lower.len(), expected)),
+        }
+    }
 }
 
 /// Lane-interleaved copies of one block's inputs (lanes past the last row repeat it).
@@ -112,7 +147,7 @@ impl<T: Real> Gathered<T> {
         kap[0] = [T::zero(); L];
         kap[n] = [T::zero(); L];
         for (k, slot) in kap[1..n].iter_mut().enumerate() {
-            *slot = std::array::from_fn(|l| rows.kap[r[l] * m + k]);
+            *slot = std::array::from_fn(|l| rows.off.coupling(r[l] * m + k));
         }
         Block {
             n,
@@ -239,7 +274,7 @@ fn forward_lanes<T: Real, const L: usize>(
 /// Forward pass over `rows` independent rows of length `n`, on `threads` threads.
 pub fn forward_batch<T: Real>(
     a: &[T],
-    kap: &[T],
+    off: OffDiagonals<'_, T>,
     z: &[Complex<T>],
     mode: Mode,
     n: usize,
@@ -251,12 +286,12 @@ pub fn forward_batch<T: Real>(
     }
     let nrows = z.len();
     check("a", a.len(), nrows * n)?;
-    check("kap", kap.len(), nrows * (n - 1))?;
+    off.check(nrows * (n - 1))?;
     check("out", out.len(), nrows * n)?;
     if nrows == 0 {
         return Ok(());
     }
-    let rows = Rows { n, a, kap, z };
+    let rows = Rows { n, a, off, z };
     let lanes = lanes_for(nrows, threads, T::LANES);
     let out = SharedOut(out.as_mut_ptr());
     for_each_task(nrows, n, lanes, threads, |first, count| {
@@ -275,7 +310,9 @@ pub fn forward_batch<T: Real>(
 #[derive(Clone, Copy)]
 struct GradOut<T> {
     a: SharedOut<T>,
-    kap: SharedOut<T>,
+    upper: SharedOut<T>,
+    /// Null for symmetric H.
+    lower: SharedOut<T>,
     z: SharedOut<Complex<T>>,
 }
 
@@ -305,12 +342,20 @@ fn backward_lanes<T: Real, const L: usize>(
         for l in 0..take {
             let r = start + l;
             // SAFETY: row r belongs to this task.
-            let (dst_a, dst_kap, dst_z) = unsafe { (out.a.slice(r * n, n), out.kap.slice(r * m, m), out.z.slice(r, 1)) };
+            let (dst_a, dst_z) = unsafe { (out.a.slice(r * n, n), out.z.slice(r, 1)) };
             for (k, d) in dst_a.iter_mut().enumerate() {
                 *d = ga[k][l];
             }
-            for (k, d) in dst_kap.iter_mut().enumerate() {
-                *d = gk[k + 1][l];
+            let dst_upper = unsafe { out.upper.slice(r * m, m) };
+            if out.lower.0.is_null() {
+                for (k, d) in dst_upper.iter_mut().enumerate() {
+                    *d = rows.off.chain_rule(r * m + k, gk[k + 1][l]).0;
+                }
+            } else {
+                let dst_lower = unsafe { out.lower.slice(r * m, m) };
+                for (k, (du, dl)) in dst_upper.iter_mut().zip(dst_lower.iter_mut()).enumerate() {
+                    (*du, *dl) = rows.off.chain_rule(r * m + k, gk[k + 1][l]);
+                }
             }
             dst_z[0] = Complex::new(gz_re[l], gz_im[l]);
         }
@@ -318,18 +363,20 @@ fn backward_lanes<T: Real, const L: usize>(
     }
 }
 
-/// Exact vector-Jacobian product over `rows` rows: fills `grad_a` (rows x n),
-/// `grad_kap` (rows x (n-1)) and `grad_z` (one per row).
+/// Exact vector-Jacobian product over `rows` rows: fills `grad_a` (rows x n), `grad_upper`
+/// and, for general H, `grad_lower` (rows x (n-1) each), and `grad_z` (one per row).
+/// `grad_lower` must be given exactly when `off` is [`OffDiagonals::General`].
 #[allow(clippy::too_many_arguments)]
 pub fn backward_batch<T: Real>(
     a: &[T],
-    kap: &[T],
+    off: OffDiagonals<'_, T>,
     z: &[Complex<T>],
     mode: Mode,
     n: usize,
     grad_out: &[Complex<T>],
     grad_a: &mut [T],
-    grad_kap: &mut [T],
+    grad_upper: &mut [T],
+    grad_lower: Option<&mut [T]>,
     grad_z: &mut [Complex<T>],
     threads: usize,
 ) -> Result<(), BatchShapeError> {
@@ -338,29 +385,36 @@ pub fn backward_batch<T: Real>(
     }
     let nrows = z.len();
     check("a", a.len(), nrows * n)?;
-    check("kap", kap.len(), nrows * (n - 1))?;
+    off.check(nrows * (n - 1))?;
     check("grad_out", grad_out.len(), nrows * n)?;
     check("grad_a", grad_a.len(), nrows * n)?;
-    check("grad_kap", grad_kap.len(), nrows * (n - 1))?;
+    check("grad_upper", grad_upper.len(), nrows * (n - 1))?;
     check("grad_z", grad_z.len(), nrows)?;
+    let lower_ptr = match (&off, grad_lower) {
+        (OffDiagonals::Symmetric(_), None) => std::ptr::null_mut(),
+        (OffDiagonals::General { .. }, Some(g)) => {
+            check("grad_lower", g.len(), nrows * (n - 1))?;
+            g.as_mut_ptr()
+        }
+        _ => return Err(BatchShapeError("grad_lower: give it exactly when lower is given".into())),
+    };
     if nrows == 0 {
         return Ok(());
     }
-    let rows = Rows { n, a, kap, z };
+    let rows = Rows { n, a, off, z };
     let lanes = lanes_for(nrows, threads, T::LANES);
     let out = GradOut {
         a: SharedOut(grad_a.as_mut_ptr()),
-        kap: SharedOut(grad_kap.as_mut_ptr()),
+        upper: SharedOut(grad_upper.as_mut_ptr()),
+        lower: SharedOut(lower_ptr),
         z: SharedOut(grad_z.as_mut_ptr()),
     };
-    for_each_task(nrows, n, lanes, threads, |first, count| {
-        match lanes {
-            1 => backward_lanes_best::<T, 1>(&rows, mode, grad_out, out, first, count),
-            2 => backward_lanes_best::<T, 2>(&rows, mode, grad_out, out, first, count),
-            4 => backward_lanes_best::<T, 4>(&rows, mode, grad_out, out, first, count),
-            8 => backward_lanes_best::<T, 8>(&rows, mode, grad_out, out, first, count),
-            _ => backward_lanes_best::<T, 16>(&rows, mode, grad_out, out, first, count),
-        }
+    for_each_task(nrows, n, lanes, threads, |first, count| match lanes {
+        1 => backward_lanes_best::<T, 1>(&rows, mode, grad_out, out, first, count),
+        2 => backward_lanes_best::<T, 2>(&rows, mode, grad_out, out, first, count),
+        4 => backward_lanes_best::<T, 4>(&rows, mode, grad_out, out, first, count),
+        8 => backward_lanes_best::<T, 8>(&rows, mode, grad_out, out, first, count),
+        _ => backward_lanes_best::<T, 16>(&rows, mode, grad_out, out, first, count),
     });
     Ok(())
 }

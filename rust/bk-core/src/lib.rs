@@ -2,8 +2,8 @@
 //!
 //! `H` has diagonal `a` (N values) and off-diagonals `b` (above) and `c` (below), N-1 values each.
 //! The resolvent diagonal depends on the off-diagonals only through the couplings
-//! `kap_k = b_k * c_k`, so every kernel here takes `kap` and the caller applies the chain rule
-//! to `b` and `c` (see `resnetbk/_backends.py`).
+//! `kap_k = b_k * c_k`: the kernels in [`sweep`] work on `kap`, and [`batch`] forms it from
+//! `b`, `c` and applies the chain rule back to them.
 //!
 //! Two modes (DESIGN.md section 1):
 //! * [`Mode::Bidirectional`]: `G_kk = [(H - zI)^-1]_kk`, which depends on the whole window.
@@ -18,7 +18,7 @@
 pub mod batch;
 pub mod sweep;
 
-pub use batch::{backward_batch, forward_batch, BatchShapeError};
+pub use batch::{backward_batch, forward_batch, BatchShapeError, OffDiagonals};
 pub use num_complex::Complex;
 
 /// Which resolvent diagonal to compute.

@@ -3,7 +3,7 @@
 //! Arrays cross the boundary without copies: the Python side hands in C-contiguous numpy views
 //! of torch tensors (inputs and preallocated outputs), and the kernels run with the GIL released.
 
-use bk_core::{backward_batch, forward_batch, Complex, Mode};
+use bk_core::{backward_batch, forward_batch, Complex, Mode, OffDiagonals};
 use numpy::{PyUntypedArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1, PyReadwriteArray2};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -26,16 +26,27 @@ fn contiguous_mut<'a, T>(name: &str, slice: Result<&'a mut [T], numpy::AsSliceEr
     slice.map_err(|_| PyValueError::new_err(format!("{name}: the array must be C-contiguous")))
 }
 
+/// The off-diagonals as the kernels take them: `lower = None` means symmetric H.
+fn off_diagonals<'a, T>(upper: &'a [T], lower: Option<&'a [T]>) -> OffDiagonals<'a, T> {
+    match lower {
+        None => OffDiagonals::Symmetric(upper),
+        Some(lower) => OffDiagonals::General { upper, lower },
+    }
+}
+
 /// Defines the forward and backward entry points for one real dtype.
 macro_rules! kernels {
     ($real:ty, $forward:ident, $backward:ident) => {
         /// Forward pass: `out[r, k]` is the resolvent diagonal of row r (see bk_core::sweep).
+        /// `a` is (rows, n), `upper` and `lower` (rows, n-1), `lower=None` for symmetric H.
         #[pyfunction]
-        #[pyo3(signature = (a, kap, z, out, mode, threads))]
+        #[pyo3(signature = (a, upper, lower, z, out, mode, threads))]
+        #[allow(clippy::too_many_arguments)]
         fn $forward(
             py: Python<'_>,
             a: PyReadonlyArray2<'_, $real>,
-            kap: PyReadonlyArray2<'_, $real>,
+            upper: PyReadonlyArray2<'_, $real>,
+            lower: Option<PyReadonlyArray2<'_, $real>>,
             z: PyReadonlyArray1<'_, Complex<$real>>,
             mut out: PyReadwriteArray2<'_, Complex<$real>>,
             mode: &str,
@@ -43,37 +54,55 @@ macro_rules! kernels {
         ) -> PyResult<()> {
             let mode = parse_mode(mode)?;
             let n = a.shape()[1];
-            let (a, kap, z) = (contiguous("a", a.as_slice())?, contiguous("kap", kap.as_slice())?, contiguous("z", z.as_slice())?);
+            let (a, upper, z) = (contiguous("a", a.as_slice())?, contiguous("upper", upper.as_slice())?, contiguous("z", z.as_slice())?);
+            let lower = match &lower {
+                Some(l) => Some(contiguous("lower", l.as_slice())?),
+                None => None,
+            };
             let out = contiguous_mut("out", out.as_slice_mut())?;
-            py.detach(|| forward_batch(a, kap, z, mode, n, out, threads))
+            py.detach(|| forward_batch(a, off_diagonals(upper, lower), z, mode, n, out, threads))
                 .map_err(|e| PyValueError::new_err(e.to_string()))
         }
 
-        /// Exact vector-Jacobian product: fills grad_a, grad_kap and grad_z.
+        /// Exact vector-Jacobian product: fills grad_a, grad_upper, grad_lower (when lower is
+        /// given) and grad_z.
         #[pyfunction]
-        #[pyo3(signature = (a, kap, z, grad_out, grad_a, grad_kap, grad_z, mode, threads))]
+        #[pyo3(signature = (a, upper, lower, z, grad_out, grad_a, grad_upper, grad_lower, grad_z, mode, threads))]
         #[allow(clippy::too_many_arguments)]
         fn $backward(
             py: Python<'_>,
             a: PyReadonlyArray2<'_, $real>,
-            kap: PyReadonlyArray2<'_, $real>,
+            upper: PyReadonlyArray2<'_, $real>,
+            lower: Option<PyReadonlyArray2<'_, $real>>,
             z: PyReadonlyArray1<'_, Complex<$real>>,
             grad_out: PyReadonlyArray2<'_, Complex<$real>>,
             mut grad_a: PyReadwriteArray2<'_, $real>,
-            mut grad_kap: PyReadwriteArray2<'_, $real>,
+            mut grad_upper: PyReadwriteArray2<'_, $real>,
+            mut grad_lower: Option<PyReadwriteArray2<'_, $real>>,
             mut grad_z: PyReadwriteArray1<'_, Complex<$real>>,
             mode: &str,
             threads: usize,
         ) -> PyResult<()> {
             let mode = parse_mode(mode)?;
             let n = a.shape()[1];
-            let (a, kap, z) = (contiguous("a", a.as_slice())?, contiguous("kap", kap.as_slice())?, contiguous("z", z.as_slice())?);
+            let (a, upper, z) = (contiguous("a", a.as_slice())?, contiguous("upper", upper.as_slice())?, contiguous("z", z.as_slice())?);
+            let lower = match &lower {
+                Some(l) => Some(contiguous("lower", l.as_slice())?),
+                None => None,
+            };
             let grad_out = contiguous("grad_out", grad_out.as_slice())?;
             let grad_a = contiguous_mut("grad_a", grad_a.as_slice_mut())?;
-            let grad_kap = contiguous_mut("grad_kap", grad_kap.as_slice_mut())?;
+            let grad_upper = contiguous_mut("grad_upper", grad_upper.as_slice_mut())?;
+            let grad_lower = match grad_lower.as_mut() {
+                Some(g) => Some(contiguous_mut("grad_lower", g.as_slice_mut())?),
+                None => None,
+            };
             let grad_z = contiguous_mut("grad_z", grad_z.as_slice_mut())?;
-            py.detach(|| backward_batch(a, kap, z, mode, n, grad_out, grad_a, grad_kap, grad_z, threads))
-                .map_err(|e| PyValueError::new_err(e.to_string()))
+            py.detach(|| {
+                let off = off_diagonals(upper, lower);
+                backward_batch(a, off, z, mode, n, grad_out, grad_a, grad_upper, grad_lower, grad_z, threads)
+            })
+            .map_err(|e| PyValueError::new_err(e.to_string()))
         }
     };
 }

@@ -1,0 +1,124 @@
+"""Forward and forward+backward timings of every BK-Core implementation (pytest-benchmark).
+
+    scripts/dev bench                       # CPU, one thread
+    RESNETBK_BENCH_THREADS=2 scripts/dev bench
+    RESNETBK_BENCH_DEVICE=cuda python -m pytest benches --benchmark-only
+
+Implementations: the Rust backend, the torch backend (its length-based choice, and the sweep
+and the parallel scan forced), grad="autograd" through the torch implementation, and the
+seed-style Python loop with autograd or with the seed's hybrid backward.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from conftest import DEVICE, MEDIANS, record
+from resnetbk import bk_core
+from seed_style import SeedStyleHybrid, seed_style_forward
+
+CASES = [(32, 128), (32, 2048), (4, 65_536), (1, 10_000), (1, 1_000_000)]
+IMPLS = {
+    "rust": dict(backend="rust", grad="exact"),
+    "torch": dict(backend="torch", grad="exact"),
+    "torch_sweep": dict(backend="torch_sweep", grad="exact"),
+    "torch_scan": dict(backend="torch_scan", grad="exact"),
+    "autograd": dict(backend="torch", grad="autograd"),
+}
+# Python loops over N take minutes at these lengths; the speed-ups are measured below them.
+MAX_LOOP_LENGTH = 65_536
+MAX_LOOP_ELEMENTS = 300_000
+
+
+def _sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def _inputs(b, n, requires_grad):
+    gen = torch.Generator().manual_seed(0)
+    v = (0.5 * torch.randn(b, n, generator=gen)).to(DEVICE).requires_grad_(requires_grad)
+    upper = torch.ones(b, n - 1, device=DEVICE)
+    return v, upper
+
+
+def _step(fn, v, backward):
+    def run():
+        out = fn(v)
+        if backward:
+            out.real.sum().backward()
+            v.grad = None
+        _sync()
+
+    return run
+
+
+def _run(benchmark, run):
+    run()  # warm-up (and first-call allocations)
+    start = time.perf_counter()
+    run()
+    once = time.perf_counter() - start
+    rounds = int(min(200, max(3, 1.0 / max(once, 1e-6))))
+    benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
+
+
+def _skip_reason(impl, b, n):
+    if impl == "rust" and DEVICE != "cpu":
+        return "the Rust backend is CPU only"
+    loop = impl in ("torch_sweep", "seed_autograd", "seed_hybrid") or (impl in ("torch", "autograd") and n < 64)
+    if loop and (n > MAX_LOOP_LENGTH or b * n > MAX_LOOP_ELEMENTS):
+        return f"a Python loop over N = {n:,} takes minutes; this implementation is measured at smaller N"
+    if impl == "autograd" and b * n > 300_000:
+        return "autograd through the scan keeps O(N log N) intermediates; measured at smaller sizes"
+    return None
+
+
+@pytest.mark.parametrize("phase", ["forward", "forward+backward"])
+@pytest.mark.parametrize("impl", list(IMPLS) + ["seed_autograd", "seed_hybrid"])
+@pytest.mark.parametrize("case", CASES, ids=[f"{b}x{n}" for b, n in CASES])
+def test_bk_core_speed(benchmark, case, impl, phase):
+    b, n = case
+    if impl == "seed_hybrid" and phase == "forward":
+        pytest.skip("same forward as seed_autograd")
+    reason = _skip_reason(impl, b, n)
+    if reason:
+        pytest.skip(reason)
+    backward = phase == "forward+backward"
+    v, upper = _inputs(b, n, backward)
+    if impl == "seed_autograd":
+        fn = seed_style_forward
+    elif impl == "seed_hybrid":
+        fn = SeedStyleHybrid.apply
+    else:
+        options = IMPLS[impl]
+        fn = lambda v: bk_core(v - 2.0, upper, None, 1j, mode="causal", **options)  # noqa: E731
+    benchmark.group = f"{b}x{n} {phase}"
+    benchmark.extra_info.update(elements=b * n, device=DEVICE)
+    _run(benchmark, _step(fn, v, backward))
+    record(case, impl, phase, benchmark)
+
+
+def test_linear_in_length(benchmark):
+    """time(N = 1,000,000) / time(N = 10,000) for the Rust forward+backward is ~100 (linear)."""
+    if DEVICE != "cpu":
+        pytest.skip("the Rust backend is CPU only")
+    times = {}
+    for n in (10_000, 1_000_000):
+        v, upper = _inputs(1, n, True)
+        run = _step(lambda v: bk_core(v - 2.0, upper, backend="rust"), v, True)
+        run()
+        samples = []
+        for _ in range(max(5, int(2e6 / n))):
+            start = time.perf_counter()
+            run()
+            samples.append(time.perf_counter() - start)
+        times[n] = sorted(samples)[len(samples) // 2]
+    ratio = times[1_000_000] / times[10_000]
+    benchmark.extra_info.update(ratio=ratio)
+    benchmark.pedantic(lambda: None, rounds=1)
+    MEDIANS[((1, 10_000), "rust-linearity", "forward+backward")] = times[10_000]
+    # Linear is 100; a noisy shared machine moves it, an O(N log N) or O(N^2) path would not stay near it.
+    assert 50 <= ratio <= 200, f"time ratio {ratio:.1f} for a 100x longer row"
