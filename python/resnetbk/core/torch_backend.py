@@ -1,8 +1,9 @@
 """The ``"torch"`` backend: pure torch ops on any device; this is the CUDA path.
 
 Forward and exact backward are vectorised over rows. Along the sequence they run either as
-sequential sweeps (few, cheap steps: best for short rows) or as log-depth parallel scans (best
-for long rows, and on GPUs); ``method="auto"`` picks by length.
+sequential sweeps (N small steps: best for short rows, and for many rows on CPU) or as
+log-depth parallel scans (best for long rows, and on GPUs); ``method="auto"`` picks by the
+length, the number of rows and the device (see ``_use_scan``).
 
 The backward is the exact adjoint derived in ``rust/bk-core/src/sweep.rs``, written here as two
 linear recurrences:
