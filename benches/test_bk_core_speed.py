@@ -11,6 +11,7 @@ seed-style Python loop with autograd or with the seed's hybrid backward.
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -29,7 +30,7 @@ IMPLS = {
     "autograd": dict(backend="torch", grad="autograd"),
 }
 # Python loops over N take minutes at these lengths; the speed-ups are measured below them.
-MAX_LOOP_LENGTH = 65_536
+MAX_LOOP_LENGTH = int(os.environ.get("RESNETBK_BENCH_MAX_LOOP_LENGTH", "65536"))
 MAX_LOOP_ELEMENTS = 300_000
 
 

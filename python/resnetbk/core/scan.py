@@ -11,12 +11,6 @@ import torch
 from torch import Tensor
 
 
-def _shift_right(x: Tensor, offset: int, fill: float) -> Tensor:
-    """``y[..., k] = x[..., k - offset]``, with ``fill`` where ``k < offset``."""
-    pad = torch.full(x.shape[:-1] + (offset,), fill, dtype=x.dtype, device=x.device)
-    return torch.cat([pad, x[..., :-offset]], dim=-1)
-
-
 def left_ratios_scan(s: Tensor, kap: Tensor) -> Tensor:
     """``gL`` (see ``reference.left_ratios_sweep``) by a scan over Moebius maps.
 
@@ -24,34 +18,41 @@ def left_ratios_scan(s: Tensor, kap: Tensor) -> Tensor:
     ``gL_k`` is the prefix product applied to 0, i.e. its ``[0,1] / [1,1]`` entry ratio. Every
     partial product is divided by its largest entry: the ratio is scale-invariant, and without
     this the entries grow like the determinants the ratio form exists to avoid.
+
+    The matrices are stored as one ``(2, 2, ..., N)`` tensor so that a round is a handful of
+    kernels (shift, multiply, sum, rescale) whatever the batch shape: GPUs are launch-bound here.
     """
-    zero = torch.zeros_like(s)
-    p, q, t = zero, torch.ones_like(s), s
-    r = -torch.nn.functional.pad(kap, (1, 0)).to(s.dtype)
     n = s.shape[-1]
+    couplings = -torch.nn.functional.pad(kap, (1, 0)).to(s.dtype)
+    m = torch.stack([torch.stack([torch.zeros_like(s), torch.ones_like(s)]), torch.stack([couplings, s])])
+    identity = torch.eye(2, dtype=s.dtype, device=s.device).reshape((2, 2) + (1,) * s.dim())
     offset = 1
     while offset < n:
-        # Later segment (p, q, r, t) applied after the earlier one: M_later @ M_earlier.
-        p0, q0 = _shift_right(p, offset, 1.0), _shift_right(q, offset, 0.0)
-        r0, t0 = _shift_right(r, offset, 0.0), _shift_right(t, offset, 1.0)
-        p, q, r, t = p * p0 + q * r0, p * q0 + q * t0, r * p0 + t * r0, r * q0 + t * t0
-        scale = torch.stack([p.abs(), q.abs(), r.abs(), t.abs()]).amax(dim=0)
-        p, q, r, t = p / scale, q / scale, r / scale, t / scale
+        # Each product M_later @ M_earlier, where the earlier segment ends `offset` sites back
+        # (the identity before the start of the row).
+        earlier = torch.cat([identity.expand((2, 2) + s.shape[:-1] + (offset,)), m[..., :-offset]], dim=-1)
+        m = (m.unsqueeze(2) * earlier.unsqueeze(0)).sum(dim=1)
+        m = m / m.abs().amax(dim=(0, 1), keepdim=True)
         offset *= 2
-    return q / t
+    return m[0, 1] / m[1, 1]
 
 
 def linear_recurrence_scan(e: Tensor, m: Tensor) -> Tensor:
-    """``x_k = e_k + m_k x_{k-1}`` with ``x_0 = e_0`` (``m_0`` is ignored), by a scan over affine maps."""
-    m = torch.cat([torch.zeros_like(m[..., :1]), m[..., 1:]], dim=-1)
+    """``x_k = e_k + m_k x_{k-1}`` with ``x_0 = e_0`` (``m_0`` is ignored), by a scan over affine maps.
+
+    A segment is the map ``x -> e + m x``; the earlier one then the later one compose to
+    ``(e + m e0, m m0)``. ``(e, m)`` are stacked so that a round is three kernels.
+    """
+    state = torch.stack([e, torch.cat([torch.zeros_like(m[..., :1]), m[..., 1:]], dim=-1)])
     n = e.shape[-1]
     offset = 1
     while offset < n:
-        # Earlier segment then later one: x -> e + m (e0 + m0 x) = (e + m e0) + (m m0) x.
-        e = e + m * _shift_right(e, offset, 0.0)
-        m = m * _shift_right(m, offset, 0.0)
+        earlier = torch.nn.functional.pad(state[..., :-offset], (offset, 0))  # the zero map before the row
+        composed = state[1] * earlier  # (m e0, m m0)
+        composed[0] += state[0]
+        state = composed
         offset *= 2
-    return e
+    return state[0]
 
 
 def linear_recurrence_sweep(e: Tensor, m: Tensor) -> Tensor:
