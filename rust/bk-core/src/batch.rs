@@ -159,40 +159,42 @@ impl<T: Real> Gathered<T> {
     }
 }
 
-/// Lanes per block: wide enough to hide the division latency, narrow enough that there are
-/// at least as many blocks as threads.
-fn lanes_for(rows: usize, threads: usize, widest: usize) -> usize {
-    let mut lanes = widest.min(rows.next_power_of_two());
-    while lanes > 1 && rows.div_ceil(lanes) < threads.max(1) {
-        lanes /= 2;
-    }
-    if rows == 1 {
-        1
-    } else {
-        lanes.max(2).min(widest)
-    }
+/// How a batch is cut up: `lanes` rows per block, `tasks` parallel tasks of whole blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Plan {
+    lanes: usize,
+    tasks: usize,
 }
 
-/// Splits `rows` into tasks of whole blocks and runs `work(first_row, row_count)` for each,
-/// in parallel when `threads > 1`.
-fn for_each_task(rows: usize, n: usize, lanes: usize, threads: usize, work: impl Fn(usize, usize) + Sync + Send) {
-    let blocks = rows.div_ceil(lanes);
-    let blocks_per_task = if threads <= 1 {
-        blocks
-    } else {
-        let by_size = MIN_ELEMENTS_PER_TASK.div_ceil(n * lanes);
-        by_size.max(1).min(blocks.div_ceil(threads)).max(1)
-    };
-    let tasks = blocks.div_ceil(blocks_per_task);
-    let run = |t: usize| {
-        let first = t * blocks_per_task * lanes;
-        let count = (blocks_per_task * lanes).min(rows - first);
-        work(first, count)
-    };
-    if threads <= 1 || tasks <= 1 {
-        (0..tasks).for_each(run);
-    } else {
-        pool(threads).install(|| (0..tasks).into_par_iter().for_each(run));
+impl Plan {
+    /// As many tasks as threads, but none smaller than `MIN_ELEMENTS_PER_TASK`; then the
+    /// widest blocks (up to `widest` lanes, to hide the division latency) that still give every
+    /// task a block. Fewer, wider blocks lose to more threads only when there are idle threads.
+    fn new(rows: usize, n: usize, threads: usize, widest: usize) -> Self {
+        let tasks = threads.max(1).min((rows * n).div_ceil(MIN_ELEMENTS_PER_TASK)).max(1);
+        let mut lanes = widest.min(rows.next_power_of_two());
+        while lanes > 1 && rows.div_ceil(lanes) < tasks {
+            lanes /= 2;
+        }
+        let tasks = tasks.min(rows.div_ceil(lanes));
+        Self { lanes, tasks }
+    }
+
+    /// Runs `work(first_row, row_count)` for each task, in parallel on `threads` threads.
+    fn run(self, rows: usize, threads: usize, work: impl Fn(usize, usize) + Sync + Send) {
+        let blocks_per_task = rows.div_ceil(self.lanes).div_ceil(self.tasks);
+        let rows_per_task = blocks_per_task * self.lanes;
+        let task = |t: usize| {
+            let first = t * rows_per_task;
+            if first < rows {
+                work(first, rows_per_task.min(rows - first))
+            }
+        };
+        if self.tasks <= 1 {
+            task(0);
+        } else {
+            pool(threads).install(|| (0..self.tasks).into_par_iter().for_each(task));
+        }
     }
 }
 
@@ -292,10 +294,10 @@ pub fn forward_batch<T: Real>(
         return Ok(());
     }
     let rows = Rows { n, a, off, z };
-    let lanes = lanes_for(nrows, threads, T::LANES);
+    let plan = Plan::new(nrows, n, threads, T::LANES);
     let out = SharedOut(out.as_mut_ptr());
-    for_each_task(nrows, n, lanes, threads, |first, count| {
-        match lanes {
+    plan.run(nrows, threads, |first, count| {
+        match plan.lanes {
             1 => forward_lanes_best::<T, 1>(&rows, mode, out, first, count),
             2 => forward_lanes_best::<T, 2>(&rows, mode, out, first, count),
             4 => forward_lanes_best::<T, 4>(&rows, mode, out, first, count),
@@ -402,14 +404,14 @@ pub fn backward_batch<T: Real>(
         return Ok(());
     }
     let rows = Rows { n, a, off, z };
-    let lanes = lanes_for(nrows, threads, T::LANES);
+    let plan = Plan::new(nrows, n, threads, T::LANES);
     let out = GradOut {
         a: SharedOut(grad_a.as_mut_ptr()),
         upper: SharedOut(grad_upper.as_mut_ptr()),
         lower: SharedOut(lower_ptr),
         z: SharedOut(grad_z.as_mut_ptr()),
     };
-    for_each_task(nrows, n, lanes, threads, |first, count| match lanes {
+    plan.run(nrows, threads, |first, count| match plan.lanes {
         1 => backward_lanes_best::<T, 1>(&rows, mode, grad_out, out, first, count),
         2 => backward_lanes_best::<T, 2>(&rows, mode, grad_out, out, first, count),
         4 => backward_lanes_best::<T, 4>(&rows, mode, grad_out, out, first, count),
@@ -417,4 +419,22 @@ pub fn backward_batch<T: Real>(
         _ => backward_lanes_best::<T, 16>(&rows, mode, grad_out, out, first, count),
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Plan;
+
+    #[test]
+    fn plans_use_wide_blocks_and_only_threads_that_have_work() {
+        // Small batches run as one task of the widest block.
+        assert_eq!(Plan::new(32, 128, 16, 16), Plan { lanes: 16, tasks: 1 });
+        // 65k elements make 4 tasks of at least 16k elements: 4 blocks of 8 rows.
+        assert_eq!(Plan::new(32, 2048, 16, 16), Plan { lanes: 8, tasks: 4 });
+        assert_eq!(Plan::new(32, 2048, 2, 16), Plan { lanes: 16, tasks: 2 });
+        // Few long rows: one row per thread.
+        assert_eq!(Plan::new(4, 65_536, 16, 16), Plan { lanes: 1, tasks: 4 });
+        assert_eq!(Plan::new(1, 1_000_000, 8, 16), Plan { lanes: 1, tasks: 1 });
+        assert_eq!(Plan::new(37, 50, 1, 8), Plan { lanes: 8, tasks: 1 });
+    }
 }
