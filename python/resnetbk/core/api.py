@@ -98,7 +98,7 @@ def bk_core(
         mode: ``"causal"`` (site k sees positions ``<= k`` only: the resolvent of the leading
             ``(k+1)`` block) or ``"bidirectional"`` (the full window's resolvent; reads the future).
         backend: ``"rust"`` (CPU), ``"torch"`` (any device; sweep or parallel scan chosen by
-            length), ``"auto"`` (rust on CPU, torch elsewhere); ``"torch_sweep"``/``"torch_scan"``
+            size and device), ``"auto"`` (rust on CPU, torch elsewhere); ``"torch_sweep"``/``"torch_scan"``
             force the torch algorithm.
         grad: ``"exact"`` (the O(N) vector-Jacobian product for diag, upper, lower and z),
             ``"autograd"`` (autograd through the pure-torch implementation; the baseline), or

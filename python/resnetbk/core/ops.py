@@ -5,7 +5,7 @@ broadcasts) and a resolved backend name:
 
 * ``"rust"``: CPU tensors, the Rust kernels;
 * ``"torch"``, ``"torch_sweep"``, ``"torch_scan"``: pure torch on any device (``"torch"`` picks
-  sweep or scan by length; the other two force one, for tests and benchmarks).
+  sweep or scan by size and device; the other two force one, for tests and benchmarks).
 
 Both ops have fake (meta) implementations for ``torch.compile``, FLOP formulas for
 ``FlopCounterMode``, and the forward op's autograd formula is the exact backward op.

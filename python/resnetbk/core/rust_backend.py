@@ -29,6 +29,16 @@ def _as_numpy(t: Tensor, rows: int, width: int):
     return t.numpy().reshape(rows, width)
 
 
+def _inputs(diag: Tensor, upper: Tensor, lower: Optional[Tensor], z: Tensor, rows: int, n: int) -> tuple:
+    """``(a, upper, lower or None, z)`` as the kernels take them."""
+    return (
+        _as_numpy(diag, rows, n),
+        _as_numpy(upper, rows, n - 1),
+        None if lower is None else _as_numpy(lower, rows, n - 1),
+        _as_numpy(z, rows, 1).reshape(rows),
+    )
+
+
 def forward(diag: Tensor, upper: Tensor, lower: Optional[Tensor], z: Tensor, mode: str) -> Tensor:
     n = diag.shape[-1]
     rows = diag.numel() // n
@@ -37,10 +47,7 @@ def forward(diag: Tensor, upper: Tensor, lower: Optional[Tensor], z: Tensor, mod
         return out
     kernel, _ = _KERNELS[diag.dtype]
     kernel(
-        _as_numpy(diag, rows, n),
-        _as_numpy(upper, rows, n - 1),
-        None if lower is None else _as_numpy(lower, rows, n - 1),
-        _as_numpy(z, rows, 1).reshape(rows),
+        *_inputs(diag, upper, lower, z, rows, n),
         out.view(rows, n).numpy(),
         mode,
         get_num_threads(),
@@ -62,10 +69,7 @@ def backward(
         return grad_diag, grad_upper, grad_lower, grad_z
     _, kernel = _KERNELS[diag.dtype]
     kernel(
-        _as_numpy(diag, rows, n),
-        _as_numpy(upper, rows, n - 1),
-        None if lower is None else _as_numpy(lower, rows, n - 1),
-        _as_numpy(z, rows, 1).reshape(rows),
+        *_inputs(diag, upper, lower, z, rows, n),
         _as_numpy(grad.to(z.dtype), rows, n),
         grad_diag.view(rows, n).numpy(),
         grad_upper.view(rows, n - 1).numpy(),

@@ -37,6 +37,17 @@ fn check(name: &str, len: usize, expected: usize) -> Result<(), BatchShapeError>
     }
 }
 
+/// Checks that the inputs describe `z.len()` rows of length `n`; returns the row count.
+fn check_inputs<T: Real>(a: &[T], off: &OffDiagonals<'_, T>, z: &[Complex<T>], n: usize) -> Result<usize, BatchShapeError> {
+    if n == 0 {
+        return Err(BatchShapeError("n: the sequence length must be at least 1".into()));
+    }
+    let rows = z.len();
+    check("a", a.len(), rows * n)?;
+    off.check(rows * (n - 1))?;
+    Ok(rows)
+}
+
 /// One rayon pool per requested thread count, built on first use and kept.
 fn pool(threads: usize) -> Arc<rayon::ThreadPool> {
     static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
@@ -283,12 +294,7 @@ pub fn forward_batch<T: Real>(
     out: &mut [Complex<T>],
     threads: usize,
 ) -> Result<(), BatchShapeError> {
-    if n == 0 {
-        return Err(BatchShapeError("n: the sequence length must be at least 1".into()));
-    }
-    let nrows = z.len();
-    check("a", a.len(), nrows * n)?;
-    off.check(nrows * (n - 1))?;
+    let nrows = check_inputs(a, &off, z, n)?;
     check("out", out.len(), nrows * n)?;
     if nrows == 0 {
         return Ok(());
@@ -382,12 +388,7 @@ pub fn backward_batch<T: Real>(
     grad_z: &mut [Complex<T>],
     threads: usize,
 ) -> Result<(), BatchShapeError> {
-    if n == 0 {
-        return Err(BatchShapeError("n: the sequence length must be at least 1".into()));
-    }
-    let nrows = z.len();
-    check("a", a.len(), nrows * n)?;
-    off.check(nrows * (n - 1))?;
+    let nrows = check_inputs(a, &off, z, n)?;
     check("grad_out", grad_out.len(), nrows * n)?;
     check("grad_a", grad_a.len(), nrows * n)?;
     check("grad_upper", grad_upper.len(), nrows * (n - 1))?;

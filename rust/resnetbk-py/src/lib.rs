@@ -26,12 +26,24 @@ fn contiguous_mut<'a, T>(name: &str, slice: Result<&'a mut [T], numpy::AsSliceEr
     slice.map_err(|_| PyValueError::new_err(format!("{name}: the array must be C-contiguous")))
 }
 
-/// The off-diagonals as the kernels take them: `lower = None` means symmetric H.
-fn off_diagonals<'a, T>(upper: &'a [T], lower: Option<&'a [T]>) -> OffDiagonals<'a, T> {
-    match lower {
+/// The inputs as the kernels take them: `(n, a, off-diagonals, z)`; `lower = None` means
+/// symmetric H. Every array must be C-contiguous.
+#[allow(clippy::type_complexity)]
+fn inputs<'a, T: numpy::Element>(
+    a: &'a PyReadonlyArray2<'_, T>,
+    upper: &'a PyReadonlyArray2<'_, T>,
+    lower: &'a Option<PyReadonlyArray2<'_, T>>,
+    z: &'a PyReadonlyArray1<'_, Complex<T>>,
+) -> PyResult<(usize, &'a [T], OffDiagonals<'a, T>, &'a [Complex<T>])>
+where
+    Complex<T>: numpy::Element,
+{
+    let upper = contiguous("upper", upper.as_slice())?;
+    let off = match lower {
         None => OffDiagonals::Symmetric(upper),
-        Some(lower) => OffDiagonals::General { upper, lower },
-    }
+        Some(l) => OffDiagonals::General { upper, lower: contiguous("lower", l.as_slice())? },
+    };
+    Ok((a.shape()[1], contiguous("a", a.as_slice())?, off, contiguous("z", z.as_slice())?))
 }
 
 /// Defines the forward and backward entry points for one real dtype.
@@ -53,14 +65,9 @@ macro_rules! kernels {
             threads: usize,
         ) -> PyResult<()> {
             let mode = parse_mode(mode)?;
-            let n = a.shape()[1];
-            let (a, upper, z) = (contiguous("a", a.as_slice())?, contiguous("upper", upper.as_slice())?, contiguous("z", z.as_slice())?);
-            let lower = match &lower {
-                Some(l) => Some(contiguous("lower", l.as_slice())?),
-                None => None,
-            };
+            let (n, a, off, z) = inputs(&a, &upper, &lower, &z)?;
             let out = contiguous_mut("out", out.as_slice_mut())?;
-            py.detach(|| forward_batch(a, off_diagonals(upper, lower), z, mode, n, out, threads))
+            py.detach(|| forward_batch(a, off, z, mode, n, out, threads))
                 .map_err(|e| PyValueError::new_err(e.to_string()))
         }
 
@@ -84,12 +91,7 @@ macro_rules! kernels {
             threads: usize,
         ) -> PyResult<()> {
             let mode = parse_mode(mode)?;
-            let n = a.shape()[1];
-            let (a, upper, z) = (contiguous("a", a.as_slice())?, contiguous("upper", upper.as_slice())?, contiguous("z", z.as_slice())?);
-            let lower = match &lower {
-                Some(l) => Some(contiguous("lower", l.as_slice())?),
-                None => None,
-            };
+            let (n, a, off, z) = inputs(&a, &upper, &lower, &z)?;
             let grad_out = contiguous("grad_out", grad_out.as_slice())?;
             let grad_a = contiguous_mut("grad_a", grad_a.as_slice_mut())?;
             let grad_upper = contiguous_mut("grad_upper", grad_upper.as_slice_mut())?;
@@ -98,10 +100,7 @@ macro_rules! kernels {
                 None => None,
             };
             let grad_z = contiguous_mut("grad_z", grad_z.as_slice_mut())?;
-            py.detach(|| {
-                let off = off_diagonals(upper, lower);
-                backward_batch(a, off, z, mode, n, grad_out, grad_a, grad_upper, grad_lower, grad_z, threads)
-            })
+            py.detach(|| backward_batch(a, off, z, mode, n, grad_out, grad_a, grad_upper, grad_lower, grad_z, threads))
             .map_err(|e| PyValueError::new_err(e.to_string()))
         }
     };
