@@ -218,7 +218,7 @@ unsafe impl<U> Sync for SharedOut<U> {}
 impl<U> SharedOut<U> {
     /// # Safety
     /// Callers write only rows of their own task, so no two threads touch the same element.
-    unsafe fn slice(&self, start: usize, len: usize) -> &mut [U] {
+    unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a mut [U] {
         std::slice::from_raw_parts_mut(self.0.add(start), len)
     }
 }
