@@ -1,6 +1,6 @@
 //! The Rust kernels against a dense complex inverse (Gauss-Jordan in f64) and against
-#![allow(clippy::needless_range_loop)] // index loops mirror the math over positions
 //! central finite differences of the forward pass.
+#![allow(clippy::needless_range_loop)] // index loops mirror the math over positions
 
 use bk_core::{backward_batch, forward_batch, Complex, Mode, OffDiagonals};
 
