@@ -82,3 +82,11 @@ def test_nan_propagates_to_exactly_the_dependent_outputs(backend, which):
     bidirectional = bk_core(diag, upper, lower, mode="bidirectional", backend=backend)
     assert torch.isnan(bidirectional[0]).all()  # every G_kk depends on every entry of H
     assert not torch.isnan(bidirectional[1]).any()
+
+
+def test_autograd_with_auto_backend_uses_torch_on_cpu():
+    diag = torch.randn(2, 7, dtype=torch.float64, requires_grad=True)
+    out = bk_core(diag, torch.ones(2, 6, dtype=torch.float64), grad="autograd")  # backend="auto"
+    out.real.sum().backward()
+    assert diag.grad is not None and out.grad_fn is not None
+    assert "resnetbk" not in type(out.grad_fn).__name__.lower()

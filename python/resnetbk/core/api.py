@@ -128,7 +128,8 @@ def bk_core(
     z = _as_z_tensor(z, diag)
 
     if backend == "auto":
-        backend = "rust" if diag.device.type == "cpu" else "torch"
+        # grad="autograd" differentiates the pure-torch implementation, whatever the device.
+        backend = "rust" if diag.device.type == "cpu" and grad != "autograd" else "torch"
     if backend == "rust" and diag.device.type != "cpu":
         raise ValueError(f"backend='rust' runs on CPU tensors only, got tensors on {diag.device}; use backend='torch' or 'auto'")
     if hybrid_blend is not None and grad != "hybrid":

@@ -43,7 +43,7 @@ class MoEFeedForward(nn.Module):
         for e, expert in enumerate(self.experts):
             rows = (chosen == e).nonzero(as_tuple=True)[0]
             if rows.numel():
-                out.index_add_(0, rows, expert(flat[rows]) * chosen_prob[rows, None])
+                out.index_add_(0, rows, (expert(flat[rows]) * chosen_prob[rows, None]).to(out.dtype))
         num_experts = len(self.experts)
         fraction = torch.bincount(chosen, minlength=num_experts).to(probs.dtype) / chosen.numel()
         self.aux_loss = num_experts * (fraction * probs.mean(dim=0)).sum()

@@ -1,0 +1,143 @@
+"""``BenchmarkResults``: what a run measured, as a stable JSON document.
+
+Schema (``schema_version`` 1): every field below, JSON-typed; durations in seconds, memory in
+MiB, perplexities as ``exp(mean NLL)`` per token. ``final_perplexity`` is the test perplexity of
+the best-validation weights; ``best_perplexity`` the best validation perplexity;
+``epoch_perplexities`` the validation perplexity after each epoch; ``epoch_losses`` the mean
+training loss of each epoch. The FLOPs fields are ``null`` until they are measured (the FLOPs
+engine fills them). ``perplexity_is_lm`` is false for a model that failed the causality probe:
+its perplexity is not a language-model perplexity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class BenchmarkResults:
+    # The seed's fields.
+    model_name: str
+    config: dict
+    final_loss: float
+    final_perplexity: float
+    best_perplexity: float
+    training_time: float
+    forward_flops: Optional[int] = None
+    backward_flops: Optional[int] = None
+    optimizer_flops: Optional[int] = None
+    total_flops_per_step: Optional[int] = None
+    total_training_flops: Optional[int] = None
+    peak_memory_mb: Optional[float] = None
+    model_size_mb: float = 0.0
+    epoch_losses: list = field(default_factory=list)
+    epoch_perplexities: list = field(default_factory=list)
+    epoch_times: list = field(default_factory=list)
+    # What an honest report also needs.
+    valid_perplexity: float = math.nan
+    test_perplexity: float = math.nan
+    best_valid_perplexity: float = math.nan
+    best_epoch: int = 0
+    train_loss: float = math.nan
+    train_perplexity: float = math.nan
+    tokens_per_second: float = 0.0
+    steps: int = 0
+    skipped_steps: int = 0
+    stopped_early: Optional[str] = None
+    vocab_size: int = 0
+    parameters: int = 0
+    non_embedding_parameters: int = 0
+    causal: bool = True
+    perplexity_is_lm: bool = True
+    causality_probe: str = ""
+    peak_memory_method: str = ""
+    dataset: str = ""
+    device: str = ""
+    versions: dict = field(default_factory=dict)
+    git_revision: Optional[str] = None
+    flops_breakdown: Optional[dict] = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict:
+        return _json_safe(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "BenchmarkResults":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"results: unknown field(s) {', '.join(unknown)}")
+        return cls(**{k: (math.nan if v is None and k.endswith("perplexity") else v) for k, v in data.items()})
+
+    def save(self, path: str | Path) -> None:
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "BenchmarkResults":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _json_safe(value):
+    """NaN and infinities become null: JSON has no such numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json_atomic(path: str | Path, data) -> None:
+    """Write to a temporary file in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_json_safe(data), f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def compare_results(a: BenchmarkResults, b: BenchmarkResults) -> dict:
+    """How ``b`` compares with ``a`` (the reference): speed-ups, perplexity and resource changes.
+
+    ``speedup_time = a.training_time / b.training_time`` (>1: b is faster);
+    ``speedup_flops`` likewise from total training FLOPs (null until measured);
+    ``perplexity_difference_percent = 100 (b - a) / a`` on test perplexity (<0: b is better);
+    ``memory_reduction_percent`` and ``size_reduction_percent = 100 (a - b) / a``.
+    """
+
+    def ratio(x, y):
+        return x / y if x is not None and y not in (None, 0) else None
+
+    def percent(x, y):
+        return 100.0 * x / y if x is not None and y not in (None, 0) else None
+
+    mem_a, mem_b = a.peak_memory_mb, b.peak_memory_mb
+    return _json_safe({
+        "reference": a.model_name,
+        "model": b.model_name,
+        "speedup_time": ratio(a.training_time, b.training_time),
+        "speedup_flops": ratio(a.total_training_flops, b.total_training_flops),
+        "perplexity_reference": a.test_perplexity,
+        "perplexity_model": b.test_perplexity,
+        "perplexity_difference_percent": percent(b.test_perplexity - a.test_perplexity, a.test_perplexity),
+        "memory_reduction_percent": percent(None if mem_a is None or mem_b is None else mem_a - mem_b, mem_a),
+        "size_reduction_percent": percent(a.model_size_mb - b.model_size_mb, a.model_size_mb),
+        "both_language_models": a.perplexity_is_lm and b.perplexity_is_lm,
+    })

@@ -1,0 +1,78 @@
+"""``WikiText2Benchmark``: runs models (each in its own process on CPU, so its peak memory is its
+own), writes their results, the pairwise comparisons and the training-curve figure."""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import traceback
+from pathlib import Path
+
+from . import plots
+from .config import BenchmarkConfig
+from .results import BenchmarkResults, compare_results, write_json_atomic
+from .train import resolve_device, run_and_save
+
+
+def _worker(config, data_dir, run_dir, result_path, error_path, resume, quiet):
+    try:
+        run_and_save(config, data_dir, run_dir, result_path, resume, quiet)
+    except BaseException as exc:  # the parent re-raises with this text
+        Path(error_path).write_text(f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
+        raise SystemExit(1)
+
+
+class WikiText2Benchmark:
+    """Runs benchmark models and keeps their results under ``output_dir``."""
+
+    def __init__(self, output_dir: str | Path = "benchmark_results/wikitext2", *, resume: bool = False,
+                 quiet: bool = False, separate_process: bool | None = None):
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.resume = resume
+        self.quiet = quiet
+        self.separate_process = separate_process
+
+    def results_path(self, model_name: str) -> Path:
+        return self.output_dir / f"{model_name}_results.json"
+
+    def run_benchmark(self, config: BenchmarkConfig) -> BenchmarkResults:
+        """Train and evaluate one model; write ``<model_name>_results.json``."""
+        run_dir = self.output_dir / "runs" / config.model_name
+        result_path = self.results_path(config.model_name)
+        separate = self.separate_process
+        if separate is None:  # CPU peak memory is only honest for a process that trains one model
+            separate = resolve_device(config.device).type == "cpu"
+        if separate:
+            error_path = run_dir / "error.txt"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            error_path.unlink(missing_ok=True)
+            process = multiprocessing.get_context("spawn").Process(
+                target=_worker,
+                args=(config, config.data_dir, str(run_dir), str(result_path), str(error_path), self.resume, self.quiet),
+            )
+            process.start()
+            process.join()
+            if process.exitcode != 0:
+                detail = error_path.read_text() if error_path.is_file() else f"exit code {process.exitcode}"
+                raise RuntimeError(f"{config.model_name}: training failed in its worker process: {detail}")
+        else:
+            run_and_save(config, config.data_dir, str(run_dir), str(result_path), self.resume, self.quiet)
+        return BenchmarkResults.load(result_path)
+
+    def compare_results(self, a: BenchmarkResults, b: BenchmarkResults) -> dict:
+        """Compare ``b`` with ``a`` and write ``comparison_<a>_vs_<b>.json``."""
+        comparison = compare_results(a, b)
+        write_json_atomic(self.output_dir / f"comparison_{a.model_name}_vs_{b.model_name}.json", comparison)
+        return comparison
+
+    def plot_training_curves(self, results: list) -> Path:
+        return plots.plot_training_curves(results, self.output_dir / "training_curves.png")
+
+    def run_all(self, configs: list) -> list:
+        """Every model, then every pairwise comparison and the figure."""
+        results = [self.run_benchmark(c) for c in configs]
+        for a, b in itertools.combinations(results, 2):
+            self.compare_results(a, b)
+        self.plot_training_curves(results)
+        return results
