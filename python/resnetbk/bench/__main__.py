@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
 from .. import data as wt2
@@ -85,9 +86,13 @@ def main(argv=None) -> int:
     except (ValueError, NotImplementedError, wt2.DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"Data: {corpus.describe()}")
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 speaks
+    if main_rank:
+        print(f"Data: {corpus.describe()}")
     bench = WikiText2Benchmark(args.output_dir, resume=args.resume, quiet=args.quiet)
     results = bench.run_all(configs)
+    if not main_rank:
+        return 0
     print()
     print(summary_table(results))
     for r in results:

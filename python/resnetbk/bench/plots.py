@@ -38,7 +38,10 @@ def plot_training_curves(results: list, path: str | Path) -> Path:
                       transform=flops_ax.transAxes)
         flops_ax.set_xticks([])
         flops_ax.set_yticks([])
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (loss_ax, ppl_ax, time_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     flops_ax.tick_params(axis="x", labelrotation=15)

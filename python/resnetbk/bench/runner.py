@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import os
 import traceback
 from pathlib import Path
 
 from . import plots
+from . import distributed
 from .config import BenchmarkConfig
 from .results import BenchmarkResults, compare_results, write_json_atomic
 from .train import resolve_device, run_and_save
@@ -42,7 +44,7 @@ class WikiText2Benchmark:
         result_path = self.results_path(config.model_name)
         separate = self.separate_process
         if separate is None:  # CPU peak memory is only honest for a process that trains one model
-            separate = resolve_device(config.device).type == "cpu"
+            separate = resolve_device(config.device).type == "cpu" and not distributed.launched_by_torchrun()
         if separate:
             error_path = run_dir / "error.txt"
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -61,13 +63,15 @@ class WikiText2Benchmark:
         return BenchmarkResults.load(result_path)
 
     def compare_results(self, a: BenchmarkResults, b: BenchmarkResults) -> dict:
-        """Compare ``b`` with ``a`` and write ``comparison_<a>_vs_<b>.json``."""
+        """Compare ``b`` with ``a`` and write ``comparison_<a>_vs_<b>.json`` (rank 0 under torchrun)."""
         comparison = compare_results(a, b)
-        write_json_atomic(self.output_dir / f"comparison_{a.model_name}_vs_{b.model_name}.json", comparison)
+        if int(os.environ.get("RANK", "0")) == 0:
+            write_json_atomic(self.output_dir / f"comparison_{a.model_name}_vs_{b.model_name}.json", comparison)
         return comparison
 
     def plot_training_curves(self, results: list) -> Path:
-        return plots.plot_training_curves(results, self.output_dir / "training_curves.png")
+        path = self.output_dir / "training_curves.png"
+        return plots.plot_training_curves(results, path) if int(os.environ.get("RANK", "0")) == 0 else path
 
     def run_all(self, configs: list) -> list:
         """Every model, then every pairwise comparison and the figure."""

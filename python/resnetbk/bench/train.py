@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from .. import data as wt2
 from ..causality import probe_causality
 from ..models import build_model
+from . import distributed
 from .config import BenchmarkConfig
 from .results import BenchmarkResults
 
@@ -74,18 +75,27 @@ def autocast_context(config: BenchmarkConfig, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+#: Evaluation computes logits a slice of positions at a time, keeping each logits block under
+#: ~24 MiB: larger blocks are fresh mmap'd memory on every allocation (glibc returns them to
+#: the kernel), and page faults then cost more than the arithmetic.
+EVAL_LOGITS_BYTES = 24 * 2**20
+
+
 @torch.no_grad()
 def evaluate(model, tokens: torch.Tensor, config: BenchmarkConfig, device: torch.device) -> tuple[float, int]:
     """Mean NLL per token over every (token, next token) pair of ``tokens``, and their count."""
     model.eval()
     inputs, targets = wt2.streams(tokens, config.eval_batch_size)
+    rows_per_block = max(1, EVAL_LOGITS_BYTES // (4 * model.lm_head.out_features))
     total, count = 0.0, 0
     for x, y in wt2.windows(inputs, targets, config.n_seq):
         with autocast_context(config, device):
-            logits = model(x.to(device))
-        y = y.to(device)
-        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=wt2.IGNORE_INDEX,
-                                 reduction="sum").item()
+            hidden = model.features(x.to(device)).flatten(0, 1)
+        y = y.to(device).flatten()
+        for h, t in zip(hidden.split(rows_per_block), y.split(rows_per_block)):
+            with autocast_context(config, device):
+                logits = model.lm_head(h)
+            total += F.cross_entropy(logits.float(), t, ignore_index=wt2.IGNORE_INDEX, reduction="sum").item()
         count += int((y != wt2.IGNORE_INDEX).sum())
     model.train()
     return total / count, count
@@ -113,7 +123,7 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 
 
 def _progress(total: int, desc: str, quiet: bool):
-    if quiet or not sys.stderr.isatty():
+    if quiet or not sys.stderr.isatty() or int(os.environ.get("RANK", "0")) != 0:
         return None
     from tqdm import tqdm
 
@@ -126,6 +136,9 @@ def train(config: BenchmarkConfig, corpus: wt2.Corpus, run_dir: str | Path, *, r
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
+    world = distributed.world(device)
+    if not world.is_main:
+        log = lambda *_: None  # noqa: E731 - rank 0 speaks for the run
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     if config.use_mixed_precision and config.amp_dtype == "float16" and device.type != "cuda":
@@ -141,7 +154,10 @@ def train(config: BenchmarkConfig, corpus: wt2.Corpus, run_dir: str | Path, *, r
     model = make_model(config, corpus.vocab_size).to(device)
     optimizer = make_optimizer(model, config)
     train_tokens = wt2.limit_tokens(corpus.train, config.max_train_tokens, config.data_fraction)
-    inputs, targets = wt2.streams(train_tokens, config.batch_size)
+    inputs, targets = distributed.shard_rows(*wt2.streams(train_tokens, config.batch_size), world)
+    # An expert no token was routed to in a step has no gradient: DDP must be told to expect that.
+    forward = (torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=config.architecture == "resnet_bk")
+               if world.distributed else model)
     steps_per_epoch = wt2.num_windows(inputs, config.n_seq)
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps is not None:
@@ -181,35 +197,42 @@ def train(config: BenchmarkConfig, corpus: wt2.Corpus, run_dir: str | Path, *, r
             if state["step"] >= total_steps:
                 break
             x, y = x.to(device), y.to(device)
+            local_count = int((y != wt2.IGNORE_INDEX).sum())
+            (global_count,) = world.sum([local_count])
             with autocast_context(config, device):
-                logits = model(x)
-                nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=wt2.IGNORE_INDEX)
-                loss = nll + config.load_balance_weight * model.aux_loss().to(nll.device)
+                logits = forward(x)
+                nll_sum = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=wt2.IGNORE_INDEX,
+                                          reduction="sum")
+                # Normalised by the global token count (times the world size, which DDP's gradient
+                # averaging divides out): exactly the gradient of the global batch's mean NLL.
+                loss = nll_sum * (world.size / max(global_count, 1))
+                loss = loss + config.load_balance_weight * model.aux_loss().to(loss.device)
             optimizer.zero_grad(set_to_none=True)
-            finite = bool(torch.isfinite(loss))
+            finite = world.all(bool(torch.isfinite(loss)))
             if finite:
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                finite = bool(torch.isfinite(grad_norm))
+                finite = world.all(bool(torch.isfinite(grad_norm)))
             if finite:
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
                 consecutive_skips = 0
-                n_tok = int((y != wt2.IGNORE_INDEX).sum())
-                loss_sum += nll.item() * n_tok
-                loss_count += n_tok
+                (step_nll,) = world.sum([nll_sum.item()])
+                loss_sum += step_nll
+                loss_count += global_count
             else:
                 state["skipped"] += 1
                 consecutive_skips += 1
                 if consecutive_skips >= config.max_consecutive_skips:
+                    state["step"] += 1  # the attempted step counts, as in the normal path below
                     state["stopped_early"] = (f"{consecutive_skips} consecutive steps had a non-finite loss or gradient "
                                               f"(at step {state['step']}); stopped, keeping what was measured")
                     log(f"[{config.model_name}] {state['stopped_early']}")
                     break
             state["step"] += 1
-            epoch_tokens += x.numel()
+            epoch_tokens += x.numel() * world.size
             if bar is not None:
                 elapsed = time.perf_counter() - start
                 bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{epoch_tokens / max(elapsed, 1e-9):,.0f}")
@@ -229,13 +252,14 @@ def train(config: BenchmarkConfig, corpus: wt2.Corpus, run_dir: str | Path, *, r
             state["best_valid"], state["best_epoch"] = valid_ppl, epoch + 1
             state["best_model"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         state["epoch"] = epoch + 1
+        if world.is_main:
+            save_checkpoint(checkpoint_path, {
+                "config": config.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "state": state,
+                "rng": _rng_state(device),
+            })
         log(f"[{config.model_name}] epoch {epoch + 1}: train loss {train_loss:.4f}, valid ppl {valid_ppl:.2f}, "
             f"{elapsed:.1f} s, {epoch_tokens / max(elapsed, 1e-9):,.0f} tokens/s")
-        save_checkpoint(checkpoint_path, {
-            "config": config.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "state": state,
-            "rng": _rng_state(device),
-        })
 
     if state["best_model"] is not None:
         model.load_state_dict(state["best_model"])
@@ -272,4 +296,7 @@ def run_and_save(config: BenchmarkConfig, data_dir: Optional[str], run_dir: str,
     """Worker-process entry point: load the data, train one model, write its results JSON."""
     corpus = wt2.load_corpus(data_dir)
     results = train(config, corpus, run_dir, resume=resume, quiet=quiet)
-    results.save(result_path)
+    w = distributed.world(resolve_device(config.device))
+    if w.is_main:
+        results.save(result_path)
+    w.barrier()

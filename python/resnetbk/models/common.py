@@ -25,6 +25,10 @@ class LanguageModel(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         """Logits ``(B, N, vocab)`` for token ids ``(B, N)``, any ``N <= n_seq``."""
+        return self.lm_head(self.features(tokens))
+
+    def features(self, tokens: Tensor) -> Tensor:
+        """The final-LayerNorm hidden states ``(B, N, d)`` that the LM head reads."""
         if tokens.dim() != 2:
             raise ValueError(f"tokens: expected (batch, length) token ids, got shape {tuple(tokens.shape)}")
         n = tokens.shape[1]
@@ -34,7 +38,7 @@ class LanguageModel(nn.Module):
         x = self.dropout(self.token_embedding(tokens) + self.position_embedding(positions))
         for block in self.blocks:
             x = block(x)
-        return self.lm_head(self.final_norm(x))
+        return self.final_norm(x)
 
     def aux_loss(self) -> Tensor:
         """Sum of the blocks' auxiliary losses from the last forward (0 if none)."""

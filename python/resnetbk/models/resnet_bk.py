@@ -66,8 +66,10 @@ class BKMixer(nn.Module):
         b, n, _ = h.shape
         # A soft clamp (tanh) bounds the potential yet keeps its gradient everywhere.
         v = self.potential_limit * torch.tanh(self.v_proj(h) / self.potential_limit)
-        diag = (LAPLACIAN_DIAG + v).transpose(1, 2).float()  # (B, C, N); the BK-Core runs in float32
-        upper = torch.full((n - 1,), LAPLACIAN_OFF, device=h.device)
+        diag = (LAPLACIAN_DIAG + v).transpose(1, 2)  # (B, C, N)
+        if diag.dtype in (torch.float16, torch.bfloat16):  # under autocast the BK-Core stays float32
+            diag = diag.float()
+        upper = torch.full((n - 1,), LAPLACIAN_OFF, device=h.device, dtype=diag.dtype)
         g = bk_core(diag, upper, None, 1j, mode=self.mode, grad=self.grad, backend="auto")
         features = torch.cat([g.real, g.imag], dim=1).transpose(1, 2)  # (B, N, 2C)
         return self.bk_scale * self.output_proj(features.to(h.dtype))

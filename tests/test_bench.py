@@ -1,0 +1,219 @@
+"""The benchmark: configs, an end-to-end smoke run with the documented files, resume, causality
+guard, non-finite steps, and comparisons."""
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnetbk import data as wt2
+from resnetbk.bench import BenchmarkConfig, BenchmarkResults, WikiText2Benchmark, compare_results, model_config
+from resnetbk.bench.__main__ import main as cli_main
+from resnetbk.bench.config import OPTIMIZATION_FLAGS, PRESETS
+from resnetbk.bench.train import train
+
+RESULT_FIELDS = {
+    "model_name", "config", "final_loss", "final_perplexity", "best_perplexity", "training_time", "forward_flops",
+    "backward_flops", "optimizer_flops", "total_flops_per_step", "total_training_flops", "peak_memory_mb",
+    "model_size_mb", "epoch_losses", "epoch_perplexities", "epoch_times", "valid_perplexity", "test_perplexity",
+    "best_valid_perplexity", "best_epoch", "train_loss", "train_perplexity", "tokens_per_second", "steps",
+    "skipped_steps", "stopped_early", "vocab_size", "parameters", "non_embedding_parameters", "causal",
+    "perplexity_is_lm", "causality_probe", "peak_memory_method", "dataset", "device", "versions", "git_revision",
+    "flops_breakdown", "schema_version",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """A small word-level corpus in the WikiText layout (blank lines included)."""
+    folder = tmp_path_factory.mktemp("tinywiki")
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(40)] + ["<unk>", "the", "of", "="]
+    for split, lines in (("train", 300), ("valid", 40), ("test", 40)):
+        text = []
+        for _ in range(lines):
+            n = rng.choice([0, 3, 5, 8, 12])
+            text.append(" " + " ".join(rng.choice(words) for _ in range(n)) + (" \n" if n else "\n"))
+        (folder / f"wiki.{split}.tokens").write_text("".join(text))
+    return folder
+
+
+def smoke_config(tiny_data, **changes) -> BenchmarkConfig:
+    fields = dict(PRESETS["smoke"], data_dir=str(tiny_data), device="cpu", threads=1)
+    fields.update(changes)
+    return BenchmarkConfig.from_dict(fields)
+
+
+def test_config_rejects_unknown_keys_and_bad_values():
+    with pytest.raises(ValueError, match="unknown config key\\(s\\): bogus"):
+        BenchmarkConfig.from_dict({"bogus": 1})
+    with pytest.raises(ValueError, match="d_model: expected a positive integer, got 0"):
+        BenchmarkConfig(d_model=0)
+    with pytest.raises(ValueError, match="lr: expected a positive number"):
+        BenchmarkConfig(lr=-1.0)
+    with pytest.raises(ValueError, match="bk_mode: expected 'causal' or 'bidirectional'"):
+        BenchmarkConfig(bk_mode="future")
+    with pytest.raises(ValueError, match="n_heads: d_model = 10 must be divisible by n_heads = 4"):
+        BenchmarkConfig(architecture="transformer", d_model=10)
+
+
+@pytest.mark.parametrize("flag", [f for f in OPTIMIZATION_FLAGS if f not in ("use_analytic_gradient", "use_mixed_precision")])
+def test_unimplemented_flags_raise(flag):
+    with pytest.raises(NotImplementedError, match=f"{flag}: not implemented yet"):
+        BenchmarkConfig(**{flag: True})
+
+
+def test_model_configs_follow_the_seed():
+    base = BenchmarkConfig()
+    assert model_config("transformer_baseline", base).architecture == "transformer"
+    baseline, full = model_config("resnet_bk_baseline", base), model_config("resnet_bk_full", base)
+    assert not baseline.use_analytic_gradient and not baseline.use_mixed_precision
+    assert full.use_analytic_gradient and full.use_mixed_precision
+    with pytest.raises(ValueError, match="--models"):
+        model_config("gpt5", base)
+
+
+def test_config_file_and_cli_errors(tmp_path, capsys, tiny_data):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("d_model: 16\nlearning_rate: 0.1\n")
+    assert cli_main(["--config", str(bad), "--data-dir", str(tiny_data)]) == 2
+    assert "unknown config key(s): learning_rate" in capsys.readouterr().err
+    assert cli_main(["--data-dir", str(tmp_path / "nowhere")]) == 2
+    assert "missing: wiki.train.tokens" in capsys.readouterr().err
+
+
+def test_smoke_run_writes_every_file_with_the_documented_schema(tmp_path, tiny_data):
+    out = tmp_path / "out"
+    code = cli_main(["--preset", "smoke", "--data-dir", str(tiny_data), "--output-dir", str(out), "--quiet",
+                     "--device", "cpu", "--threads", "1"])
+    assert code == 0
+    names = ("transformer_baseline", "resnet_bk_baseline", "resnet_bk_full")
+    for name in names:
+        doc = json.loads((out / f"{name}_results.json").read_text())
+        assert set(doc) == RESULT_FIELDS
+        assert doc["model_name"] == name and doc["schema_version"] == 1
+        assert doc["causal"] is True and doc["perplexity_is_lm"] is True
+        assert len(doc["epoch_losses"]) == len(doc["epoch_perplexities"]) == len(doc["epoch_times"]) == 2
+        assert doc["test_perplexity"] > 1 and doc["test_perplexity"] == doc["final_perplexity"]
+        assert doc["best_perplexity"] == min(doc["epoch_perplexities"])
+        assert doc["steps"] > 0 and doc["skipped_steps"] == 0 and doc["tokens_per_second"] > 0
+        assert doc["peak_memory_mb"] > 0 and "RSS" in doc["peak_memory_method"]
+        assert "custom dataset" in doc["dataset"]
+        assert doc["forward_flops"] is None  # not measured yet: null, never a made-up number
+    for a, b in (("transformer_baseline", "resnet_bk_baseline"), ("transformer_baseline", "resnet_bk_full"),
+                 ("resnet_bk_baseline", "resnet_bk_full")):
+        comparison = json.loads((out / f"comparison_{a}_vs_{b}.json").read_text())
+        assert comparison["reference"] == a and comparison["speedup_time"] > 0
+    assert (out / "training_curves.png").stat().st_size > 10_000
+
+
+def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path, tiny_data):
+    corpus = wt2.load_corpus(str(tiny_data))
+    config = smoke_config(tiny_data, architecture="resnet_bk", epochs=3, model_name="resume_check")
+    whole = train(config, corpus, tmp_path / "whole", quiet=True, log=lambda *_: None)
+
+    class Interrupted(Exception):
+        pass
+
+    def crash_after_first_epoch(message):
+        if "epoch 1:" in message:  # logged right after the epoch's checkpoint is on disk
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(config, corpus, tmp_path / "cut", quiet=True, log=crash_after_first_epoch)
+    resumed = train(config, corpus, tmp_path / "cut", resume=True, quiet=True, log=lambda *_: None)
+    assert resumed.epoch_losses == whole.epoch_losses
+    assert resumed.epoch_perplexities == whole.epoch_perplexities
+    assert resumed.test_perplexity == whole.test_perplexity and resumed.steps == whole.steps
+
+
+def test_resume_refuses_another_configuration(tmp_path, tiny_data):
+    corpus = wt2.load_corpus(str(tiny_data))
+    config = smoke_config(tiny_data, epochs=1)
+    train(config, corpus, tmp_path, quiet=True, log=lambda *_: None)
+    with pytest.raises(ValueError, match="--resume: .* different configuration"):
+        train(config.replace(lr=5e-3), corpus, tmp_path, resume=True, quiet=True, log=lambda *_: None)
+
+
+def test_bidirectional_needs_allow_noncausal_and_is_labelled(tmp_path, tiny_data):
+    corpus = wt2.load_corpus(str(tiny_data))
+    config = smoke_config(tiny_data, architecture="resnet_bk", bk_mode="bidirectional", epochs=1)
+    with pytest.raises(ValueError, match="--allow-noncausal"):
+        train(config, corpus, tmp_path, quiet=True, log=lambda *_: None)
+    messages = []
+    result = train(config.replace(allow_noncausal=True), corpus, tmp_path, quiet=True, log=messages.append)
+    assert result.causal is False and result.perplexity_is_lm is False
+    assert any("NOT a language-model perplexity" in m for m in messages)
+
+
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, tiny_data, monkeypatch):
+    import resnetbk.bench.train as train_module
+
+    real_cross_entropy = train_module.F.cross_entropy
+
+    def nan_in_training(logits, targets, **kwargs):
+        loss = real_cross_entropy(logits, targets, **kwargs)
+        return loss * math.nan if torch.is_grad_enabled() else loss
+
+    monkeypatch.setattr(train_module.F, "cross_entropy", nan_in_training)
+    corpus = wt2.load_corpus(str(tiny_data))
+    config = smoke_config(tiny_data, epochs=1, max_consecutive_skips=3)
+    result = train(config, corpus, tmp_path, quiet=True, log=lambda *_: None)
+    assert result.skipped_steps == 3 and result.steps == 3
+    assert "3 consecutive steps" in result.stopped_early
+    assert math.isnan(result.train_loss)  # nothing was averaged in
+    assert math.isfinite(result.test_perplexity)  # evaluation still ran on the (untrained) weights
+
+
+def test_compare_results_arithmetic():
+    def result(name, time, ppl, mem, size, flops=None):
+        return BenchmarkResults(model_name=name, config={}, final_loss=1.0, final_perplexity=ppl, best_perplexity=ppl,
+                                training_time=time, peak_memory_mb=mem, model_size_mb=size, test_perplexity=ppl,
+                                total_training_flops=flops)
+
+    c = compare_results(result("a", 10.0, 100.0, 200.0, 4.0, 1000), result("b", 5.0, 110.0, 150.0, 3.0, 250))
+    assert c["speedup_time"] == 2.0 and c["speedup_flops"] == 4.0
+    assert c["perplexity_difference_percent"] == pytest.approx(10.0)
+    assert c["memory_reduction_percent"] == pytest.approx(25.0) and c["size_reduction_percent"] == pytest.approx(25.0)
+    assert compare_results(result("a", 1.0, 1.0, 1.0, 1.0), result("b", 1.0, 1.0, 1.0, 1.0))["speedup_flops"] is None
+
+
+def test_results_round_trip(tmp_path):
+    r = BenchmarkResults(model_name="m", config={"a": 1}, final_loss=math.nan, final_perplexity=2.0,
+                         best_perplexity=2.0, training_time=1.0)
+    r.save(tmp_path / "r.json")
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["final_loss"] is None  # NaN is written as null, never as an invalid JSON token
+    assert BenchmarkResults.load(tmp_path / "r.json").final_perplexity == 2.0
+    WikiText2Benchmark(tmp_path / "bench")  # creates its folder
+    assert (tmp_path / "bench").is_dir()
+
+
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path, tiny_data):
+    """torchrun with 2 CPU processes (gloo) gives the single-process losses of the same global batch."""
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "config.json"
+    # No dropout (its random masks differ per process) and no load-balancing loss (it is per process).
+    config.write_text(json.dumps({"dropout": 0.0, "load_balance_weight": 0.0, "threads": 1, "device": "cpu"}))
+    common = ["--preset", "smoke", "--models", "transformer_baseline,resnet_bk_baseline", "--config", str(config),
+              "--data-dir", str(tiny_data), "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    single = subprocess.run([sys.executable, "-m", "resnetbk.bench", *common, "--output-dir", str(tmp_path / "one")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "resnetbk.bench", *common, "--output-dir", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    for name in ("transformer_baseline", "resnet_bk_baseline"):
+        one = json.loads((tmp_path / "one" / f"{name}_results.json").read_text())
+        two = json.loads((tmp_path / "two" / f"{name}_results.json").read_text())
+        assert one["steps"] == two["steps"] > 0
+        assert two["epoch_losses"] == pytest.approx(one["epoch_losses"], rel=1e-5)
+        assert two["epoch_perplexities"] == pytest.approx(one["epoch_perplexities"], rel=1e-5)
