@@ -103,6 +103,7 @@ def test_smoke_run_writes_every_file_with_the_documented_schema(tmp_path, tiny_d
         assert doc["peak_memory_mb"] > 0 and "RSS" in doc["peak_memory_method"]
         assert "custom dataset" in doc["dataset"]
         assert doc["forward_flops"] is None  # not measured yet: null, never a made-up number
+        assert doc["versions"]["torch"] and len(doc["git_revision"] or "0" * 40) == 40
     for a, b in (("transformer_baseline", "resnet_bk_baseline"), ("transformer_baseline", "resnet_bk_full"),
                  ("resnet_bk_baseline", "resnet_bk_full")):
         comparison = json.loads((out / f"comparison_{a}_vs_{b}.json").read_text())

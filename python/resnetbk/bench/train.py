@@ -274,6 +274,7 @@ def train(config: BenchmarkConfig, corpus: wt2.Corpus, run_dir: str | Path, *, r
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         method = "peak RSS of the process (ru_maxrss)"
     counts = model.parameter_counts()
+    versions, git = environment()
     last_loss = state["epoch_losses"][-1] if state["epoch_losses"] else math.nan
     return BenchmarkResults(
         model_name=config.model_name, config=config.to_dict(), final_loss=last_loss,
@@ -288,7 +289,36 @@ def train(config: BenchmarkConfig, corpus: wt2.Corpus, run_dir: str | Path, *, r
         vocab_size=corpus.vocab_size, parameters=counts["total"], non_embedding_parameters=counts["non_embedding"],
         causal=probe.causal, perplexity_is_lm=probe.causal, causality_probe=probe.summary(),
         peak_memory_method=method, dataset=corpus.describe(), device=str(device),
+        versions=versions, git_revision=git,
     )
+
+
+def environment() -> tuple[dict, Optional[str]]:
+    """Versions of what ran, and the git revision of the source tree (None outside a checkout)."""
+    import platform
+    import subprocess
+
+    import numpy
+
+    from .. import __version__
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+                "resnetbk": __version__}
+    try:
+        import datasets
+
+        versions["datasets"] = datasets.__version__
+    except ImportError:  # pragma: no cover - a dependency; reported, not required here
+        pass
+    if torch.cuda.is_available():
+        versions["cuda"] = torch.version.cuda
+    try:
+        revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                  capture_output=True, text=True, timeout=10)
+        git = revision.stdout.strip() if revision.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        git = None
+    return versions, git
 
 
 def run_and_save(config: BenchmarkConfig, data_dir: Optional[str], run_dir: str, result_path: str, resume: bool,
