@@ -1,22 +1,20 @@
 """FLOP formulas of the BK-Core ops, so ``torch.utils.flop_counter.FlopCounterMode`` counts them.
 
-Counted as the Rust kernels execute them (``rust/bk-core/src/sweep.rs``), per sequence position,
-with real FLOPs: a real add, multiply or division is 1; a complex add is 2, a complex multiply 6,
-a real-times-complex product 2, and a complex reciprocal ``conj(x)/|x|^2`` is 6 (2 multiplies,
-1 add, 1 division, 2 multiplies). Negations are free. The backward recomputes the forward sweeps
-it needs instead of storing them, and that recomputation is included.
+The per-position counts come from the FLOPs engine (``rust/flops-engine``), the one place that
+states them: real FLOPs as the Rust kernels execute them (a real add, multiply or division is 1;
+a complex reciprocal ``conj(x)/|x|^2`` is 6; negations are free), the backward's recomputation of
+the forward sweeps included.
 """
 
 from __future__ import annotations
 
 import math
 
-# Forward: s = a - z (2), kap*g (2), subtract (2), reciprocal (6) per left-sweep step; the
-# bidirectional right pass adds s, two couplings, two subtractions and two reciprocals.
-FORWARD_PER_ELEMENT = {"causal": 12, "bidirectional": 12 + 22}
-# Backward: left sweep (12) + reverse scan; bidirectional adds the right pass, lam_D, and the
-# forward scan. See the module docstring of sweep.rs for the recurrences.
-BACKWARD_PER_ELEMENT = {"causal": 12 + 21, "bidirectional": 12 + 55 + 23}
+from .. import _native
+
+_PER_ELEMENT = _native.bk_flops_per_element()
+FORWARD_PER_ELEMENT = dict(_PER_ELEMENT["forward"])
+BACKWARD_PER_ELEMENT = dict(_PER_ELEMENT["backward"])
 
 
 def forward_flops(diag_shape, mode: str) -> int:

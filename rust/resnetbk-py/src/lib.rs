@@ -7,6 +7,7 @@ use bk_core::{backward_batch, forward_batch, Complex, Mode, OffDiagonals};
 use numpy::{PyUntypedArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1, PyReadwriteArray2};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
 fn parse_mode(mode: &str) -> PyResult<Mode> {
     match mode {
@@ -109,8 +110,60 @@ macro_rules! kernels {
 kernels!(f32, bk_forward_f32, bk_backward_f32);
 kernels!(f64, bk_forward_f64, bk_backward_f64);
 
+/// One traced op as the tracer hands it over:
+/// `(name, input shapes, output shapes, complex, detail, phase, component, count)`.
+type TracedOp = (String, Vec<Vec<usize>>, Vec<Vec<usize>>, bool, String, String, String, u64);
+
+/// Prices a trace with the FLOPs engine; returns
+/// `{"total", "by_phase", "by_category", "by_component": {component: {phase: flops}}, "by_op", "unknown"}`.
+#[pyfunction]
+fn price_trace<'py>(py: Python<'py>, records: Vec<TracedOp>) -> PyResult<Bound<'py, PyDict>> {
+    let mut parsed = Vec::with_capacity(records.len());
+    for (name, inputs, outputs, complex, detail, phase, component, count) in records {
+        let phase = flops_engine::Phase::parse(&phase).ok_or_else(|| {
+            PyValueError::new_err(format!("phase: expected 'forward', 'backward' or 'optimizer', got {phase:?}"))
+        })?;
+        let op = flops_engine::Op { name, inputs, outputs, complex, detail };
+        parsed.push(flops_engine::Record { op, phase, component, count });
+    }
+    let report = py.detach(|| flops_engine::aggregate(&parsed));
+    let out = PyDict::new(py);
+    out.set_item("total", report.total)?;
+    out.set_item("by_phase", report.by_phase)?;
+    out.set_item("by_category", report.by_category)?;
+    out.set_item("by_component", report.by_component)?;
+    out.set_item("by_op", report.by_op)?;
+    out.set_item("unknown", report.unknown)?;
+    Ok(out)
+}
+
+/// Real FLOPs per position of the BK-Core: `{"forward": {mode: n}, "backward": {mode: n}}`.
+#[pyfunction]
+fn bk_flops_per_element<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    let out = PyDict::new(py);
+    for (phase, (causal, bidirectional)) in
+        [("forward", flops_engine::BK_FORWARD_PER_ELEMENT), ("backward", flops_engine::BK_BACKWARD_PER_ELEMENT)]
+    {
+        let d = PyDict::new(py);
+        d.set_item("causal", causal)?;
+        d.set_item("bidirectional", bidirectional)?;
+        out.set_item(phase, d)?;
+    }
+    Ok(out)
+}
+
+/// FLOPs per parameter element of one optimizer update (`kind`: adamw, adam, sgd, sgd_momentum).
+#[pyfunction]
+fn optimizer_flops_per_parameter(kind: &str, weight_decay: bool) -> PyResult<u64> {
+    flops_engine::optimizer_cost(kind, weight_decay)
+        .ok_or_else(|| PyValueError::new_err(format!("kind: unknown optimizer {kind:?}; expected adamw, adam, sgd or sgd_momentum")))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(price_trace, m)?)?;
+    m.add_function(wrap_pyfunction!(bk_flops_per_element, m)?)?;
+    m.add_function(wrap_pyfunction!(optimizer_flops_per_parameter, m)?)?;
     m.add_function(wrap_pyfunction!(bk_forward_f32, m)?)?;
     m.add_function(wrap_pyfunction!(bk_forward_f64, m)?)?;
     m.add_function(wrap_pyfunction!(bk_backward_f32, m)?)?;

@@ -1,0 +1,115 @@
+"""The FLOPs engine and the execution tracer: cross-checks against FlopCounterMode and by hand."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from resnetbk import _native
+from resnetbk.flops import FlopsTracer
+from resnetbk.models import build_model
+
+MATMUL_FAMILY = ("matmul", "attention", "bk_core")  # what FlopCounterMode counts (BK via its formula)
+
+
+def _matmul_family(report):
+    return sum(report["by_category"].get(c, 0) for c in MATMUL_FAMILY)
+
+
+def _step(model, tokens, phase):
+    logits = model(tokens)
+    loss = F.cross_entropy(logits.flatten(0, 1), tokens.flatten()) + 0.01 * model.aux_loss()
+    return loss
+
+
+@pytest.mark.parametrize("arch", ("transformer", "resnet_bk"))
+def test_matmul_family_equals_flop_counter_forward_and_backward(arch):
+    tokens = torch.randint(120, (3, 11), generator=torch.Generator().manual_seed(0))
+    counted = {}
+    for counter in ("engine", "torch"):
+        torch.manual_seed(0)
+        model = build_model(arch, 120, 16, 2, 12)
+        if counter == "engine":
+            forward, backward = FlopsTracer(), FlopsTracer()
+        else:
+            forward, backward = FlopCounterMode(display=False), FlopCounterMode(display=False)
+        with forward:
+            loss = _step(model, tokens, "forward")
+        with backward:
+            loss.backward()
+        if counter == "engine":
+            counted[counter] = (_matmul_family(forward.report()), _matmul_family(backward.report()))
+        else:
+            counted[counter] = (forward.get_total_flops(), backward.get_total_flops())
+    assert counted["engine"] == counted["torch"]
+    assert min(counted["engine"]) > 0
+
+
+def test_one_layer_transformer_forward_by_hand():
+    b, n, d, v, heads = 2, 7, 16, 50, 4
+    torch.manual_seed(0)
+    model = build_model("transformer", v, d, 1, n, n_heads=heads).eval()
+    tracer = FlopsTracer()
+    with tracer, torch.no_grad():
+        model(torch.randint(v, (b, n)))
+    report = tracer.report()
+    t = b * n  # tokens
+    layer_norm = 8 * t * d
+    by_hand = (
+        t * d  # token + position embedding add
+        + layer_norm + (2 * t * d * 3 * d + t * 3 * d)  # LN1, qkv (matmul + bias)
+        + 4 * b * n * n * d  # attention scores and weighted values (full score matrix)
+        + (2 * t * d * d + t * d) + t * d  # output projection, residual add
+        + layer_norm + (2 * t * d * 4 * d + t * 4 * d) + 5 * t * 4 * d + (2 * t * 4 * d * d + t * d) + t * d  # MLP
+        + layer_norm + 2 * t * d * v  # final LayerNorm, LM head
+    )
+    assert report["unknown"] == {}
+    assert report["total"] == by_hand, report["by_op"]
+
+
+def test_optimizer_flops_are_parameters_times_the_stated_cost():
+    torch.manual_seed(0)
+    model = build_model("resnet_bk", 60, 16, 1, 8)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}])
+    _step(model, torch.randint(60, (2, 8)), "forward").backward()
+    tracer = FlopsTracer()
+    tracer.optimizer_step(optimizer)
+    report = tracer.report()
+    expected = (sum(p.numel() for p in decay) * _native.optimizer_flops_per_parameter("adamw", True)
+                + sum(p.numel() for p in no_decay) * _native.optimizer_flops_per_parameter("adamw", False))
+    assert report["by_phase"]["optimizer"] == expected > 0
+    assert report["by_phase"]["forward"] == report["by_phase"]["backward"] == 0
+    assert _native.optimizer_flops_per_parameter("adamw", True) == 14
+
+
+def test_unknown_ops_are_listed_by_name_and_count():
+    tracer = FlopsTracer()
+    with tracer:
+        x = torch.randn(4, 8)
+        torch.cumsum(x, dim=1)
+        torch.cumsum(x, dim=0)
+        x @ x.t()
+    report = tracer.report()
+    assert report["unknown"] == {"aten.cumsum": 2}
+    assert report["by_op"]["aten.mm"] == 2 * 4 * 8 * 4
+
+
+def test_moe_counts_the_tokens_actually_routed():
+    torch.manual_seed(0)
+    model = build_model("resnet_bk", 40, 8, 1, 6, dropout=0.0).eval()
+    router = model.blocks[0].moe.router
+    with torch.no_grad():
+        router.weight.zero_()
+        router.bias.copy_(torch.tensor([10.0, 0.0, 0.0, 0.0]))  # every token goes to expert 0
+    tracer = FlopsTracer()
+    with tracer, torch.no_grad():
+        model(torch.randint(40, (2, 6)))
+    components = tracer.report()["by_component"]
+    expert_flops = {e: sum(v for c, p in components.items() if c.startswith(f"blocks.0.moe.experts.{e}.")
+                           for v in p.values()) for e in range(4)}
+    d, tokens = 8, 12
+    assert expert_flops[1] == expert_flops[2] == expert_flops[3] == 0
+    # Linear d->2d (matmul + bias), ReLU, Linear 2d->d (matmul + bias), for the 12 routed tokens.
+    assert expert_flops[0] == tokens * (2 * d * 2 * d + 2 * d) + tokens * 2 * d + tokens * (2 * 2 * d * d + d)
