@@ -102,7 +102,17 @@ def test_smoke_run_writes_every_file_with_the_documented_schema(tmp_path, tiny_d
         assert doc["steps"] > 0 and doc["skipped_steps"] == 0 and doc["tokens_per_second"] > 0
         assert doc["peak_memory_mb"] > 0 and "RSS" in doc["peak_memory_method"]
         assert "custom dataset" in doc["dataset"]
-        assert doc["forward_flops"] is None  # not measured yet: null, never a made-up number
+        # FLOPs measured from the executed steps: consistent totals, no unpriced ops.
+        per_step = doc["forward_flops"] + doc["backward_flops"] + doc["optimizer_flops"]
+        assert abs(doc["total_flops_per_step"] - per_step) <= 2
+        # The per-step figure is a rounded average: the product may differ by at most the step count.
+        assert abs(doc["total_training_flops"] - doc["total_flops_per_step"] * doc["steps"]) <= doc["steps"]
+        assert doc["backward_flops"] > doc["forward_flops"] > 0
+        assert 0 < doc["optimizer_flops"] <= 14 * doc["parameters"]
+        assert doc["flops_breakdown"]["unknown_ops"] == {}
+        components = doc["flops_breakdown"]["per_step_by_component"]
+        assert "lm_head" in components and "optimizer" in components
+        assert ("blocks.0.bk" in components) == name.startswith("resnet_bk")
         assert doc["versions"]["torch"] and len(doc["git_revision"] or "0" * 40) == 40
     for a, b in (("transformer_baseline", "resnet_bk_baseline"), ("transformer_baseline", "resnet_bk_full"),
                  ("resnet_bk_baseline", "resnet_bk_full")):

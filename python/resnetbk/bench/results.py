@@ -4,8 +4,12 @@ Schema (``schema_version`` 1): every field below, JSON-typed; durations in secon
 MiB, perplexities as ``exp(mean NLL)`` per token. ``final_perplexity`` is the test perplexity of
 the best-validation weights; ``best_perplexity`` the best validation perplexity;
 ``epoch_perplexities`` the validation perplexity after each epoch; ``epoch_losses`` the mean
-training loss of each epoch. The FLOPs fields are ``null`` until they are measured (the FLOPs
-engine fills them). ``perplexity_is_lm`` is false for a model that failed the causality probe:
+training loss of each epoch. FLOPs are measured from execution (``resnetbk.flops``): every
+training step is traced and priced by the Rust engine; ``forward_flops``/``backward_flops``/
+``optimizer_flops``/``total_flops_per_step`` are averages per executed step,
+``total_training_flops`` the sum over them, and ``flops_breakdown`` has the per-step FLOPs by
+component and phase, the totals by category and any unknown (unpriced) ops. They are ``null``
+only when no step ran. ``perplexity_is_lm`` is false for a model that failed the causality probe:
 its perplexity is not a language-model perplexity.
 """
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .. import data as wt2
 from ..causality import probe_causality
+from ..flops import FlopsTracer, component_summary, merge_reports
 from ..models import build_model
 from . import distributed
 from .config import BenchmarkConfig
@@ -169,7 +170,7 @@ def train(config: BenchmarkConfig, corpus: wt2.Corpus, run_dir: str | Path, *, r
 
     state = {"epoch": 0, "step": 0, "skipped": 0, "train_time": 0.0, "train_tokens": 0, "epoch_losses": [],
              "epoch_perplexities": [], "epoch_times": [], "best_valid": math.inf, "best_epoch": 0, "best_model": None,
-             "stopped_early": None}
+             "stopped_early": None, "flops": None}
     checkpoint_path = run_dir / CHECKPOINT
     if resume and checkpoint_path.is_file():
         ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
@@ -193,29 +194,32 @@ def train(config: BenchmarkConfig, corpus: wt2.Corpus, run_dir: str | Path, *, r
         bar = _progress(steps_per_epoch, f"{config.model_name} epoch {epoch + 1}/{config.epochs}", quiet)
         start = time.perf_counter()
         loss_sum, loss_count, epoch_tokens = 0.0, 0, 0
+        tracer = FlopsTracer()  # prices every executed training step (not evaluation)
         for x, y in wt2.windows(inputs, targets, config.n_seq, order):
             if state["step"] >= total_steps:
                 break
             x, y = x.to(device), y.to(device)
             local_count = int((y != wt2.IGNORE_INDEX).sum())
             (global_count,) = world.sum([local_count])
-            with autocast_context(config, device):
-                logits = forward(x)
-                nll_sum = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=wt2.IGNORE_INDEX,
-                                          reduction="sum")
-                # Normalised by the global token count (times the world size, which DDP's gradient
-                # averaging divides out): exactly the gradient of the global batch's mean NLL.
-                loss = nll_sum * (world.size / max(global_count, 1))
-                loss = loss + config.load_balance_weight * model.aux_loss().to(loss.device)
             optimizer.zero_grad(set_to_none=True)
-            finite = world.all(bool(torch.isfinite(loss)))
+            with tracer:
+                with autocast_context(config, device):
+                    logits = forward(x)
+                    nll_sum = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(),
+                                              ignore_index=wt2.IGNORE_INDEX, reduction="sum")
+                    # Normalised by the global token count (times the world size, which DDP's
+                    # gradient averaging divides out): exactly the gradient of the global batch's mean NLL.
+                    loss = nll_sum * (world.size / max(global_count, 1))
+                    loss = loss + config.load_balance_weight * model.aux_loss().to(loss.device)
+                finite = world.all(bool(torch.isfinite(loss)))
+                if finite:
+                    scaler.scale(loss).backward()
             if finite:
-                scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 finite = world.all(bool(torch.isfinite(grad_norm)))
             if finite:
-                scaler.step(optimizer)
+                tracer.optimizer_step(optimizer, lambda: scaler.step(optimizer))
                 scaler.update()
                 scheduler.step()
                 consecutive_skips = 0
@@ -242,6 +246,7 @@ def train(config: BenchmarkConfig, corpus: wt2.Corpus, run_dir: str | Path, *, r
         elapsed = time.perf_counter() - start
         state["train_time"] += elapsed
         state["train_tokens"] += epoch_tokens
+        state["flops"] = merge_reports(state["flops"], tracer.report())
         valid_nll, _ = evaluate(model, corpus.valid, config, device)
         valid_ppl = math.exp(valid_nll)
         train_loss = loss_sum / loss_count if loss_count else math.nan
@@ -275,6 +280,7 @@ def train(config: BenchmarkConfig, corpus: wt2.Corpus, run_dir: str | Path, *, r
         method = "peak RSS of the process (ru_maxrss)"
     counts = model.parameter_counts()
     versions, git = environment()
+    flops = _flops_fields(state["flops"], state["step"], world)
     last_loss = state["epoch_losses"][-1] if state["epoch_losses"] else math.nan
     return BenchmarkResults(
         model_name=config.model_name, config=config.to_dict(), final_loss=last_loss,
@@ -289,7 +295,31 @@ def train(config: BenchmarkConfig, corpus: wt2.Corpus, run_dir: str | Path, *, r
         vocab_size=corpus.vocab_size, parameters=counts["total"], non_embedding_parameters=counts["non_embedding"],
         causal=probe.causal, perplexity_is_lm=probe.causal, causality_probe=probe.summary(),
         peak_memory_method=method, dataset=corpus.describe(), device=str(device),
-        versions=versions, git_revision=git,
+        versions=versions, git_revision=git, **flops,
+    )
+
+
+def _flops_fields(report: Optional[dict], steps: int, world) -> dict:
+    """The results' FLOPs fields from the merged trace of every executed training step.
+
+    Per-step figures are averages over the executed steps (the last window of an epoch is
+    shorter); the total is the sum over all of them and over all processes.
+    """
+    if report is None or steps == 0:
+        return {}
+    forward, backward, optimizer = world.sum([report["by_phase"].get(p, 0) for p in ("forward", "backward", "optimizer")])
+    return dict(
+        forward_flops=round(forward / steps), backward_flops=round(backward / steps),
+        optimizer_flops=round(optimizer / steps), total_flops_per_step=round((forward + backward + optimizer) / steps),
+        total_training_flops=int(forward + backward + optimizer),
+        flops_breakdown={
+            "per_step_by_component": component_summary(report["by_component"], steps),
+            "by_category": report["by_category"],
+            "unknown_ops": report["unknown"],
+            "traced_steps": steps,
+            "scope": "training steps as executed (forward, backward, optimizer.step; gradient clipping and "
+                     "evaluation not counted); components and categories are this process's share",
+        },
     )
 
 

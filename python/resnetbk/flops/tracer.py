@@ -14,7 +14,6 @@ from contextlib import contextmanager
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 from torch.utils.module_tracker import ModuleTracker
 
 from .. import _native
@@ -22,14 +21,24 @@ from .. import _native
 OUTSIDE_MODULES = "(outside modules)"
 
 
-def _shapes(tree) -> tuple:
-    leaves, _ = tree_flatten(tree)
-    return tuple(tuple(t.shape) for t in leaves if isinstance(t, torch.Tensor))
+def _tensors(obj):
+    """The tensors in nested tuples, lists and dicts (a plain walk: pytree is slower here)."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for item in obj:
+            yield from _tensors(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item)
 
 
-def _complex(tree) -> bool:
-    leaves, _ = tree_flatten(tree)
-    return any(isinstance(t, torch.Tensor) and t.is_complex() for t in leaves)
+def _shapes(obj) -> tuple:
+    return tuple(tuple(t.shape) for t in _tensors(obj))
+
+
+def _complex(obj) -> bool:
+    return any(t.is_complex() for t in _tensors(obj))
 
 
 def optimizer_kind(optimizer: torch.optim.Optimizer, group: dict) -> str:
@@ -68,7 +77,7 @@ class FlopsTracer(TorchDispatchMode):
             return OUTSIDE_MODULES
         deepest = max(paths, key=lambda p: p.count("."))
         root, _, rest = deepest.partition(".")
-        return rest or root
+        return rest or "model (top level)"
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -93,10 +102,11 @@ class FlopsTracer(TorchDispatchMode):
         finally:
             self._optimizer = False
 
-    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Runs ``optimizer.step()`` and records one update per parameter group."""
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, step=None) -> None:
+        """Runs ``step()`` (default ``optimizer.step()``; e.g. a GradScaler's step) and records one
+        update per parameter group."""
         with self._optimizer_phase():
-            optimizer.step()
+            (step or optimizer.step)()
         for group in optimizer.param_groups:
             shapes = tuple(tuple(p.shape) for p in group["params"] if p.grad is not None)
             if shapes:
@@ -114,3 +124,41 @@ class FlopsTracer(TorchDispatchMode):
     def report(self) -> dict:
         """The priced trace: totals by phase, category, component and op, and unknown ops."""
         return _native.price_trace(self.trace())
+
+    def clear(self) -> None:
+        self.records.clear()
+
+
+def merge_reports(total: dict | None, report: dict) -> dict:
+    """Adds ``report`` into ``total`` (nested dicts of counts)."""
+    if total is None:
+        return _deep_copy(report)
+
+    def add(into: dict, more: dict) -> None:
+        for k, v in more.items():
+            if isinstance(v, dict):
+                add(into.setdefault(k, {}), v)
+            else:
+                into[k] = into.get(k, 0) + v
+
+    add(total, report)
+    return total
+
+
+def _deep_copy(d: dict) -> dict:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+def component_summary(by_component: dict, steps: int) -> dict:
+    """FLOPs per step by readable component: ``blocks.<i>.<part>``, top-level modules, the loss
+    (ops outside any module), the optimizer."""
+    summary: dict = {}
+    for component, phases in by_component.items():
+        parts = component.split(".")
+        key = ".".join(parts[:3]) if parts[0] == "blocks" else parts[0]
+        if component == OUTSIDE_MODULES:
+            key = "loss and other ops outside modules"
+        into = summary.setdefault(key, {})
+        for phase, flops in phases.items():
+            into[phase] = into.get(phase, 0) + flops / max(steps, 1)
+    return dict(sorted(summary.items()))

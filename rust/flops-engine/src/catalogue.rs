@@ -66,7 +66,8 @@ fn elementwise_cost(base: &str) -> Option<u64> {
         "add" | "sub" | "mul" | "div" | "neg" | "relu" | "threshold_backward" | "abs" | "eq" | "ne" | "lt" | "gt"
         | "le" | "ge" | "where" | "maximum" | "minimum" | "clamp" | "clamp_min" | "clamp_max" | "sign"
         | "reciprocal" | "exp" | "log" | "tanh" | "sqrt" | "rsqrt" | "erf" | "square" | "pow" | "rsub"
-        | "masked_fill" | "bernoulli" | "conj_physical" | "native_dropout_backward" => 1,
+        | "masked_fill" | "bernoulli" | "conj_physical" | "native_dropout_backward" | "isfinite" | "isnan"
+        | "isinf" | "logical_and" | "logical_or" | "logical_not" => 1,
         "native_dropout" => 2,
         "lerp" | "addcmul" | "addcdiv" | "tanh_backward" => 3,
         "sigmoid" => 4,
@@ -136,6 +137,8 @@ pub fn price(op: &Op) -> Option<Vec<(Category, u64)>> {
             let params: u64 = ins.iter().map(|s| numel(s)).sum();
             return Some(vec![(Category::Optimizer, cost * params)]);
         }
+        // Collective communication moves data; it computes nothing that counts here.
+        "c10d" | "_c10d_functional" => return Some(vec![(Category::DataMovement, 0)]),
         "aten" => {}
         _ => return None,
     }
