@@ -16,7 +16,7 @@ def _matmul_family(report):
     return sum(report["by_category"].get(c, 0) for c in MATMUL_FAMILY)
 
 
-def _step(model, tokens, phase):
+def _loss(model, tokens):
     logits = model(tokens)
     loss = F.cross_entropy(logits.flatten(0, 1), tokens.flatten()) + 0.01 * model.aux_loss()
     return loss
@@ -34,7 +34,7 @@ def test_matmul_family_equals_flop_counter_forward_and_backward(arch):
         else:
             forward, backward = FlopCounterMode(display=False), FlopCounterMode(display=False)
         with forward:
-            loss = _step(model, tokens, "forward")
+            loss = _loss(model, tokens)
         with backward:
             loss.backward()
         if counter == "engine":
@@ -73,7 +73,7 @@ def test_optimizer_flops_are_parameters_times_the_stated_cost():
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}])
-    _step(model, torch.randint(60, (2, 8)), "forward").backward()
+    _loss(model, torch.randint(60, (2, 8))).backward()
     tracer = FlopsTracer()
     tracer.optimizer_step(optimizer)
     report = tracer.report()
@@ -113,3 +113,45 @@ def test_moe_counts_the_tokens_actually_routed():
     assert expert_flops[1] == expert_flops[2] == expert_flops[3] == 0
     # Linear d->2d (matmul + bias), ReLU, Linear 2d->d (matmul + bias), for the 12 routed tokens.
     assert expert_flops[0] == tokens * (2 * d * 2 * d + 2 * d) + tokens * 2 * d + tokens * (2 * 2 * d * d + d)
+
+
+@pytest.mark.parametrize("arch", ("transformer", "resnet_bk"))
+# Batches of at least 64 tokens: the estimate assumes every expert gets tokens (an expert that
+# gets none has no gradient, and the executed AdamW step then skips its parameters).
+@pytest.mark.parametrize("b,n,d,layers,vocab", [(4, 16, 16, 1, 50), (4, 32, 32, 2, 300), (3, 64, 64, 3, 1000)])
+def test_closed_form_estimate_agrees_with_the_trace(arch, b, n, d, layers, vocab):
+    from resnetbk.bench import BenchmarkConfig
+    from resnetbk.bench.train import make_optimizer
+    from resnetbk.flops.estimate import StepShape, estimate_step
+
+    torch.manual_seed(0)
+    model = build_model(arch, vocab, d, layers, n)
+    optimizer = make_optimizer(model, BenchmarkConfig(architecture=arch, d_model=d, n_layers=layers, n_seq=n))
+    tracer = FlopsTracer()
+    tokens = torch.randint(vocab, (b, n), generator=torch.Generator().manual_seed(1))
+    with tracer:
+        _loss(model, tokens).backward()
+    tracer.optimizer_step(optimizer)
+    measured = tracer.report()
+    estimated = estimate_step(StepShape(arch, vocab, d, layers, b, n))
+    assert estimated["unknown"] == {} and measured["unknown"] == {}
+    for phase in ("forward", "backward", "optimizer"):
+        assert estimated["by_phase"][phase] == pytest.approx(measured["by_phase"][phase], rel=0.02), phase
+
+
+def test_sequence_length_sweep(tmp_path, capsys):
+    from resnetbk.bench.__main__ import main
+
+    assert main(["flops", "--seq-lens", "64,256,1024", "--batch", "2", "--vocab-size", "500",
+                 "--output-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "transformer: training FLOPs per token" in out and "resnet_bk:" in out
+    import json
+
+    table = json.loads((tmp_path / "flops_sweep.json").read_text())["per_token_flops"]
+    bk = [table["resnet_bk"][str(n)]["mixer"] for n in (64, 256, 1024)]
+    attention = [table["transformer"][str(n)]["mixer"] for n in (64, 256, 1024)]
+    assert bk[0] == pytest.approx(bk[2], rel=0.01)  # O(N) in total: flat per token
+    # O(N^2) in total: per token, the attention's growth is linear in N (N: 64 -> 256 -> 1024).
+    assert (attention[2] - attention[1]) / (attention[1] - attention[0]) == pytest.approx(4.0, rel=0.05)
+    assert (tmp_path / "flops_sweep.png").stat().st_size > 10_000

@@ -1,7 +1,7 @@
 """Command line: ``python -m resnetbk.bench [options]``.
 
 Runs the three benchmark models (transformer_baseline, resnet_bk_baseline, resnet_bk_full) on
-WikiText-2 and writes ``<model>_results.json``, ``comparison_*.json`` and ``training_curves.png``
+WikiText-2 (``python -m resnetbk.bench flops --help``: the sequence-length FLOPs sweep) and writes ``<model>_results.json``, ``comparison_*.json`` and ``training_curves.png``
 into ``--output-dir``. Settings apply in this order: the dataclass defaults, ``--preset``,
 ``--config FILE``, then the other flags.
 """
@@ -79,6 +79,11 @@ def summary_table(results: list) -> str:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["flops"]:  # the sequence-length FLOPs sweep
+        from .flops_sweep import main as flops_main
+
+        return flops_main(argv[1:])
     args = parse_args(argv)
     try:
         configs = build_configs(args)
