@@ -133,7 +133,8 @@ def test_closed_form_estimate_agrees_with_the_trace(arch, b, n, d, layers, vocab
         _loss(model, tokens).backward()
     tracer.optimizer_step(optimizer)
     measured = tracer.report()
-    estimated = estimate_step(StepShape(arch, vocab, d, layers, b, n))
+    config = BenchmarkConfig(architecture=arch, d_model=d, n_layers=layers, n_seq=n, batch_size=b)
+    estimated = estimate_step(StepShape.from_config(config, vocab))
     assert estimated["unknown"] == {} and measured["unknown"] == {}
     for phase in ("forward", "backward", "optimizer"):
         assert estimated["by_phase"][phase] == pytest.approx(measured["by_phase"][phase], rel=0.02), phase

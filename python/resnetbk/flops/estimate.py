@@ -36,6 +36,17 @@ class StepShape:
     weight_decay: float = 0.01
     decay_norms_biases_embeddings: bool = False
 
+    @classmethod
+    def from_config(cls, config, vocab_size: int, seq: int | None = None) -> "StepShape":
+        """The step of a ``BenchmarkConfig`` (full windows of ``n_seq`` unless ``seq`` is given)."""
+        return cls(
+            architecture=config.architecture, vocab_size=vocab_size, d_model=config.d_model,
+            n_layers=config.n_layers, batch=config.batch_size, seq=seq or config.n_seq, n_heads=config.n_heads,
+            num_experts=config.num_experts, bk_channels=config.bk_channels, bk_mode=config.bk_mode,
+            dropout=config.dropout, tie_embeddings=config.tie_embeddings, weight_decay=config.weight_decay,
+            decay_norms_biases_embeddings=config.decay_norms_biases_embeddings,
+        )
+
 
 @dataclass
 class _Ops:
