@@ -156,3 +156,16 @@ def test_sequence_length_sweep(tmp_path, capsys):
     # O(N^2) in total: per token, the attention's growth is linear in N (N: 64 -> 256 -> 1024).
     assert (attention[2] - attention[1]) / (attention[1] - attention[0]) == pytest.approx(4.0, rel=0.05)
     assert (tmp_path / "flops_sweep.png").stat().st_size > 10_000
+
+
+def test_autograd_through_the_torch_scan_is_fully_priced():
+    """grad="autograd" through the parallel scan runs eye/sgn/abs ops; all are in the price list."""
+    from resnetbk import bk_core
+
+    diag = torch.randn(4, 128, requires_grad=True)
+    tracer = FlopsTracer()
+    with tracer:
+        bk_core(diag - 2.0, torch.ones(127), backend="torch_scan", grad="autograd").real.sum().backward()
+    report = tracer.report()
+    assert report["unknown"] == {}
+    assert report["by_phase"]["backward"] > report["by_phase"]["forward"] > 0

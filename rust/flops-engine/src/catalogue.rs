@@ -69,7 +69,9 @@ fn elementwise_cost(base: &str) -> Option<u64> {
         | "masked_fill" | "bernoulli" | "conj_physical" | "native_dropout_backward" | "isfinite" | "isnan"
         | "isinf" | "logical_and" | "logical_or" | "logical_not" => 1,
         "native_dropout" => 2,
-        "lerp" | "addcmul" | "addcdiv" | "tanh_backward" => 3,
+        // sgn of a complex x is x / |x|: |x| (2 multiplies, an add, a square root) and two
+        // divisions make 6 real FLOPs, i.e. 3 here times the complex factor 2.
+        "lerp" | "addcmul" | "addcdiv" | "tanh_backward" | "sgn" => 3,
         "sigmoid" => 4,
         "gelu" => 5,
         "gelu_backward" => 11,
@@ -84,12 +86,12 @@ fn is_data_movement(base: &str) -> bool {
         "view" | "_unsafe_view" | "reshape" | "_reshape_alias" | "alias" | "t" | "transpose" | "permute" | "expand"
             | "unsqueeze" | "squeeze" | "select" | "slice" | "detach" | "clone" | "_to_copy" | "copy" | "copy_"
             | "zeros_like" | "empty_like" | "ones_like" | "full" | "full_like" | "zeros" | "ones" | "empty"
-            | "empty_strided" | "new_zeros" | "new_empty" | "new_full" | "new_ones" | "arange" | "lift_fresh"
+            | "empty_strided" | "new_empty_strided" | "new_zeros" | "new_empty" | "new_full" | "new_ones" | "arange" | "lift_fresh"
             | "stack" | "cat" | "view_as_real" | "view_as_complex" | "unbind" | "split" | "split_with_sizes"
             | "scalar_tensor" | "_local_scalar_dense" | "tril" | "triu" | "fill" | "zero" | "as_strided"
             | "index" | "index_select" | "gather" | "scatter" | "index_put" | "select_backward"
             | "slice_backward" | "resolve_conj" | "resolve_neg" | "_conj" | "embedding" | "randperm"
-            | "constant_pad_nd" | "flip" | "repeat" | "unfold" | "diagonal" | "diag_embed"
+            | "constant_pad_nd" | "flip" | "repeat" | "unfold" | "diagonal" | "diag_embed" | "eye"
             // Random number generation is not counted as arithmetic.
             | "randn" | "rand" | "randint" | "randn_like" | "rand_like" | "normal" | "uniform"
     )
