@@ -228,3 +228,12 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
         assert one["steps"] == two["steps"] > 0
         assert two["epoch_losses"] == pytest.approx(one["epoch_losses"], rel=1e-5)
         assert two["epoch_perplexities"] == pytest.approx(one["epoch_perplexities"], rel=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a missing GPU")
+def test_cli_reports_a_failed_run_without_a_traceback(tmp_path, capsys, tiny_data):
+    code = cli_main(["--preset", "smoke", "--models", "transformer_baseline", "--data-dir", str(tiny_data),
+                     "--output-dir", str(tmp_path), "--device", "cuda", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "error: device: 'cuda' was asked for but torch sees no CUDA device" in err and "--resume" in err

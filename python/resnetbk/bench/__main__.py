@@ -95,7 +95,13 @@ def main(argv=None) -> int:
     if main_rank:
         print(f"Data: {corpus.describe()}")
     bench = WikiText2Benchmark(args.output_dir, resume=args.resume, quiet=args.quiet)
-    results = bench.run_all(configs)
+    try:
+        results = bench.run_all(configs)
+    except (RuntimeError, ValueError, KeyboardInterrupt) as exc:
+        print(f"error: {exc or 'interrupted'}", file=sys.stderr)
+        print(f"Completed epochs are checkpointed under {bench.output_dir}/runs/; rerun with --resume to continue.",
+              file=sys.stderr)
+        return 1
     if not main_rank:
         return 0
     print()
