@@ -56,7 +56,6 @@ def test_hybrid_is_not_the_gradient(mode, capsys):
     cosine = torch.nn.functional.cosine_similarity(exact, hybrid, dim=0).item()
     with capsys.disabled():
         print(f"\n[hybrid vs exact gradient, {mode}] cosine = {cosine:+.3f}")
-    assert -1.0 <= cosine <= 1.0
     assert not torch.allclose(exact, hybrid), "the approximation would have to be the gradient"
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 
 from .. import data as wt2
+from . import distributed
 from .config import MODEL_NAMES, PRESETS, BenchmarkConfig, load_config_file, model_config
 from .runner import WikiText2Benchmark
 
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     except (ValueError, NotImplementedError, wt2.DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 speaks
+    main_rank = distributed.is_main_process()  # under torchrun, rank 0 speaks
     if main_rank:
         print(f"Data: {corpus.describe()}")
     bench = WikiText2Benchmark(args.output_dir, resume=args.resume, quiet=args.quiet)

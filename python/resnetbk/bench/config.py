@@ -138,11 +138,16 @@ class BenchmarkConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "BenchmarkConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown config key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        reject_unknown_fields(cls, data, "config")
         return cls(**data)
+
+
+def reject_unknown_fields(cls, data: dict, what: str) -> None:
+    """A ValueError naming every key of ``data`` that is not a field of dataclass ``cls``."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
 
 
 def load_config_file(path: str | Path) -> dict:

@@ -63,6 +63,11 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (read from the environment, before any process group exists)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def shard_rows(inputs: torch.Tensor, targets: torch.Tensor, w: World) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's contiguous block of the ``batch_size`` parallel streams."""
     if not w.distributed:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from .config import reject_unknown_fields
+
 SCHEMA_VERSION = 1
 
 
@@ -76,10 +78,7 @@ class BenchmarkResults:
 
     @classmethod
     def from_dict(cls, data: dict) -> "BenchmarkResults":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"results: unknown field(s) {', '.join(unknown)}")
+        reject_unknown_fields(cls, data, "results")
         return cls(**{k: (math.nan if v is None and k.endswith("perplexity") else v) for k, v in data.items()})
 
     def save(self, path: str | Path) -> None:

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
-import os
 import traceback
 from pathlib import Path
 
-from . import plots
-from . import distributed
+from . import distributed, plots
 from .config import BenchmarkConfig
 from .results import BenchmarkResults, compare_results, write_json_atomic
 from .train import resolve_device, run_and_save
@@ -65,13 +63,13 @@ class WikiText2Benchmark:
     def compare_results(self, a: BenchmarkResults, b: BenchmarkResults) -> dict:
         """Compare ``b`` with ``a`` and write ``comparison_<a>_vs_<b>.json`` (rank 0 under torchrun)."""
         comparison = compare_results(a, b)
-        if int(os.environ.get("RANK", "0")) == 0:
+        if distributed.is_main_process():
             write_json_atomic(self.output_dir / f"comparison_{a.model_name}_vs_{b.model_name}.json", comparison)
         return comparison
 
     def plot_training_curves(self, results: list) -> Path:
         path = self.output_dir / "training_curves.png"
-        return plots.plot_training_curves(results, path) if int(os.environ.get("RANK", "0")) == 0 else path
+        return plots.plot_training_curves(results, path) if distributed.is_main_process() else path
 
     def run_all(self, configs: list) -> list:
         """Every model, then every pairwise comparison and the figure."""

@@ -124,7 +124,7 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 
 
 def _progress(total: int, desc: str, quiet: bool):
-    if quiet or not sys.stderr.isatty() or int(os.environ.get("RANK", "0")) != 0:
+    if quiet or not sys.stderr.isatty() or not distributed.is_main_process():
         return None
     from tqdm import tqdm
 
