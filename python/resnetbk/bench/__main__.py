@@ -1,8 +1,10 @@
 """Command line: ``python -m resnetbk.bench [options]``.
 
 Runs the three benchmark models (transformer_baseline, resnet_bk_baseline, resnet_bk_full) on
-WikiText-2 (``python -m resnetbk.bench flops --help``: the sequence-length FLOPs sweep) and writes ``<model>_results.json``, ``comparison_*.json`` and ``training_curves.png``
-into ``--output-dir``. Settings apply in this order: the dataclass defaults, ``--preset``,
+WikiText-2 and writes ``<model>_results.json``, ``comparison_*.json`` and ``training_curves.png``
+into ``--output-dir``. Subcommands: ``ablation`` (each optimization method against the ResNet-BK
+baseline; ``python -m resnetbk.bench ablation --help``) and ``flops`` (the sequence-length FLOPs
+sweep). Settings apply in this order: the dataclass defaults, ``--preset``,
 ``--config FILE``, then the other flags.
 """
 
@@ -13,19 +15,34 @@ import math
 import sys
 
 from .. import data as wt2
+from .. import methods
 from . import distributed
 from .config import MODEL_NAMES, PRESETS, BenchmarkConfig, load_config_file, model_config
 from .runner import WikiText2Benchmark
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m resnetbk.bench", description=__doc__,
+def methods_help() -> str:
+    """The optimization flags, from the method registry: claim, status, what each acts on."""
+    lines = ["optimization methods (config flags; resnet_bk_full turns on every implemented one):"]
+    for m in methods.REGISTRY:
+        status = "implemented" if m.implemented else "not implemented yet"
+        extra = f"; hyper-parameters: {', '.join(f'{k}={v}' for k, v in m.hyperparameters.items())}" if (
+            m.hyperparameters) else ""
+        lines.append(f"  {m.flag:22s} claim: {m.claim}; {status}; acts on {m.acts_on}{extra}")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None, *, prog: str = "python -m resnetbk.bench", description: str = __doc__,
+               default_output: str = "benchmark_results/wikitext2", models: bool = True) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=methods_help(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                   help="quick: ~10 min for all three models on 2 CPU cores (default); seed: the seed's exact "
-                        "configuration; smoke: seconds on tiny data")
-    p.add_argument("--models", default=",".join(MODEL_NAMES), help=f"comma-separated, from {', '.join(MODEL_NAMES)}")
-    p.add_argument("--output-dir", default="benchmark_results/wikitext2")
+                   help="quick: ~10 min for all three models on 2 CPU cores (default); seed: the original "
+                        "benchmark's exact configuration; smoke: seconds on tiny data")
+    if models:
+        p.add_argument("--models", default=",".join(MODEL_NAMES),
+                       help=f"comma-separated, from {', '.join(MODEL_NAMES)}")
+    p.add_argument("--output-dir", default=default_output)
     p.add_argument("--config", help="JSON or YAML file of BenchmarkConfig fields (unknown keys are an error)")
     p.add_argument("--data-dir", help=f"folder with wiki.{{train,valid,test}}.tokens (else ${wt2.DATA_ENV}, else the hub)")
     p.add_argument("--epochs", type=int)
@@ -42,7 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def build_configs(args: argparse.Namespace) -> list:
+def build_base_config(args: argparse.Namespace):
+    """The preset, then ``--config``, then the flags."""
     fields = dict(PRESETS[args.preset])
     if args.config:
         fields.update(load_config_file(args.config))
@@ -52,7 +70,11 @@ def build_configs(args: argparse.Namespace) -> list:
     fields.update({k: v for k, v in flags.items() if v is not None})
     if args.allow_noncausal:
         fields["allow_noncausal"] = True
-    base = BenchmarkConfig.from_dict(fields)
+    return BenchmarkConfig.from_dict(fields)
+
+
+def build_configs(args: argparse.Namespace) -> list:
+    base = build_base_config(args)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     if not names:
         raise ValueError("--models: name at least one model")
@@ -84,6 +106,10 @@ def main(argv=None) -> int:
         from .flops_sweep import main as flops_main
 
         return flops_main(argv[1:])
+    if argv[:1] == ["ablation"]:  # each optimization method against the ResNet-BK baseline
+        from .ablation import main as ablation_main
+
+        return ablation_main(argv[1:])
     args = parse_args(argv)
     try:
         configs = build_configs(args)

@@ -1,9 +1,10 @@
-"""``BenchmarkConfig``: every field the seed promised, plus what an honest run needs, validated.
+"""``BenchmarkConfig``: every field the original benchmark had, plus what an honest run needs, validated.
 
-The seed's 12 optimization flags are all here. Two are real: ``use_analytic_gradient`` (the
-exact BK-Core backward instead of autograd through the torch implementation) and
-``use_mixed_precision`` (``--amp``). Setting any other flag raises ``NotImplementedError``:
-an accepted-but-ignored flag would make a result lie about what ran.
+The original benchmark's 12 optimization flags come from the method registry
+(``resnetbk.methods.REGISTRY``), each with its hyper-parameters: the config's flag and
+hyper-parameter fields, which are implemented and what ``resnet_bk_full`` turns on all derive
+from it. Setting a flag that is not implemented raises ``NotImplementedError``: an
+accepted-but-ignored flag would make a result lie about what ran.
 """
 
 from __future__ import annotations
@@ -14,21 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..models import ARCHITECTURES
+from .. import methods
+from ..models import ARCHITECTURES, ModelOptions
 
-OPTIMIZATION_FLAGS = (
-    "use_analytic_gradient", "use_koopman", "use_physics_informed", "use_quantization", "use_pruning",
-    "use_mixed_precision", "use_act", "use_multi_scale", "use_sparse_bk", "use_early_exit",
-    "use_curriculum", "use_active_learning",
-)
-IMPLEMENTED_FLAGS = ("use_analytic_gradient", "use_mixed_precision")
+OPTIMIZATION_FLAGS = methods.FLAGS
+IMPLEMENTED_FLAGS = methods.IMPLEMENTED
 MODEL_NAMES = ("transformer_baseline", "resnet_bk_baseline", "resnet_bk_full")
 DEVICES = ("cpu", "cuda", "auto")
 
 
 @dataclass
-class BenchmarkConfig:
-    # The seed's fields.
+class _CoreConfig:
+    """The fields that are not an optimization method's (those are added from the registry below)."""
+
+    # The original benchmark's fields (its optimization flags come from the registry).
     model_name: str = "resnet_bk_baseline"
     d_model: int = 64
     n_layers: int = 4
@@ -40,18 +40,6 @@ class BenchmarkConfig:
     grad_clip: float = 0.5
     device: str = "auto"
     seed: int = 42
-    use_analytic_gradient: bool = True
-    use_koopman: bool = False
-    use_physics_informed: bool = False
-    use_quantization: bool = False
-    use_pruning: bool = False
-    use_mixed_precision: bool = False
-    use_act: bool = False
-    use_multi_scale: bool = False
-    use_sparse_bk: bool = False
-    use_early_exit: bool = False
-    use_curriculum: bool = False
-    use_active_learning: bool = False
     # Architecture.
     architecture: str = "resnet_bk"
     dropout: float = 0.1
@@ -73,6 +61,8 @@ class BenchmarkConfig:
     max_train_tokens: Optional[int] = None
     data_fraction: Optional[float] = None
     eval_batch_size: int = 32
+    #: Tokens of the validation split that a method's own evaluations use (e.g. early exit's thresholds).
+    method_eval_tokens: int = 65_536
     # Safety and execution.
     amp_dtype: str = "bfloat16"
     allow_noncausal: bool = False
@@ -84,7 +74,7 @@ class BenchmarkConfig:
 
     def validate(self) -> None:
         positive = ("d_model", "n_layers", "n_seq", "batch_size", "epochs", "n_heads", "num_experts", "bk_channels",
-                    "eval_batch_size", "max_consecutive_skips")
+                    "eval_batch_size", "max_consecutive_skips", "method_eval_tokens")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -121,25 +111,53 @@ class BenchmarkConfig:
             raise ValueError(f"threads: expected a positive integer or null, got {self.threads!r}")
         if self.architecture == "transformer" and self.d_model % self.n_heads:
             raise ValueError(f"n_heads: d_model = {self.d_model} must be divisible by n_heads = {self.n_heads}")
-        for flag in OPTIMIZATION_FLAGS:
-            if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"{flag}: expected true or false, got {getattr(self, flag)!r}")
-        for flag in OPTIMIZATION_FLAGS:
-            if flag not in IMPLEMENTED_FLAGS and getattr(self, flag):
-                raise NotImplementedError(
-                    f"{flag}: not implemented yet; set it to false (only {', '.join(IMPLEMENTED_FLAGS)} are real so far)"
-                )
+        methods.validate(self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes) -> "BenchmarkConfig":
+    def replace(self, **changes):
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "BenchmarkConfig":
+    def from_dict(cls, data: dict):
         reject_unknown_fields(cls, data, "config")
         return cls(**data)
+
+
+def _method_fields() -> list:
+    """``(name, type, field)`` for every method's flag and hyper-parameters, in registry order."""
+    out = []
+    for m in methods.REGISTRY:
+        out.append((m.flag, bool, field(default=m.default)))
+        for name, default in m.hyperparameters.items():
+            kind = type(default)
+            if isinstance(default, (list, tuple)):  # mutable defaults need a factory; JSON gives lists
+                out.append((name, list, field(default_factory=lambda d=default: list(d))))
+            else:
+                out.append((name, kind, field(default=default)))
+    return out
+
+
+BenchmarkConfig = dataclasses.make_dataclass("BenchmarkConfig", _method_fields(), bases=(_CoreConfig,))
+BenchmarkConfig.__module__ = __name__  # so that pickling (worker processes) finds it
+BenchmarkConfig.__doc__ = (
+    "A benchmark run's settings: the core fields above plus, for each optimization method in "
+    "resnetbk.methods.REGISTRY, its flag (use_*) and its hyper-parameters."
+)
+
+
+def model_options(config, vocab_size: int) -> ModelOptions:
+    """The model a config trains: its base fields, then each enabled method's changes."""
+    options = ModelOptions(
+        architecture=config.architecture, vocab_size=vocab_size, d_model=config.d_model, n_layers=config.n_layers,
+        n_seq=config.n_seq, dropout=config.dropout, tie_embeddings=config.tie_embeddings, n_heads=config.n_heads,
+        num_experts=config.num_experts, bk_channels=config.bk_channels, bk_mode=config.bk_mode,
+        potential_limit=config.potential_limit, bk_grad="autograd",
+    )
+    for method in methods.enabled(config):
+        options = method.configure_model(options, config)
+    return options
 
 
 def reject_unknown_fields(cls, data: dict, what: str) -> None:
@@ -167,18 +185,17 @@ def load_config_file(path: str | Path) -> dict:
     return data
 
 
-def model_config(model_name: str, base: BenchmarkConfig) -> BenchmarkConfig:
-    """The config of one of the seed's three benchmark models, on top of ``base``'s settings."""
+def model_config(model_name: str, base):
+    """The config of one of the original benchmark's three models, on top of ``base``'s settings."""
+    no_methods = {flag: False for flag in OPTIMIZATION_FLAGS}
     if model_name == "transformer_baseline":
-        return base.replace(model_name=model_name, architecture="transformer", use_analytic_gradient=False,
-                            use_mixed_precision=False)
+        return base.replace(model_name=model_name, architecture="transformer", **no_methods)
     if model_name == "resnet_bk_baseline":
-        return base.replace(model_name=model_name, architecture="resnet_bk", use_analytic_gradient=False,
-                            use_mixed_precision=False)
+        return base.replace(model_name=model_name, architecture="resnet_bk", **no_methods)
     if model_name == "resnet_bk_full":
-        # Every optimization flag that exists so far (the others raise NotImplementedError).
+        # Every implemented method (the others raise NotImplementedError).
         return base.replace(model_name=model_name, architecture="resnet_bk",
-                            **{flag: True for flag in IMPLEMENTED_FLAGS})
+                            **{flag: flag in IMPLEMENTED_FLAGS for flag in OPTIMIZATION_FLAGS})
     raise ValueError(f"--models: expected names from {MODEL_NAMES}, got {model_name!r}")
 
 
@@ -188,5 +205,5 @@ PRESETS = {
     # About 10 minutes for all three models on 2 CPU cores; full valid/test evaluation.
     "quick": dict(epochs=2, max_train_tokens=150_000),
     # Seconds on tiny data (tests); full evaluation of whatever data it is given.
-    "smoke": dict(d_model=16, n_layers=1, n_seq=16, batch_size=4, epochs=2, max_train_tokens=2_000, eval_batch_size=8),
+    "smoke": dict(d_model=16, n_layers=3, n_seq=16, batch_size=4, epochs=2, max_train_tokens=2_000, eval_batch_size=8),
 }

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..data import WIKITEXT2_VOCAB
 from ..flops.estimate import StepShape, estimate_step
+from ..models import ModelOptions
 from .results import write_json_atomic
 
 #: Rolled-up components, by the module each op ran in: the sequence mixer (attention or the
@@ -42,7 +43,7 @@ def sweep(seq_lens: list, *, batch: int, d_model: int, n_layers: int, vocab_size
     for arch in ("transformer", "resnet_bk"):
         table[arch] = {}
         for n in seq_lens:
-            report = estimate_step(StepShape(arch, vocab_size, d_model, n_layers, batch, n))
+            report = estimate_step(StepShape(ModelOptions(arch, vocab_size, d_model, n_layers, n_seq=n), batch=batch))
             tokens = batch * n
             groups: dict = {}
             for component, phases in report["by_component"].items():

@@ -1,6 +1,6 @@
 """``BenchmarkResults``: what a run measured, as a stable JSON document.
 
-Schema (``schema_version`` 1): every field below, JSON-typed; durations in seconds, memory in
+Schema (``schema_version`` 2): every field below, JSON-typed; durations in seconds, memory in
 MiB, perplexities as ``exp(mean NLL)`` per token. ``final_perplexity`` is the test perplexity of
 the best-validation weights; ``best_perplexity`` the best validation perplexity;
 ``epoch_perplexities`` the validation perplexity after each epoch; ``epoch_losses`` the mean
@@ -9,7 +9,10 @@ training step is traced and priced by the Rust engine; ``forward_flops``/``backw
 ``optimizer_flops``/``total_flops_per_step`` are averages per executed step,
 ``total_training_flops`` the sum over them, and ``flops_breakdown`` has the per-step FLOPs by
 component and phase, the totals by category and any unknown (unpriced) ops. They are ``null``
-only when no step ran. ``perplexity_is_lm`` is false for a model that failed the causality probe:
+only when no step ran. ``epoch_aux_losses`` has each named auxiliary loss term (weighted, as
+added to the loss: ``load_balance``, ``ponder``, ``sparsity``, ``exit``, ...) averaged per epoch;
+``methods`` each enabled optimization method's own measurements, by flag (schema version 2
+added these two). ``perplexity_is_lm`` is false for a model that failed the causality probe:
 its perplexity is not a language-model perplexity.
 """
 
@@ -26,7 +29,7 @@ from typing import Optional
 
 from .config import reject_unknown_fields
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -71,6 +74,8 @@ class BenchmarkResults:
     versions: dict = field(default_factory=dict)
     git_revision: Optional[str] = None
     flops_breakdown: Optional[dict] = None
+    epoch_aux_losses: dict = field(default_factory=dict)
+    methods: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:

@@ -8,11 +8,11 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from . import ops, torch_backend
+from . import backends, ops, torch_backend
 from .hybrid import HybridBKCore
 
 MODES = ("causal", "bidirectional")
-BACKENDS = ("auto", "rust", "torch", "torch_sweep", "torch_scan")
+BACKENDS = ("auto",) + backends.NAMES
 GRADS = ("exact", "hybrid", "autograd")
 REAL_DTYPES = (torch.float32, torch.float64)
 _COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
@@ -87,6 +87,7 @@ def bk_core(
     backend: str = "auto",
     grad: str = "exact",
     hybrid_blend: Optional[float] = None,
+    mask: Optional[Tensor] = None,
 ) -> Tensor:
     """Diagonal of the resolvent of the tridiagonal ``H`` (diag ``a``, upper ``b``, lower ``c``).
 
@@ -105,6 +106,9 @@ def bk_core(
             ``"hybrid"`` (the seed's approximation for diag only; NOT a gradient, see
             ``resnetbk.core.hybrid``).
         hybrid_blend: the hybrid mode's blend weight (default 0.5); only with ``grad="hybrid"``.
+        mask: bool tensor broadcastable to ``diag.shape``, or None: positions where it is false
+            output 0 and skip the read-out work (the recursion still passes through them; see
+            ``resnetbk.core.backends``). ``grad="exact"`` only.
 
     Returns:
         complex64 for float32 input, complex128 for float64, of shape ``diag.shape``.
@@ -128,10 +132,10 @@ def bk_core(
     z = _as_z_tensor(z, diag)
 
     if backend == "auto":
-        # grad="autograd" differentiates the pure-torch implementation, whatever the device.
-        backend = "rust" if diag.device.type == "cpu" and grad != "autograd" else "torch"
-    if backend == "rust" and diag.device.type != "cpu":
-        raise ValueError(f"backend='rust' runs on CPU tensors only, got tensors on {diag.device}; use backend='torch' or 'auto'")
+        backend = backends.choose(diag.device, grad)
+    backends.get(backend, diag.device)  # a clear error for a backend that cannot run here
+    if mask is not None:
+        mask = _check_mask(mask, diag, grad)
     if hybrid_blend is not None and grad != "hybrid":
         raise ValueError(f"hybrid_blend: only meaningful with grad='hybrid', got grad={grad!r}")
 
@@ -149,4 +153,18 @@ def bk_core(
                 )
         blend = 0.5 if hybrid_blend is None else float(hybrid_blend)
         return HybridBKCore.apply(diag, upper, lower, z, mode, backend, blend)
-    return torch.ops.resnetbk.bk_core(diag, upper, lower, z, mode, backend)
+    return torch.ops.resnetbk.bk_core(diag, upper, lower, z, mode, backend, mask)
+
+
+def _check_mask(mask, diag: Tensor, grad: str) -> Tensor:
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"mask: expected a bool tensor (True where the output is read), got "
+                        f"{getattr(mask, 'dtype', type(mask).__name__)}")
+    if grad != "exact":
+        raise ValueError(f"mask: only supported with grad='exact', got grad={grad!r}")
+    if mask.device != diag.device:
+        raise ValueError(f"mask: expected a tensor on {diag.device} like diag, got {mask.device}; move it with .to()")
+    try:
+        return mask.expand(diag.shape).contiguous()
+    except RuntimeError:
+        raise ValueError(f"mask: shape {tuple(mask.shape)} does not broadcast to diag's {tuple(diag.shape)}") from None

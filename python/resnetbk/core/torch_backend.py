@@ -66,6 +66,19 @@ def forward(diag: Tensor, kap: Tensor, z: Tensor, mode: str, method: str = "auto
     return combine_bidirectional(s, kap, g_left, _right_ratios(s, kap, scan))
 
 
+def forward_masked_bidirectional(diag: Tensor, kap: Tensor, z: Tensor, mask: Tensor, method: str = "auto") -> Tensor:
+    """Bidirectional forward that reads out only where ``mask`` is true (0 elsewhere): both sweeps
+    still run over every position, the per-site combination runs on the kept sites only."""
+    scan = _use_scan(diag.shape, diag.device, method)
+    s = shifted_diagonal(diag, z)
+    g_left, g_right = _left_ratios(s, kap, scan), _right_ratios(s, kap, scan)
+    from_left = pad(kap * g_left[..., :-1], (1, 0))
+    from_right = pad(kap * g_right[..., 1:], (0, 1))
+    out = s.new_zeros(s.shape)
+    out[mask] = 1.0 / (s[mask] - from_left[mask] - from_right[mask])
+    return out
+
+
 def backward(
     grad: Tensor, diag: Tensor, kap: Tensor, z: Tensor, mode: str, method: str = "auto"
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -105,4 +118,4 @@ def backward(
     return lam_s.real.contiguous(), lam_kap.real.contiguous(), grad_z
 
 
-__all__ = ["METHODS", "backward", "forward"]
+__all__ = ["METHODS", "backward", "forward", "forward_masked_bidirectional"]

@@ -13,39 +13,43 @@ cross-entropy plus the load-balancing term. Index bookkeeping that prices at 0 i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from .. import _native
+from ..models import ModelOptions
 
 
 @dataclass
 class StepShape:
-    """What a training step's FLOPs depend on."""
+    """What a training step's FLOPs depend on: the model (its ``ModelOptions``), the batch, the
+    sequence length of the step (default the model's ``n_seq``) and the optimizer's groups."""
 
-    architecture: str
-    vocab_size: int
-    d_model: int
-    n_layers: int
+    options: ModelOptions
     batch: int
-    seq: int
-    n_heads: int = 4
-    num_experts: int = 4
-    bk_channels: int = 1
-    bk_mode: str = "causal"
-    dropout: float = 0.1
-    tie_embeddings: bool = True
+    seq: Optional[int] = None
     weight_decay: float = 0.01
     decay_norms_biases_embeddings: bool = False
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.options, ModelOptions):
+            raise TypeError(f"options: expected a ModelOptions, got {type(self.options).__name__}")
+        self.seq = self.seq or self.options.n_seq
+        o = self.options
+        data_dependent = [name for name in ("act", "multi_scale", "sparse_bk", "early_exit") if getattr(o, name)]
+        if data_dependent:
+            raise NotImplementedError(
+                f"options: the closed-form estimate covers ResNet-BK and the Transformer without optimization "
+                f"methods; {', '.join(data_dependent)} change what a step executes (partly data-dependent): "
+                "use the measured trace (resnetbk.flops.FlopsTracer, or the benchmark's results)"
+            )
+
     @classmethod
-    def from_config(cls, config, vocab_size: int, seq: int | None = None) -> "StepShape":
+    def from_config(cls, config, vocab_size: int, seq: Optional[int] = None) -> "StepShape":
         """The step of a ``BenchmarkConfig`` (full windows of ``n_seq`` unless ``seq`` is given)."""
-        return cls(
-            architecture=config.architecture, vocab_size=vocab_size, d_model=config.d_model,
-            n_layers=config.n_layers, batch=config.batch_size, seq=seq or config.n_seq, n_heads=config.n_heads,
-            num_experts=config.num_experts, bk_channels=config.bk_channels, bk_mode=config.bk_mode,
-            dropout=config.dropout, tie_embeddings=config.tie_embeddings, weight_decay=config.weight_decay,
-            decay_norms_biases_embeddings=config.decay_norms_biases_embeddings,
-        )
+        from ..bench.config import model_options
+
+        return cls(model_options(config, vocab_size), batch=config.batch_size, seq=seq,
+                   weight_decay=config.weight_decay, decay_norms_biases_embeddings=config.decay_norms_biases_embeddings)
 
 
 @dataclass
@@ -88,8 +92,8 @@ class _Ops:
 
 
 def _transformer_block(ops: _Ops, s: StepShape, i: int) -> None:
-    t, d, b, n, h = s.batch * s.seq, s.d_model, s.batch, s.seq, s.n_heads
-    dh, drop = d // h, s.dropout > 0
+    t, d, b, n, h = s.batch * s.seq, s.options.d_model, s.batch, s.seq, s.options.n_heads
+    dh, drop = d // h, s.options.dropout > 0
     blk = f"blocks.{i}"
     ops.layer_norm(f"{blk}.norm1", t, d)
     ops.linear(f"{blk}.attention.qkv", t, d, 3 * d)
@@ -120,8 +124,8 @@ def _transformer_block(ops: _Ops, s: StepShape, i: int) -> None:
 
 
 def _resnet_bk_block(ops: _Ops, s: StepShape, i: int) -> None:
-    t, d, e, c = s.batch * s.seq, s.d_model, s.num_experts, s.bk_channels
-    drop, blk = s.dropout > 0, f"blocks.{i}"
+    t, d, e, c = s.batch * s.seq, s.options.d_model, s.options.num_experts, s.options.bk_channels
+    drop, blk = s.options.dropout > 0, f"blocks.{i}"
     ops.layer_norm(f"{blk}.norm", t, d)
     moe = f"{blk}.moe"
     ops.linear(f"{moe}.router", t, d, e)
@@ -162,9 +166,9 @@ def _resnet_bk_block(ops: _Ops, s: StepShape, i: int) -> None:
     ops.op("backward", bk, "aten.tanh_backward", [(t * c,), (t * c,)])
     ops.elementwise("backward", bk, "div", t * c)
     rows = (s.batch, c, s.seq)
-    ops.op("forward", bk, "resnetbk.bk_core", [rows, (s.seq - 1,), rows[:2]], complex=True, detail=s.bk_mode)
+    ops.op("forward", bk, "resnetbk.bk_core", [rows, (s.seq - 1,), rows[:2]], complex=True, detail=s.options.bk_mode)
     ops.op("backward", bk, "resnetbk.bk_core_backward", [rows, rows, (s.seq - 1,), rows[:2]], complex=True,
-           detail=s.bk_mode)
+           detail=s.options.bk_mode)
     ops.elementwise("backward", bk, "add", t * c, complex=True)  # Re and Im gradients combine
     ops.linear(f"{bk}.output_proj", t, 2 * c, d)
     ops.elementwise("forward", bk, "mul", t * d)  # bk_scale
@@ -178,17 +182,18 @@ def _resnet_bk_block(ops: _Ops, s: StepShape, i: int) -> None:
 def step_ops(s: StepShape) -> list:
     """The engine records of one training step (forward, backward, AdamW update)."""
     ops = _Ops()
-    t, d, v = s.batch * s.seq, s.d_model, s.vocab_size
+    t, d, v = s.batch * s.seq, s.options.d_model, s.options.vocab_size
     ops.elementwise("forward", "model (top level)", "add", t * d)  # token + position embeddings
     ops.op("backward", "model (top level)", "aten.sum", [(t, d)])
-    ops.dropout("dropout", t * d, s.dropout > 0)
+    ops.dropout("dropout", t * d, s.options.dropout > 0)
     ops.op("backward", "token_embedding", "aten.embedding_dense_backward", [(t, d)])
     ops.op("backward", "position_embedding", "aten.embedding_dense_backward", [(s.seq, d)])
-    for i in range(s.n_layers):
-        (_transformer_block if s.architecture == "transformer" else _resnet_bk_block)(ops, s, i)
+    block = {"transformer": _transformer_block, "resnet_bk": _resnet_bk_block}[s.options.architecture]
+    for i in range(s.options.n_layers):
+        block(ops, s, i)
     ops.layer_norm("final_norm", t, d)
     ops.linear("lm_head", t, d, v, bias=False)
-    if s.tie_embeddings:
+    if s.options.tie_embeddings:
         ops.elementwise("backward", "token_embedding", "add", v * d)  # the tied weight's two gradients
     loss = "(outside modules)"
     ops.op("forward", loss, "aten._log_softmax", [(t, v)])
@@ -203,17 +208,15 @@ def _optimizer(ops: _Ops, s: StepShape) -> None:
     """AdamW over the parameter groups the benchmark builds (decay on weight matrices)."""
     import torch
 
+    from ..bench.train import parameter_groups
     from ..models import build_model
 
     with torch.device("meta"):  # parameter shapes only: nothing is allocated or run
-        model = build_model(s.architecture, s.vocab_size, s.d_model, s.n_layers, s.seq, dropout=s.dropout,
-                            tie_embeddings=s.tie_embeddings, n_heads=s.n_heads, num_experts=s.num_experts,
-                            bk_channels=s.bk_channels, bk_mode=s.bk_mode)
-    embeddings = {id(model.token_embedding.weight), id(model.position_embedding.weight)}
+        model = build_model(s.options.replace(n_seq=max(s.options.n_seq, s.seq)))
     groups = {True: [], False: []}
-    for p in {id(p): p for p in model.parameters()}.values():
-        decay = (p.dim() >= 2 and id(p) not in embeddings) or s.decay_norms_biases_embeddings
-        groups[decay and s.weight_decay > 0].append(tuple(p.shape))
+    for group in parameter_groups(model, s.decay_norms_biases_embeddings, s.weight_decay):
+        decay = group["weight_decay"] > 0
+        groups[decay].extend(tuple(p.shape) for p in group["params"])
     for decay, shapes in groups.items():
         if shapes:
             ops.op("optimizer", "optimizer", "optimizer.adamw", shapes, [], detail="weight_decay" if decay else "")

@@ -1,27 +1,48 @@
 """What both language models share: token + learned position embeddings, a stack of residual
-blocks, a final LayerNorm and the LM head (optionally tied to the token embedding)."""
+blocks, a final LayerNorm and the LM head (optionally tied to the token embedding).
+
+The blocks run as *stages*: one block each, or the multi-scale option's shortened middle group.
+With per-token depth (ACT halting, confident early exit) a ``PerTokenDepth`` runs the stages
+and decides, per position, where to stop.
+"""
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
+from .depth import PerTokenDepth
+from .multi_scale import ShortenedGroup
+from .options import ModelOptions
+
 
 class LanguageModel(nn.Module):
-    """``blocks`` map ``(B, N, d) -> (B, N, d)``; each may add an auxiliary loss (``aux_loss``)."""
+    """``blocks`` map ``(B, N, d) -> (B, N, d)``; ``aux_losses()`` names the auxiliary losses of the last forward."""
 
-    def __init__(self, vocab_size: int, d_model: int, n_seq: int, blocks: list, dropout: float, tie_embeddings: bool):
+    def __init__(self, options: ModelOptions, blocks: list):
         super().__init__()
-        self.n_seq = n_seq
-        self.token_embedding = nn.Embedding(vocab_size, d_model)
-        self.position_embedding = nn.Embedding(n_seq, d_model)
-        self.dropout = nn.Dropout(dropout)
+        d_model = options.d_model
+        self.options = options
+        self.n_seq = options.n_seq
+        self.token_embedding = nn.Embedding(options.vocab_size, d_model)
+        self.position_embedding = nn.Embedding(options.n_seq, d_model)
+        self.dropout = nn.Dropout(options.dropout)
         self.blocks = nn.ModuleList(blocks)
+        self.stage_ranges = options.stage_ranges()
+        self.shortened = ShortenedGroup(d_model) if options.multi_scale else None
+        self.depth = (PerTokenDepth(d_model, len(self.stage_ranges), act=options.act,
+                                    act_threshold=options.act_threshold, act_bias_init=options.act_bias_init,
+                                    early_exit=options.early_exit)
+                      if options.per_token_depth else None)
         self.final_norm = nn.LayerNorm(d_model)
-        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
-        if tie_embeddings:
+        self.lm_head = nn.Linear(d_model, options.vocab_size, bias=False)
+        if options.tie_embeddings:
             self.lm_head.weight = self.token_embedding.weight
         self.apply(_init_weights)
+        if self.depth is not None:
+            self.depth.reset_parameters_after_init()
 
     def forward(self, tokens: Tensor) -> Tensor:
         """Logits ``(B, N, vocab)`` for token ids ``(B, N)``, any ``N <= n_seq``."""
@@ -36,14 +57,37 @@ class LanguageModel(nn.Module):
             raise ValueError(f"tokens: length {n} is outside 1..n_seq = {self.n_seq}")
         positions = torch.arange(n, device=tokens.device)
         x = self.dropout(self.token_embedding(tokens) + self.position_embedding(positions))
-        for block in self.blocks:
-            x = block(x)
+        stages = [(self._stage(first, stop, shortened), stop - first) for first, stop, shortened in self.stage_ranges]
+        if self.depth is not None:
+            x = self.depth(x, stages)
+        else:
+            for stage, _ in stages:
+                x = stage(x, None)
         return self.final_norm(x)
 
-    def aux_loss(self) -> Tensor:
-        """Sum of the blocks' auxiliary losses from the last forward (0 if none)."""
-        losses = [b.aux_loss for b in self.blocks if getattr(b, "aux_loss", None) is not None]
-        return torch.stack(losses).sum() if losses else torch.zeros(())
+    def _stage(self, first: int, stop: int, shortened: bool):
+        if shortened:
+            return lambda x, active: self.shortened(x, self.blocks[first:stop], active)
+        block = self.blocks[first]
+        return lambda x, active: block(x) if active is None else block(x, active)
+
+    def aux_losses(self) -> dict:
+        """The auxiliary losses of the last forward, by name (unweighted): ``load_balance`` (the MoE
+        routers), ``sparsity`` (sparse BK-Core gates), ``ponder`` (ACT)."""
+        losses = {}
+
+        def add(name: str, value: Optional[Tensor]) -> None:
+            if value is not None:
+                losses[name] = losses[name] + value if name in losses else value
+
+        for block in self.blocks:
+            add("load_balance", getattr(block, "aux_loss", None))
+            mixer = getattr(block, "bk", None)
+            if mixer is not None and mixer.gate is not None:
+                add("sparsity", mixer.sparsity_loss)
+        if self.depth is not None:
+            add("ponder", self.depth.ponder)
+        return losses
 
     def parameter_counts(self) -> dict:
         """Total trainable parameters (shared ones once) and those outside the embeddings and head."""

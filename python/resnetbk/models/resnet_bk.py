@@ -4,9 +4,20 @@ Each block: LayerNorm -> mixture-of-experts feed-forward -> potential ``v = v_pr
 -> ``H = H0 + diag(v)`` (H0 the discrete Laplacian: -2 on the diagonal, 1 beside it) ->
 ``G = bk_core(H, z = i)`` -> ``(Re G, Im G)`` -> ``output_proj`` scaled by a learnable
 ``bk_scale``, added to the feed-forward output; the sum is the block's residual update.
+
+Two options serve the optimization methods:
+
+* ``active`` (a bool per position, or None): only active positions get the feed-forward work
+  and an update (the rows are gathered, computed and scattered back); the others keep their
+  state, and the BK-Core recursion still runs over the complete sequence. This is how halted
+  (ACT) or exited (early exit) tokens really skip later blocks.
+* ``sparse`` (``BKMixer``): a learned per-position gate; gated-off positions get potential 0,
+  skip the potential projection and the read-out, and the BK-Core skips their read-out.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +30,7 @@ LAPLACIAN_DIAG, LAPLACIAN_OFF = -2.0, 1.0
 
 
 class MoEFeedForward(nn.Module):
-    """Top-1 mixture of experts (d -> 2d -> d, ReLU, dropout) with a trainable router.
+    """Top-1 mixture of experts (d -> 2d -> d, ReLU, dropout) with a trainable router, on rows ``(T, d)``.
 
     The router's softmax runs over all experts and each token's expert output is scaled by its
     chosen probability, so the router gets a gradient; ``aux_loss`` is the load-balancing loss
@@ -35,8 +46,7 @@ class MoEFeedForward(nn.Module):
         )
         self.aux_loss: Tensor | None = None
 
-    def forward(self, x: Tensor) -> Tensor:
-        flat = x.reshape(-1, x.shape[-1])
+    def forward(self, flat: Tensor) -> Tensor:
         probs = F.softmax(self.router(flat), dim=-1)
         chosen_prob, chosen = probs.max(dim=-1)
         out = torch.zeros_like(flat)
@@ -45,48 +55,95 @@ class MoEFeedForward(nn.Module):
             if rows.numel():
                 out.index_add_(0, rows, (expert(flat[rows]) * chosen_prob[rows, None]).to(out.dtype))
         num_experts = len(self.experts)
-        fraction = torch.bincount(chosen, minlength=num_experts).to(probs.dtype) / chosen.numel()
-        self.aux_loss = num_experts * (fraction * probs.mean(dim=0)).sum()
-        return out.view_as(x)
+        if flat.shape[0]:
+            fraction = torch.bincount(chosen, minlength=num_experts).to(probs.dtype) / chosen.numel()
+            self.aux_loss = num_experts * (fraction * probs.mean(dim=0)).sum()
+        else:
+            self.aux_loss = probs.new_zeros(())
+        return out
 
 
 class BKMixer(nn.Module):
     """The BK-Core mixer: ``channels`` independent tridiagonal systems driven by the block's input."""
 
-    def __init__(self, d_model: int, channels: int, mode: str, potential_limit: float, analytic_gradient: bool):
+    def __init__(self, d_model: int, channels: int, mode: str, potential_limit: float, grad: str = "exact",
+                 sparse: bool = False, sparse_target: float = 0.5):
         super().__init__()
         self.mode = mode
         self.potential_limit = potential_limit
-        self.grad = "exact" if analytic_gradient else "autograd"
+        self.grad = grad
         self.v_proj = nn.Linear(d_model, channels)
         self.output_proj = nn.Linear(2 * channels, d_model)
         self.bk_scale = nn.Parameter(torch.ones(()))
+        # Sparse BK-Core: a gate from each position's own state; 1 = compute, 0 = skip.
+        self.gate = nn.Linear(d_model, 1) if sparse else None
+        self.sparse_target = sparse_target
+        self.sparsity_loss: Tensor | None = None
+        self.realised_sparsity: float | None = None
 
-    def forward(self, h: Tensor) -> Tensor:
-        b, n, _ = h.shape
+    def _potential(self, h: Tensor) -> Tensor:
         # A soft clamp (tanh) bounds the potential yet keeps its gradient everywhere.
-        v = self.potential_limit * torch.tanh(self.v_proj(h) / self.potential_limit)
-        diag = (LAPLACIAN_DIAG + v).transpose(1, 2)  # (B, C, N)
+        return self.potential_limit * torch.tanh(self.v_proj(h) / self.potential_limit)
+
+    def forward(self, h: Tensor, active: Optional[Tensor] = None) -> Tensor:
+        """``h (B, N, d)`` -> the mixer's output ``(B, N, d)``, zero where not ``active`` or gated off."""
+        b, n, d = h.shape
+        flat = h.reshape(b * n, d)
+        read = active  # positions whose output is used
+        if self.gate is None:
+            v = self._potential(flat)
+            keep_st = None
+        else:
+            prob = torch.sigmoid(self.gate(flat).float()).squeeze(-1)
+            keep = prob > 0.5
+            # Straight-through: the forward uses the hard 0/1 gate, the backward the sigmoid's gradient.
+            keep_st = keep.to(prob.dtype) + prob - prob.detach()
+            kept = keep.nonzero(as_tuple=True)[0]
+            v_kept = self._potential(flat[kept]) * keep_st[kept, None].to(flat.dtype)
+            v = flat.new_zeros(b * n, v_kept.shape[-1]).index_copy(0, kept, v_kept.to(flat.dtype))
+            self.sparsity_loss = (prob.mean() - (1.0 - self.sparse_target)) ** 2
+            self.realised_sparsity = 1.0 - keep.float().mean().item()
+            read = keep if read is None else read & keep
+        diag = (LAPLACIAN_DIAG + v.view(b, n, -1)).transpose(1, 2)  # (B, C, N)
         if diag.dtype in (torch.float16, torch.bfloat16):  # under autocast the BK-Core stays float32
             diag = diag.float()
         upper = torch.full((n - 1,), LAPLACIAN_OFF, device=h.device, dtype=diag.dtype)
-        g = bk_core(diag, upper, None, 1j, mode=self.mode, grad=self.grad, backend="auto")
-        features = torch.cat([g.real, g.imag], dim=1).transpose(1, 2)  # (B, N, 2C)
-        return self.bk_scale * self.output_proj(features.to(h.dtype))
+        mask = None if read is None else read.view(b, 1, n).expand_as(diag)
+        if self.grad == "exact":
+            g = bk_core(diag, upper, None, 1j, mode=self.mode, grad="exact", backend="auto", mask=mask)
+        else:
+            g = bk_core(diag, upper, None, 1j, mode=self.mode, grad="autograd", backend="auto")
+            g = g if mask is None else g.masked_fill(~mask, 0)
+        features = torch.cat([g.real, g.imag], dim=1).transpose(1, 2).reshape(b * n, -1).to(h.dtype)  # (BN, 2C)
+        if read is None:
+            return (self.bk_scale * self.output_proj(features)).view(b, n, d)
+        rows = read.nonzero(as_tuple=True)[0]
+        out_rows = self.bk_scale * self.output_proj(features[rows])
+        if keep_st is not None:
+            out_rows = out_rows * keep_st[rows, None].to(out_rows.dtype)
+        return flat.new_zeros(b * n, d).index_copy(0, rows, out_rows.to(flat.dtype)).view(b, n, d)
 
 
 class ResNetBKBlock(nn.Module):
     def __init__(self, d_model: int, num_experts: int, dropout: float, channels: int, mode: str,
-                 potential_limit: float, analytic_gradient: bool):
+                 potential_limit: float, grad: str = "exact", sparse: bool = False, sparse_target: float = 0.5):
         super().__init__()
         self.norm = nn.LayerNorm(d_model)
         self.moe = MoEFeedForward(d_model, num_experts, dropout)
-        self.bk = BKMixer(d_model, channels, mode, potential_limit, analytic_gradient)
+        self.bk = BKMixer(d_model, channels, mode, potential_limit, grad, sparse, sparse_target)
 
     @property
     def aux_loss(self) -> Tensor | None:
         return self.moe.aux_loss
 
-    def forward(self, x: Tensor) -> Tensor:
-        ffn_out = self.moe(self.norm(x))
-        return x + ffn_out + self.bk(ffn_out)
+    def forward(self, x: Tensor, active: Optional[Tensor] = None) -> Tensor:
+        if active is None:
+            ffn_out = self.moe(self.norm(x).reshape(-1, x.shape[-1])).view_as(x)
+            return x + ffn_out + self.bk(ffn_out)
+        # Only the active rows are normalised and run through the experts; the others get 0.
+        b, n, d = x.shape
+        flat = x.reshape(b * n, d)
+        rows = active.nonzero(as_tuple=True)[0]
+        ffn_rows = self.moe(self.norm(flat[rows]))
+        ffn_out = flat.new_zeros(b * n, d).index_copy(0, rows, ffn_rows.to(flat.dtype)).view(b, n, d)
+        return x + ffn_out + self.bk(ffn_out, active)

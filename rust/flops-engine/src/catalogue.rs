@@ -67,12 +67,16 @@ fn elementwise_cost(base: &str) -> Option<u64> {
         | "le" | "ge" | "where" | "maximum" | "minimum" | "clamp" | "clamp_min" | "clamp_max" | "sign"
         | "reciprocal" | "exp" | "log" | "tanh" | "sqrt" | "rsqrt" | "erf" | "square" | "pow" | "rsub"
         | "masked_fill" | "bernoulli" | "conj_physical" | "native_dropout_backward" | "isfinite" | "isnan"
-        | "isinf" | "logical_and" | "logical_or" | "logical_not" => 1,
+        | "isinf" | "logical_and" | "logical_or" | "logical_not" | "bitwise_and" | "bitwise_or" | "bitwise_not" => 1,
         "native_dropout" => 2,
         // sgn of a complex x is x / |x|: |x| (2 multiplies, an add, a square root) and two
         // divisions make 6 real FLOPs, i.e. 3 here times the complex factor 2.
         "lerp" | "addcmul" | "addcdiv" | "tanh_backward" | "sgn" => 3,
         "sigmoid" => 4,
+        // grad * y * (1 - y)
+        "sigmoid_backward" => 3,
+        // max(x, 0) - x t + log(1 + exp(-|x|)): abs, neg, exp, add, log, mul, sub, max, add
+        "binary_cross_entropy_with_logits" => 9,
         "gelu" => 5,
         "gelu_backward" => 11,
         _ => return None,
@@ -89,7 +93,7 @@ fn is_data_movement(base: &str) -> bool {
             | "empty_strided" | "new_empty_strided" | "new_zeros" | "new_empty" | "new_full" | "new_ones" | "arange" | "lift_fresh"
             | "stack" | "cat" | "view_as_real" | "view_as_complex" | "unbind" | "split" | "split_with_sizes"
             | "scalar_tensor" | "_local_scalar_dense" | "tril" | "triu" | "fill" | "zero" | "as_strided"
-            | "index" | "index_select" | "gather" | "scatter" | "index_put" | "select_backward"
+            | "index" | "index_select" | "index_copy" | "gather" | "scatter" | "index_put" | "select_backward"
             | "slice_backward" | "resolve_conj" | "resolve_neg" | "_conj" | "embedding" | "randperm"
             | "constant_pad_nd" | "flip" | "repeat" | "unfold" | "diagonal" | "diag_embed" | "eye"
             // Random number generation is not counted as arithmetic.

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import make_problem
+from helpers import make_problem
 from resnetbk import bk_core
 
 

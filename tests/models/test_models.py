@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from resnetbk.causality import probe_causality
-from resnetbk.models import build_model
+from resnetbk.models import ModelOptions, build_model
 
 
 @pytest.mark.parametrize("arch", ("transformer", "resnet_bk"))
 def test_any_length_up_to_n_seq(arch):
-    model = build_model(arch, 100, 16, 2, 12)
+    model = build_model(ModelOptions(arch, 100, 16, 2, 12))
     for n in (1, 5, 12):
         assert model(torch.randint(100, (3, n))).shape == (3, n, 100)
     with pytest.raises(ValueError, match="tokens: length 13 is outside 1..n_seq = 12"):
@@ -18,35 +18,35 @@ def test_any_length_up_to_n_seq(arch):
 
 def test_parameter_counts_by_hand():
     v, d, n_seq, layers = 100, 16, 12, 2
-    t = build_model("transformer", v, d, layers, n_seq, tie_embeddings=True)
+    t = build_model(ModelOptions("transformer", v, d, layers, n_seq, tie_embeddings=True))
     per_block = 2 * 2 * d + (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d)
     non_embedding = layers * per_block + 2 * d  # + final LayerNorm
     assert t.parameter_counts() == {"non_embedding": non_embedding, "total": non_embedding + v * d + n_seq * d}
-    untied = build_model("transformer", v, d, layers, n_seq, tie_embeddings=False)
+    untied = build_model(ModelOptions("transformer", v, d, layers, n_seq, tie_embeddings=False))
     assert untied.parameter_counts()["total"] == non_embedding + 2 * v * d + n_seq * d
     assert untied.size_mb() == pytest.approx(untied.parameter_counts()["total"] * 4 / 2**20)
 
 
 def test_router_gets_a_gradient():
-    model = build_model("resnet_bk", 50, 16, 1, 8)
+    model = build_model(ModelOptions("resnet_bk", 50, 16, 1, 8))
     logits = model(torch.randint(50, (4, 8)))
-    (logits.logsumexp(-1).mean() + model.aux_loss()).backward()
+    (logits.logsumexp(-1).mean() + model.aux_losses()["load_balance"]).backward()
     router = model.blocks[0].moe.router
     assert router.weight.grad is not None and router.weight.grad.abs().sum() > 0
     assert model.blocks[0].bk.bk_scale.grad is not None
 
 
-@pytest.mark.parametrize("arch,mode", [("transformer", "causal"), ("resnet_bk", "causal")])
-def test_causal_models_pass_the_probe(arch, mode):
+@pytest.mark.parametrize("arch", ("transformer", "resnet_bk"))
+def test_causal_models_pass_the_probe(arch):
     torch.manual_seed(0)
-    model = build_model(arch, 200, 32, 2, 24, bk_mode=mode)
+    model = build_model(ModelOptions(arch, 200, 32, 2, 24))
     result = probe_causality(model, 200, 24)
     assert result.causal, result.summary()
 
 
 def test_bidirectional_resnet_bk_fails_the_probe():
     torch.manual_seed(0)
-    model = build_model("resnet_bk", 200, 32, 2, 24, bk_mode="bidirectional")
+    model = build_model(ModelOptions("resnet_bk", 200, 32, 2, 24, bk_mode="bidirectional"))
     result = probe_causality(model, 200, 24)
     assert not result.causal and "NOT causal" in result.summary()
 
@@ -56,7 +56,8 @@ def test_bk_gradient_paths_agree():
     grads = {}
     for exact in (True, False):
         torch.manual_seed(1)
-        model = build_model("resnet_bk", 40, 16, 1, 10, dropout=0.0, analytic_gradient=exact).double()
+        options = ModelOptions("resnet_bk", 40, 16, 1, 10, dropout=0.0, bk_grad="exact" if exact else "autograd")
+        model = build_model(options).double()
         tokens = torch.randint(40, (2, 10), generator=torch.Generator().manual_seed(2))
         model(tokens).logsumexp(-1).sum().backward()
         grads[exact] = model.blocks[0].bk.v_proj.weight.grad

@@ -6,7 +6,7 @@ from torch.library import opcheck
 from torch.utils.flop_counter import FlopCounterMode
 
 import resnetbk
-from conftest import make_problem
+from helpers import make_problem
 from resnetbk.core.flops import BACKWARD_PER_ELEMENT, FORWARD_PER_ELEMENT
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from resnetbk import data as wt2
+from resnetbk import methods
 from resnetbk.bench import BenchmarkConfig, BenchmarkResults, WikiText2Benchmark, compare_results, model_config
 from resnetbk.bench.__main__ import main as cli_main
 from resnetbk.bench.config import OPTIMIZATION_FLAGS, PRESETS
@@ -22,7 +23,7 @@ RESULT_FIELDS = {
     "best_valid_perplexity", "best_epoch", "train_loss", "train_perplexity", "tokens_per_second", "steps",
     "skipped_steps", "stopped_early", "vocab_size", "parameters", "non_embedding_parameters", "causal",
     "perplexity_is_lm", "causality_probe", "peak_memory_method", "dataset", "device", "versions", "git_revision",
-    "flops_breakdown", "schema_version",
+    "flops_breakdown", "epoch_aux_losses", "methods", "schema_version",
 }
 
 
@@ -60,7 +61,7 @@ def test_config_rejects_unknown_keys_and_bad_values():
         BenchmarkConfig(architecture="transformer", d_model=10)
 
 
-@pytest.mark.parametrize("flag", [f for f in OPTIMIZATION_FLAGS if f not in ("use_analytic_gradient", "use_mixed_precision")])
+@pytest.mark.parametrize("flag", [f for f in OPTIMIZATION_FLAGS if f not in methods.IMPLEMENTED])
 def test_unimplemented_flags_raise(flag):
     with pytest.raises(NotImplementedError, match=f"{flag}: not implemented yet"):
         BenchmarkConfig(**{flag: True})
@@ -94,7 +95,7 @@ def test_smoke_run_writes_every_file_with_the_documented_schema(tmp_path, tiny_d
     for name in names:
         doc = json.loads((out / f"{name}_results.json").read_text())
         assert set(doc) == RESULT_FIELDS
-        assert doc["model_name"] == name and doc["schema_version"] == 1
+        assert doc["model_name"] == name and doc["schema_version"] == 2
         assert doc["causal"] is True and doc["perplexity_is_lm"] is True
         assert len(doc["epoch_losses"]) == len(doc["epoch_perplexities"]) == len(doc["epoch_times"]) == 2
         assert doc["test_perplexity"] > 1 and doc["test_perplexity"] == doc["final_perplexity"]
@@ -114,6 +115,11 @@ def test_smoke_run_writes_every_file_with_the_documented_schema(tmp_path, tiny_d
         assert "lm_head" in components and "optimizer" in components
         assert ("blocks.0.bk" in components) == name.startswith("resnet_bk")
         assert doc["versions"]["torch"] and len(doc["git_revision"] or "0" * 40) == 40
+        assert ("load_balance" in doc["epoch_aux_losses"]) == name.startswith("resnet_bk")
+        if name == "resnet_bk_full":  # every implemented method ran and recorded its own figures
+            for flag in ("use_act", "use_sparse_bk", "use_early_exit", "use_multi_scale"):
+                assert flag in doc["methods"], flag
+            assert {"ponder", "sparsity", "exit", "exit_confidence"} <= set(doc["epoch_aux_losses"])
     for a, b in (("transformer_baseline", "resnet_bk_baseline"), ("transformer_baseline", "resnet_bk_full"),
                  ("resnet_bk_baseline", "resnet_bk_full")):
         comparison = json.loads((out / f"comparison_{a}_vs_{b}.json").read_text())

@@ -6,7 +6,7 @@ Skipped where no GPU is present; run on a GPU machine with ``python -m pytest te
 import pytest
 import torch
 
-from conftest import MODES, make_problem, relative_error, relative_rms
+from helpers import MODES, make_problem, relative_error, relative_rms
 from resnetbk import bk_core, dense_resolvent_diag
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import FAST_BACKENDS, make_problem
+from helpers import FAST_BACKENDS, make_problem
 from resnetbk import bk_core
 
 ALL = [(b, "exact") for b in FAST_BACKENDS] + [("torch", "autograd")]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import FAST_BACKENDS, MODES, make_problem, relative_error, relative_rms
+from helpers import FAST_BACKENDS, MODES, make_problem, relative_error, relative_rms
 from resnetbk import bk_core, dense_resolvent_diag
 
 LENGTHS = (1, 2, 3, 15, 63, 300)

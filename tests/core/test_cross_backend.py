@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from conftest import FAST_BACKENDS, MODES, make_problem, relative_rms
+from helpers import FAST_BACKENDS, MODES, make_problem, relative_rms
 from resnetbk import bk_core
 
 ALL_VARIANTS = [(b, "exact") for b in FAST_BACKENDS] + [("torch_sweep", "autograd"), ("torch_scan", "autograd")]

@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from resnetbk import _native
 from resnetbk.flops import FlopsTracer
-from resnetbk.models import build_model
+from resnetbk.models import ModelOptions, build_model
 
 MATMUL_FAMILY = ("matmul", "attention", "bk_core")  # what FlopCounterMode counts (BK via its formula)
 
@@ -18,7 +18,7 @@ def _matmul_family(report):
 
 def _loss(model, tokens):
     logits = model(tokens)
-    loss = F.cross_entropy(logits.flatten(0, 1), tokens.flatten()) + 0.01 * model.aux_loss()
+    loss = F.cross_entropy(logits.flatten(0, 1), tokens.flatten()) + 0.01 * sum(model.aux_losses().values(), torch.zeros(()))
     return loss
 
 
@@ -28,7 +28,7 @@ def test_matmul_family_equals_flop_counter_forward_and_backward(arch):
     counted = {}
     for counter in ("engine", "torch"):
         torch.manual_seed(0)
-        model = build_model(arch, 120, 16, 2, 12)
+        model = build_model(ModelOptions(arch, 120, 16, 2, 12))
         if counter == "engine":
             forward, backward = FlopsTracer(), FlopsTracer()
         else:
@@ -48,7 +48,7 @@ def test_matmul_family_equals_flop_counter_forward_and_backward(arch):
 def test_one_layer_transformer_forward_by_hand():
     b, n, d, v, heads = 2, 7, 16, 50, 4
     torch.manual_seed(0)
-    model = build_model("transformer", v, d, 1, n, n_heads=heads).eval()
+    model = build_model(ModelOptions("transformer", v, d, 1, n, n_heads=heads)).eval()
     tracer = FlopsTracer()
     with tracer, torch.no_grad():
         model(torch.randint(v, (b, n)))
@@ -69,7 +69,7 @@ def test_one_layer_transformer_forward_by_hand():
 
 def test_optimizer_flops_are_parameters_times_the_stated_cost():
     torch.manual_seed(0)
-    model = build_model("resnet_bk", 60, 16, 1, 8)
+    model = build_model(ModelOptions("resnet_bk", 60, 16, 1, 8))
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}])
@@ -98,7 +98,7 @@ def test_unknown_ops_are_listed_by_name_and_count():
 
 def test_moe_counts_the_tokens_actually_routed():
     torch.manual_seed(0)
-    model = build_model("resnet_bk", 40, 8, 1, 6, dropout=0.0).eval()
+    model = build_model(ModelOptions("resnet_bk", 40, 8, 1, 6, dropout=0.0)).eval()
     router = model.blocks[0].moe.router
     with torch.no_grad():
         router.weight.zero_()
@@ -125,15 +125,17 @@ def test_closed_form_estimate_agrees_with_the_trace(arch, b, n, d, layers, vocab
     from resnetbk.flops.estimate import StepShape, estimate_step
 
     torch.manual_seed(0)
-    model = build_model(arch, vocab, d, layers, n)
-    optimizer = make_optimizer(model, BenchmarkConfig(architecture=arch, d_model=d, n_layers=layers, n_seq=n))
+    model = build_model(ModelOptions(arch, vocab, d, layers, n))
+    resnet_only = {"use_analytic_gradient": arch == "resnet_bk"}
+    optimizer = make_optimizer(model, BenchmarkConfig(architecture=arch, d_model=d, n_layers=layers, n_seq=n,
+                                                      **resnet_only))
     tracer = FlopsTracer()
     tokens = torch.randint(vocab, (b, n), generator=torch.Generator().manual_seed(1))
     with tracer:
         _loss(model, tokens).backward()
     tracer.optimizer_step(optimizer)
     measured = tracer.report()
-    config = BenchmarkConfig(architecture=arch, d_model=d, n_layers=layers, n_seq=n, batch_size=b)
+    config = BenchmarkConfig(architecture=arch, d_model=d, n_layers=layers, n_seq=n, batch_size=b, **resnet_only)
     estimated = estimate_step(StepShape.from_config(config, vocab))
     assert estimated["unknown"] == {} and measured["unknown"] == {}
     for phase in ("forward", "backward", "optimizer"):

@@ -1,0 +1,226 @@
+"""``python -m resnetbk.bench ablation``: what each optimization method really does.
+
+Rows: the ResNet-BK baseline (no method), each implemented method alone, and all of them
+together (``resnet_bk_full``), with the same data, budget and seed. Each row gives the flag, the
+original benchmark's claim, and what was measured against the baseline: validation and test
+perplexity and their change, training tokens/s, forward and backward FLOPs per step, peak
+memory and model size (as ratios), the method's own figure, and a verdict on the claim in words.
+Two claims are about the BK op itself, so the op is timed too, side by side in this process:
+its backward with the exact adjoint against autograd, and forward+backward with a 50% read-out
+mask against none.
+
+Writes ``ablation.json``, ``ablation.md`` and ``ablation.png`` into ``--output-dir`` (default
+``benchmark_results/ablation``), and each run's results under ``runs/``.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .. import methods
+from .config import OPTIMIZATION_FLAGS, model_config
+from .results import BenchmarkResults, write_json_atomic
+
+BASELINE = "baseline"
+ALL = "all"
+
+
+def ablation_configs(base) -> list:
+    """``(row name, config)``: the baseline, each implemented method alone, all together."""
+    none = {flag: False for flag in OPTIMIZATION_FLAGS}
+    baseline = model_config("resnet_bk_baseline", base).replace(model_name="ablation_baseline", **none)
+    rows = [(BASELINE, baseline)]
+    for flag in methods.IMPLEMENTED:
+        rows.append((flag, baseline.replace(model_name=f"ablation_{flag}", **{flag: True})))
+    rows.append((ALL, model_config("resnet_bk_full", base).replace(model_name="ablation_all")))
+    return rows
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def _median_ms(fn, repeats: int = 7) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * sorted(times)[len(times) // 2]
+
+
+def time_bk_op(config) -> dict:
+    """The BK op at the benchmark's shape (batch, bk_channels, n_seq), float32, causal, side by side."""
+    from ..core import bk_core
+
+    shape = (config.batch_size, config.bk_channels, config.n_seq)
+    gen = torch.Generator().manual_seed(0)
+    diag = (-2.0 + torch.randn(shape, generator=gen)).requires_grad_()
+    upper = torch.ones(config.n_seq - 1)
+    mask = torch.rand(shape, generator=gen) < 0.5
+
+    def fwd_bwd(grad, mask=None):
+        def run():
+            diag.grad = None
+            out = bk_core(diag, upper, mode=config.bk_mode, grad=grad, mask=mask)
+            out.real.sum().backward()
+        return run
+
+    def backward_only(grad):
+        def run():
+            out = bk_core(diag, upper, mode=config.bk_mode, grad=grad)
+            loss = out.real.sum()
+            start = time.perf_counter()
+            loss.backward()
+            return time.perf_counter() - start
+        run()
+        return 1000 * sorted(run() for _ in range(7))[3]
+
+    exact_bwd, autograd_bwd = backward_only("exact"), backward_only("autograd")
+    dense, masked = _median_ms(fwd_bwd("exact")), _median_ms(fwd_bwd("exact", mask))
+    return {
+        "shape": list(shape), "threads": torch.get_num_threads(),
+        "backward_ms_exact": exact_bwd, "backward_ms_autograd": autograd_bwd,
+        "backward_speedup_exact_vs_autograd": autograd_bwd / exact_bwd,
+        "fwd_bwd_ms_no_mask": dense, "fwd_bwd_ms_half_masked": masked,
+        "masked_speedup_at_half_sparsity": dense / masked,
+    }
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b not in (None, 0) else math.nan
+
+
+def _forward_by_component(r: BenchmarkResults) -> dict:
+    """Forward FLOPs per training step by component, from the run's measured trace."""
+    table = (r.flops_breakdown or {}).get("per_step_by_component", {})
+    return {name: phases.get("forward", 0) for name, phases in table.items()}
+
+
+def build_rows(results: dict, bk_op: dict) -> list:
+    """One dict per row, measured against the baseline's results."""
+    base = results[BASELINE]
+    rows = []
+    for name, r in results.items():
+        row = {
+            "row": name, "model_name": r.model_name,
+            "flags": [f for f in OPTIMIZATION_FLAGS if r.config.get(f)],
+            "claim": methods.BY_FLAG[name].claim if name in methods.BY_FLAG else ("-" if name == BASELINE else
+                                                                                   "all claims together"),
+            "valid_perplexity": r.valid_perplexity, "test_perplexity": r.test_perplexity,
+            "valid_perplexity_change_percent": 100 * (r.valid_perplexity / base.valid_perplexity - 1),
+            "test_perplexity_change_percent": 100 * (r.test_perplexity / base.test_perplexity - 1),
+            "tokens_per_second": r.tokens_per_second,
+            "tokens_per_second_ratio": _ratio(r.tokens_per_second, base.tokens_per_second),
+            "forward_flops_ratio": _ratio(r.forward_flops, base.forward_flops),
+            "backward_flops_ratio": _ratio(r.backward_flops, base.backward_flops),
+            "peak_memory_ratio": _ratio(r.peak_memory_mb, base.peak_memory_mb),
+            "model_size_ratio": _ratio(r.model_size_mb, base.model_size_mb),
+            "causal": r.causal, "steps": r.steps, "figures": r.methods.get(name, {}),
+            "forward_flops_by_component": _forward_by_component(r),
+            "baseline_forward_flops_by_component": _forward_by_component(base), "bk_op": bk_op,
+        }
+        if name in methods.BY_FLAG:
+            row["own_figure"], row["verdict"] = methods.BY_FLAG[name].assess(row)
+        else:
+            row["own_figure"] = "; ".join(f"{flag}: {methods.BY_FLAG[flag].assess({**row, 'figures': r.methods.get(flag, {})})[0]}"
+                                          for flag in row["flags"] if r.methods.get(flag))
+            row["verdict"] = "reference" if name == BASELINE else "see each method's row"
+        rows.append(row)
+    return rows
+
+
+def format_markdown(rows: list, context: str) -> str:
+    def f(x, spec):
+        return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
+
+    lines = [f"# Ablation of the optimization methods\n\n{context}\n",
+             "| row | original claim | valid ppl | test ppl (change) | tokens/s ratio | fwd FLOPs | bwd FLOPs "
+             "| peak mem | size | own figure | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['row']} | {r['claim']} | {f(r['valid_perplexity'], '.2f')} | {f(r['test_perplexity'], '.2f')} "
+            f"({f(r['test_perplexity_change_percent'], '+.1f')}%) | {f(r['tokens_per_second_ratio'], '.2f')}x "
+            f"| {f(r['forward_flops_ratio'], '.2f')}x | {f(r['backward_flops_ratio'], '.2f')}x "
+            f"| {f(r['peak_memory_ratio'], '.2f')}x | {f(r['model_size_ratio'], '.2f')}x | {r['own_figure']} "
+            f"| {r['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["row"].replace("use_", "") for r in rows]
+    panels = (("test_perplexity_change_percent", "test perplexity change (%)", 0.0),
+              ("tokens_per_second_ratio", "training tokens/s (x baseline)", 1.0),
+              ("forward_flops_ratio", "forward FLOPs per step (x baseline)", 1.0),
+              ("peak_memory_ratio", "peak memory (x baseline)", 1.0))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2))
+    for ax, (key, title, reference) in zip(axes, panels):
+        values = [r[key] if isinstance(r[key], (int, float)) and math.isfinite(r[key]) else 0.0 for r in rows]
+        ax.barh(names, values, color=["grey"] + ["tab:blue"] * (len(rows) - 2) + ["tab:orange"])
+        ax.axvline(reference, color="black", linewidth=0.8)
+        ax.set_title(title, fontsize=10)
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    from .__main__ import build_base_config, parse_args
+    from .runner import WikiText2Benchmark
+
+    args = parse_args(argv, prog="python -m resnetbk.bench ablation", default_output="benchmark_results/ablation",
+                      description=__doc__, models=False)
+    try:
+        base = build_base_config(args)
+        rows = ablation_configs(base)
+        if args.amp:
+            raise ValueError("--amp: the ablation has its own mixed-precision row; leave --amp off")
+    except (ValueError, NotImplementedError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    bench = WikiText2Benchmark(args.output_dir, resume=args.resume, quiet=args.quiet)
+    results = {}
+    try:
+        for name, config in rows:
+            print(f"== ablation row {name} ({config.model_name})", flush=True)
+            results[name] = bench.run_benchmark(config)
+    except (RuntimeError, ValueError, KeyboardInterrupt) as exc:
+        print(f"error: {exc or 'interrupted'}", file=sys.stderr)
+        print(f"Finished rows are kept under {bench.output_dir}/; rerun with --resume to continue.", file=sys.stderr)
+        return 1
+    if base.threads is not None:
+        torch.set_num_threads(base.threads)
+    bk_op = time_bk_op(rows[0][1])
+    table = build_rows(results, bk_op)
+    context = (f"Preset `{args.preset}`, {base.epochs} epoch(s), max_train_tokens {base.max_train_tokens}, seed "
+               f"{base.seed}; machine: {_cpu_name()}, {torch.get_num_threads()} "
+               f"torch threads; git {results[BASELINE].git_revision}. Ratios are against the baseline row.")
+    doc = {"context": context, "preset": args.preset, "config": rows[0][1].to_dict(), "bk_op": bk_op, "rows": table,
+           "versions": results[BASELINE].versions, "git_revision": results[BASELINE].git_revision}
+    out = Path(args.output_dir)
+    write_json_atomic(out / "ablation.json", doc)
+    (out / "ablation.md").write_text(format_markdown(table, context))
+    plot(table, out / "ablation.png")
+    print(format_markdown(table, context))
+    print(f"Results in {out}/ (ablation.json, ablation.md, ablation.png, runs/)")
+    return 0

@@ -1,0 +1,85 @@
+"""The optimization methods of the original benchmark, one module each, in one registry.
+
+``REGISTRY`` lists them in the original benchmark's order. Everything else derives from it:
+the config's flag and hyper-parameter fields, which flags are implemented, what
+``resnet_bk_full`` turns on, the CLI help, the ablation's rows and the tests' parametrisation.
+Adding a method: its module, its tests, and one line here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from .act import ACT
+from .active_learning import ActiveLearning
+from .analytic_gradient import AnalyticGradient
+from .base import Event, Method
+from .curriculum import Curriculum
+from .early_exit import EarlyExit
+from .koopman import Koopman
+from .mixed_precision import MixedPrecision
+from .multi_scale import MultiScale
+from .physics_informed import PhysicsInformed
+from .pruning import Pruning
+from .quantization import Quantization
+from .sparse_bk import SparseBK
+
+REGISTRY: tuple = (
+    AnalyticGradient, Koopman, PhysicsInformed, Quantization, Pruning, MixedPrecision, ACT, MultiScale, SparseBK,
+    EarlyExit, Curriculum, ActiveLearning,
+)
+BY_FLAG = {m.flag: m for m in REGISTRY}
+FLAGS = tuple(BY_FLAG)
+IMPLEMENTED = tuple(m.flag for m in REGISTRY if m.implemented)
+
+
+def enabled(config) -> list:
+    """The method classes whose flag is on in ``config``, in registry order."""
+    return [m for m in REGISTRY if getattr(config, m.flag)]
+
+
+def validate(config) -> None:
+    """Flag types, unimplemented flags, architectures, incompatible pairs, hyper-parameters."""
+    for m in REGISTRY:
+        if not isinstance(getattr(config, m.flag), bool):
+            raise ValueError(f"{m.flag}: expected true or false, got {getattr(config, m.flag)!r}")
+    on = enabled(config)
+    for m in on:
+        if not m.implemented:
+            raise NotImplementedError(
+                f"{m.flag}: not implemented yet; set it to false (implemented so far: {', '.join(IMPLEMENTED)})"
+            )
+        if config.architecture not in m.architectures:
+            raise ValueError(f"{m.flag}: acts on {m.acts_on}, which architecture {config.architecture!r} does not "
+                             f"have (supported: {', '.join(m.architectures)}); set it to false")
+    flags = {m.flag for m in on}
+    for m in on:
+        for other in m.incompatible_with:
+            if other in flags:
+                raise ValueError(f"{m.flag} and {other} cannot be on together; turn one of them off")
+    for m in on:
+        m.validate(config)
+
+
+class ActiveMethods:
+    """The enabled methods of one run, and the loop's way to fire an event at all of them."""
+
+    def __init__(self, config):
+        self.methods = [m(config) for m in enabled(config)]
+
+    def fire(self, event: Event, state) -> None:
+        for method in self.methods:
+            method.run(event, state)
+
+    @contextlib.contextmanager
+    def forward_context(self, device):
+        """Every method's forward context at once (autocast, ...)."""
+        with contextlib.ExitStack() as stack:
+            for method in self.methods:
+                ctx = method.forward_context(device)
+                if ctx is not None:
+                    stack.enter_context(ctx)
+            yield
+
+
+__all__ = ["BY_FLAG", "FLAGS", "IMPLEMENTED", "REGISTRY", "ActiveMethods", "Event", "Method", "enabled", "validate"]

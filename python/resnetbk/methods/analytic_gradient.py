@@ -1,0 +1,41 @@
+"""``use_analytic_gradient``: the BK-Core's exact O(N) backward instead of autograd.
+
+What it does: the BK-Core's backward runs the exact adjoint of the sweeps (``resnetbk.core``;
+derivation in ``rust/bk-core/src/sweep.rs``), in the Rust kernels on CPU, instead of autograd
+through the pure-torch implementation (the baseline: O(N) small graph nodes per row).
+
+Measured effect: see the ablation (``python -m resnetbk.bench ablation``): the BK op's backward
+time both ways and the whole step's. The op alone is 1-2 orders of magnitude faster (README,
+"Measured speed"); the step gains less, since the BK-Core is a small share of it.
+
+Paper: the adjoint (reverse-mode) differentiation of a linear recurrence; the original's
+"hybrid analytic gradient" was not a gradient (``resnetbk.core.hybrid``).
+"""
+
+from .base import Method
+
+
+class AnalyticGradient(Method):
+    flag = "use_analytic_gradient"
+    claim = "50x backward pass"
+    acts_on = "the BK-Core's backward pass"
+    paper = "exact adjoint of the ratio-form recursion (reverse-mode differentiation; DESIGN.md section 3)"
+    default = True
+
+    @classmethod
+    def configure_model(cls, options, config):
+        return options.replace(bk_grad="exact")
+
+    @classmethod
+    def assess(cls, row):
+        op = row.get("bk_op", {})
+        speedup = op.get("backward_speedup_exact_vs_autograd")
+        step = row["tokens_per_second_ratio"]
+        own = (f"BK op backward {op.get('backward_ms_autograd', float('nan')):.2f} ms -> "
+               f"{op.get('backward_ms_exact', float('nan')):.2f} ms ({speedup:.1f}x); whole step {step:.2f}x"
+               if speedup else f"whole step {step:.2f}x")
+        if speedup is None:
+            return own, "not measured"
+        held = "held" if speedup >= 50 else "not borne out"
+        return own, (f"{held} for the BK op's backward ({speedup:.1f}x against 50x); the training step "
+                     f"gains {step:.2f}x because the BK-Core is a small share of it")

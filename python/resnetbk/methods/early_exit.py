@@ -1,0 +1,95 @@
+"""``use_early_exit``: confident adaptive language modelling, an exit after every block.
+
+What it does: in training, the state after every block but the last is an exit: its logits come
+from the shared final norm and LM head, and the loss term ``exit`` adds the exits' cross-entropies
+with CALM's weights (exit ``l`` of ``L`` weighs ``l / sum(1..L)``), times ``exit_loss_weight``,
+on a random ``exit_loss_fraction`` of the positions (the vocabulary-sized head is most of a
+step's cost; the sampled mean is an unbiased estimate of the full one). A cheap confidence head
+per exit (``d -> 1`` on the detached state) learns, by binary cross-entropy (term
+``exit_confidence``), whether the exit's prediction already equals the final block's. At
+evaluation with a threshold, a token leaves at the first exit whose confidence passes it and its
+state is carried forward unchanged to the skipped blocks, which skip its feed-forward and read-out
+work (``resnetbk.models.depth``). The reported validation and test perplexities use every block;
+the figures give perplexity, mean exit block and forward FLOPs per token for each of
+``exit_thresholds``.
+
+Measured effect: see the ablation.
+
+Paper: Schuster et al. 2022, "Confident Adaptive Language Modeling" (CALM).
+"""
+
+import torch
+import torch.nn.functional as F
+
+from .. import data as wt2
+from .base import Method, check_number
+from .evaluation import record_evaluation
+
+
+class EarlyExit(Method):
+    flag = "use_early_exit"
+    claim = "variable"
+    acts_on = "the depth each token runs at evaluation (exits, confidence heads)"
+    paper = "Schuster et al. 2022, Confident Adaptive Language Modeling (CALM)"
+    hyperparameters = {"exit_loss_weight": 1.0, "exit_loss_fraction": 0.25, "exit_thresholds": (0.7, 0.8, 0.9, 0.95)}
+
+    @classmethod
+    def validate(cls, config) -> None:
+        check_number(config, "exit_loss_weight", low=0.0)
+        check_number(config, "exit_loss_fraction", low=0.0, high=1.0, low_open=True)
+        thresholds = config.exit_thresholds
+        if (not isinstance(thresholds, (list, tuple)) or not thresholds
+                or not all(isinstance(t, (int, float)) and 0 < t <= 1 for t in thresholds)):
+            raise ValueError(f"exit_thresholds: expected a non-empty list of numbers in (0, 1], got {thresholds!r}")
+
+    @classmethod
+    def configure_model(cls, options, config):
+        return options.replace(early_exit=True)
+
+    def on_loss(self, state) -> None:
+        model = state.model
+        exits = model.depth.exit_states
+        if not exits:
+            return
+        targets = state.targets.reshape(-1)
+        positions = torch.nonzero(targets != wt2.IGNORE_INDEX, as_tuple=True)[0]
+        keep = max(1, round(self.config.exit_loss_fraction * positions.numel()))
+        if keep < positions.numel():
+            positions = positions[torch.randperm(positions.numel(), device=positions.device)[:keep]]
+        final_prediction = state.logits.reshape(-1, state.logits.shape[-1])[positions].argmax(-1)
+        n_exits = len(exits) + 1
+        scale = sum(range(1, n_exits + 1))
+        exit_loss, confidence_loss = 0.0, 0.0
+        for i, state_i in enumerate(exits):
+            hidden = state_i.reshape(-1, state_i.shape[-1])[positions]
+            logits = model.lm_head(model.final_norm(hidden)).float()
+            exit_loss = exit_loss + (i + 1) / scale * F.cross_entropy(logits, targets[positions])
+            agrees = (logits.argmax(-1) == final_prediction).float()
+            confidence = model.depth.confidence[i](hidden.detach()).float().squeeze(-1)
+            confidence_loss = confidence_loss + F.binary_cross_entropy_with_logits(confidence, agrees)
+        state.loss_terms["exit"] = self.config.exit_loss_weight * exit_loss
+        state.loss_terms["exit_confidence"] = confidence_loss / len(exits)
+
+    def on_evaluation(self, state) -> None:
+        depth = state.model.depth
+        figures = {"all_blocks": record_evaluation(state, blocks=True), "thresholds": {}}
+        try:
+            for threshold in self.config.exit_thresholds:
+                depth.exit_threshold = float(threshold)
+                figures["thresholds"][str(threshold)] = record_evaluation(state, blocks=True)
+        finally:
+            depth.exit_threshold = None
+        state.figures[self.flag] = figures
+
+    @classmethod
+    def assess(cls, row):
+        figures = row["figures"]
+        full = figures.get("all_blocks")
+        if not full:
+            return "-", "not measured"
+        parts = []
+        for threshold, f in figures["thresholds"].items():
+            parts.append(f"t={threshold}: ppl {f['perplexity']:.1f}, exit block {f['mean_blocks_per_token']:.2f}, "
+                         f"FLOPs {f['forward_flops_per_token'] / full['forward_flops_per_token']:.2f}x")
+        own = f"all blocks: ppl {full['perplexity']:.1f}; " + "; ".join(parts)
+        return own, "no figure was claimed ('variable'); the table gives the measured trade-off"

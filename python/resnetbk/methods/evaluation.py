@@ -1,0 +1,43 @@
+"""A method's own evaluation: a bounded slice of the validation split, traced for FLOPs."""
+
+from __future__ import annotations
+
+import math
+
+from ..flops import FlopsTracer, component_summary
+
+
+def record_evaluation(state, *, blocks: bool = False, components: bool = False, sparsity: bool = False) -> dict:
+    """Perplexity and forward FLOPs per token on the first ``method_eval_tokens`` validation tokens,
+    plus (optionally) mean blocks per token, forward FLOPs per token by component, realised sparsity."""
+    model = state.model
+    tracer = FlopsTracer()
+    totals = {"blocks": 0.0, "positions": 0, "sparsity": 0.0, "batches": 0}
+
+    def on_batch(positions: int) -> None:
+        totals["positions"] += positions
+        if blocks:
+            totals["blocks"] += float(model.depth.blocks_per_token.float().sum()) if model.depth is not None else (
+                model.options.n_layers * positions)
+        if sparsity:
+            from .sparse_bk import mean_sparsity
+
+            totals["sparsity"] += mean_sparsity(model)
+            totals["batches"] += 1
+
+    nll, count = state.evaluate(state.corpus.valid, max_tokens=state.config.method_eval_tokens, tracer=tracer,
+                                on_batch=on_batch)
+    report = tracer.report()
+    forward = report["by_phase"].get("forward", 0)
+    figures = {"split": "valid", "tokens": count, "perplexity": math.exp(nll),
+               "forward_flops_per_token": forward / max(count, 1)}
+    if blocks:
+        figures["mean_blocks_per_token"] = totals["blocks"] / max(totals["positions"], 1)
+    if sparsity:
+        figures["realised_sparsity"] = totals["sparsity"] / max(totals["batches"], 1)
+    if components:
+        figures["forward_flops_per_token_by_component"] = {
+            name: value["forward"] / max(count, 1)
+            for name, value in component_summary(report["by_component"], 1).items() if value.get("forward")
+        }
+    return figures

@@ -1,0 +1,77 @@
+"""``use_sparse_bk``: a learned per-position gate on the BK-Core mixer.
+
+What it does: each block's mixer gets a gate (``d -> 1``, from that position's own state); in
+the forward the gate is hard (keep where ``sigmoid > 0.5``), in the backward its sigmoid's
+gradient passes straight through. Gated-off positions get potential 0 and skip the potential
+projection and the read-out (the output projection); the BK-Core's masked variant skips their
+read-out too (``resnetbk.core.backends``). The recursion itself passes through every position,
+so the op's own saving is small: in causal mode its read-out *is* the recursion state. The loss
+term ``sparsity`` (weight ``sparsity_weight``) pulls the mean keep probability towards
+``1 - sparse_bk_target``.
+
+Records: realised sparsity per epoch and at evaluation.
+
+Measured effect: see the ablation, and ``benches/`` for the BK op alone with and without a 50%
+mask.
+
+Paper: the straight-through estimator (Bengio, Leonard and Courville 2013, "Estimating or
+Propagating Gradients Through Stochastic Neurons"); learned token skipping as in Raposo et al.
+2024, "Mixture-of-Depths".
+"""
+
+from .base import Method, check_number
+from .evaluation import record_evaluation
+
+
+def mean_sparsity(model) -> float:
+    values = [b.bk.realised_sparsity for b in model.blocks if b.bk.realised_sparsity is not None]
+    return sum(values) / len(values) if values else 0.0
+
+
+class SparseBK(Method):
+    flag = "use_sparse_bk"
+    claim = "1.8x at 50% sparsity"
+    acts_on = "the BK-Core mixer's potential and read-out per position"
+    paper = "Bengio et al. 2013 (straight-through estimator); Raposo et al. 2024, Mixture-of-Depths"
+    hyperparameters = {"sparse_bk_target": 0.5, "sparsity_weight": 1.0}
+
+    @classmethod
+    def validate(cls, config) -> None:
+        check_number(config, "sparse_bk_target", low=0.0, high=1.0, high_open=True)
+        check_number(config, "sparsity_weight", low=0.0)
+
+    @classmethod
+    def configure_model(cls, options, config):
+        return options.replace(sparse_bk=True, sparse_bk_target=config.sparse_bk_target)
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._sum, self._steps = 0.0, 0
+
+    def on_loss(self, state) -> None:
+        state.loss_terms["sparsity"] = self.config.sparsity_weight * state.model.aux_losses()["sparsity"]
+        self._sum += mean_sparsity(state.model)
+        self._steps += 1
+
+    def _figures(self, state) -> dict:
+        return state.figures.setdefault(self.flag, {"target_sparsity": self.config.sparse_bk_target})
+
+    def on_epoch_end(self, state) -> None:
+        self._figures(state).setdefault("realised_sparsity_train", []).append(self._sum / max(self._steps, 1))
+        self._sum, self._steps = 0.0, 0
+
+    def on_evaluation(self, state) -> None:
+        self._figures(state)["evaluation"] = record_evaluation(state, sparsity=True)
+
+    @classmethod
+    def assess(cls, row):
+        op = row.get("bk_op", {})
+        speedup = op.get("masked_speedup_at_half_sparsity")
+        sparsity = row["figures"].get("evaluation", {}).get("realised_sparsity")
+        own = (f"realised sparsity {sparsity:.2f}; BK op fwd+bwd at 50% mask {speedup:.2f}x; "
+               f"step tokens/s {row['tokens_per_second_ratio']:.2f}x") if speedup and sparsity is not None else "-"
+        if speedup is None:
+            return own, "not measured"
+        return own, ("held" if speedup >= 1.8 else
+                     f"not borne out: the BK op gains {speedup:.2f}x at 50% sparsity (claimed 1.8x): the recursion "
+                     "passes through every position and only the read-out can be skipped")

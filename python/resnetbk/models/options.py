@@ -1,0 +1,71 @@
+"""``ModelOptions``: everything ``build_model`` needs, in one place (the FLOPs estimate reads it too).
+
+The benchmark derives it from its config (``resnetbk.bench.config.model_options``): the base
+fields, then each enabled optimization method's ``configure_model``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+ARCHITECTURES = ("transformer", "resnet_bk")
+BK_GRADS = ("exact", "autograd")
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    architecture: str
+    vocab_size: int
+    d_model: int = 64
+    n_layers: int = 4
+    n_seq: int = 128
+    dropout: float = 0.1
+    tie_embeddings: bool = True
+    n_heads: int = 4
+    num_experts: int = 4
+    bk_channels: int = 1
+    bk_mode: str = "causal"
+    potential_limit: float = 3.0
+    #: "exact": the BK-Core's O(N) analytic backward; "autograd": autograd through the torch implementation.
+    bk_grad: str = "exact"
+    # Set by the optimization methods (resnetbk.methods), ResNet-BK only.
+    act: bool = False  # per-token adaptive computation time over the blocks
+    act_threshold: float = 0.99  # a token halts once its cumulative halting probability reaches this
+    act_bias_init: float = 1.0  # initial bias of the halting units (sigmoid(1) = 0.73: about 2 blocks at first)
+    multi_scale: bool = False  # the middle blocks run on a causally 2x-shortened sequence
+    sparse_bk: bool = False  # a learned per-position gate on the BK-Core's potential and read-out
+    sparse_bk_target: float = 0.5  # the sparsity the gate is pulled towards
+    early_exit: bool = False  # an exit (sharing the LM head) and a confidence head after every block
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture: expected one of {ARCHITECTURES}, got {self.architecture!r}")
+        if self.bk_grad not in BK_GRADS:
+            raise ValueError(f"bk_grad: expected one of {BK_GRADS}, got {self.bk_grad!r}")
+        if self.architecture != "resnet_bk":
+            used = [name for name in ("act", "multi_scale", "sparse_bk", "early_exit") if getattr(self, name)]
+            if used:
+                raise ValueError(f"{', '.join(used)}: only ResNet-BK supports these options, got architecture "
+                                 f"{self.architecture!r}")
+        if self.multi_scale and self.n_layers < 3:
+            raise ValueError(f"multi_scale: needs n_layers >= 3 (full-resolution blocks around shortened middle "
+                             f"blocks), got n_layers = {self.n_layers}")
+
+    def replace(self, **changes) -> "ModelOptions":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def per_token_depth(self) -> bool:
+        """Whether tokens may stop before the last block (ACT halting or confident early exit)."""
+        return self.act or self.early_exit
+
+    def stage_ranges(self) -> list:
+        """The blocks grouped into stages ``(first, stop, shortened)``: one block per stage, except the
+        multi-scale middle, which is one stage of ``n_layers - 2k`` blocks at half resolution
+        (``k = max(1, n_layers // 4)`` full-resolution blocks on each side)."""
+        if not self.multi_scale:
+            return [(i, i + 1, False) for i in range(self.n_layers)]
+        k = max(1, self.n_layers // 4)
+        outer = [(i, i + 1, False) for i in range(k)]
+        return outer + [(k, self.n_layers - k, True)] + [(i, i + 1, False) for i in range(self.n_layers - k, self.n_layers)]
