@@ -1,8 +1,8 @@
-"""The seed's way of computing the BK-Core, kept only as a timing baseline.
+"""The original benchmark's way of computing the BK-Core, kept only as a timing baseline.
 
-A Python loop over positions of batched complex128 tensor ops (as the seed's code did), with
-either autograd through the loop or the seed's hybrid backward. It uses the ratio form so that
-its outputs stay finite (the seed's determinant products overflow past N ~ 500 in complex128);
+A Python loop over positions of batched complex128 tensor ops (as the original benchmark's code did), with
+either autograd through the loop or the original benchmark's hybrid backward. It uses the ratio form so that
+its outputs stay finite (the original benchmark's determinant products overflow past N ~ 500 in complex128);
 the cost per position is the same kind: a few small batched complex ops and Python overhead.
 """
 
@@ -25,7 +25,7 @@ def seed_style_forward(v: torch.Tensor, z: complex = 1j) -> torch.Tensor:
 
 
 class SeedStyleHybrid(torch.autograd.Function):
-    """The seed-style loop forward with the seed's hybrid (non-)gradient as backward."""
+    """The original-style loop forward with the original benchmark's hybrid (non-)gradient as backward."""
 
     @staticmethod
     def forward(ctx, v):

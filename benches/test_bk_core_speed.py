@@ -8,7 +8,7 @@ Implementations: the Rust backend through ``bk_core`` (custom op, autograd, and 
 ``.real.sum()`` backward included), the Rust kernels alone (``resnetbk._native`` on preallocated
 arrays: the difference is the per-call overhead), the torch backend (its own choice, and the
 sweep and the parallel scan forced), grad="autograd" through the torch implementation, and the
-seed-style Python loop with autograd or with the seed's hybrid backward.
+original-style Python loop with autograd or with the original benchmark's hybrid backward.
 
 RESNETBK_BENCH_MODE=bidirectional times the bidirectional mode (default: causal).
 """
@@ -92,7 +92,7 @@ def _run(benchmark, run):
 
 def _skip_reason(impl, b, n):
     if impl.startswith("seed") and MODE != "causal":
-        return "the seed-style loop is written for the causal mode"
+        return "the original-style loop is written for the causal mode"
     if impl.startswith("rust") and DEVICE != "cpu":
         return "the Rust backend is CPU only"
     loop = impl in ("torch_sweep", "seed_autograd", "seed_hybrid") or (impl in ("torch", "autograd") and n < 64)
@@ -145,7 +145,7 @@ def test_linear_in_length(benchmark):
         times = {}
         for n in (10_000, 1_000_000):
             v, upper = _inputs(1, n, True)
-            run = _step(lambda v: bk_core(v - 2.0, upper, backend="rust"), v, True)
+            run = _step(lambda v, upper=upper: bk_core(v - 2.0, upper, backend="rust"), v, True)
             run()
             samples = []
             for _ in range(max(5, int(2e6 / n))):
@@ -161,3 +161,22 @@ def test_linear_in_length(benchmark):
     MEDIANS[((1, 10_000), "rust, 1 thread", "linearity")] = times[10_000]
     MEDIANS[((1, 1_000_000), "rust, 1 thread", "linearity")] = times[1_000_000]
     assert ratio <= 150, f"time grew {ratio:.1f}x for a 100x longer row: worse than linear"
+
+
+MASK_CASES = [(32, 128), (32, 2048)]
+
+
+@pytest.mark.parametrize("mask", ["none", "half"])
+@pytest.mark.parametrize("backend", ["rust", "torch"])
+@pytest.mark.parametrize("case", MASK_CASES, ids=[f"{b}x{n}" for b, n in MASK_CASES])
+def test_masked_read_out_speed(benchmark, case, backend, mask):
+    """Sparse BK-Core: forward+backward with a 50% read-out mask against none (same run)."""
+    if backend == "rust" and DEVICE != "cpu":
+        pytest.skip("the Rust backend is CPU only")
+    b, n = case
+    v, upper = _inputs(b, n, True)
+    keep = None if mask == "none" else torch.rand(b, n, generator=torch.Generator().manual_seed(1)).to(DEVICE) < 0.5
+    benchmark.group = f"{b}x{n} masked read-out, {MODE}"
+    benchmark.extra_info.update(elements=b * n, device=DEVICE, mode=MODE)
+    _run(benchmark, _step(lambda v: bk_core(v - 2.0, upper, mode=MODE, backend=backend, mask=keep), v, True))
+    record(case, f"{backend}, mask {mask}", "forward+backward", benchmark)

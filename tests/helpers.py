@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 import resnetbk
-
 
 FAST_BACKENDS = ("rust", "torch_sweep", "torch_scan")
 MODES = ("causal", "bidirectional")
@@ -69,12 +69,9 @@ def relative_rms(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 
-_ORACLE_CACHE: dict = {}
-
-
-def dense_oracle(p: Problem, mode: str) -> torch.Tensor:
-    """``dense_resolvent_diag`` of a problem (float64), cached: the causal oracle is O(N^4)."""
-    key = (id(p.diag), mode)
-    if key not in _ORACLE_CACHE:
-        _ORACLE_CACHE[key] = (p, resnetbk.dense_resolvent_diag(p.diag, p.upper, p.lower, p.z, mode))
-    return _ORACLE_CACHE[key][1]
+@functools.cache
+def oracle_case(batch: tuple, n: int, symmetric: bool, z, seed: int, mode: str) -> tuple:
+    """``(problem, dense_resolvent_diag of it)`` in float64, cached: every backend is held to the
+    same oracle, and the causal one (N dense inverses) is the slow part of the suite."""
+    p = make_problem(batch=batch, n=n, symmetric=symmetric, z=z, seed=seed)
+    return p, resnetbk.dense_resolvent_diag(*p.inputs(), mode)

@@ -10,9 +10,10 @@ through ``datasets`` and yields the same token stream: each line becomes
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 

@@ -52,7 +52,7 @@ def _speed(batch: int, n: int, repeats: int) -> None:
         bk_core(diag, upper, backend="rust").real.sum().backward()
 
     def seed_style_step():
-        # The seed's approach: a Python loop over positions, differentiated by autograd.
+        # The original benchmark's approach: a Python loop over positions, differentiated by autograd.
         z = torch.full((batch,), 1j, dtype=torch.complex64)
         resolvent_diag_sweep(diag, upper * upper, z, "causal").real.sum().backward()
 

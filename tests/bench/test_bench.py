@@ -3,15 +3,13 @@ guard, non-finite steps, and comparisons."""
 
 import json
 import math
-import random
-from pathlib import Path
 
 import pytest
 import torch
 
 from resnetbk import data as wt2
 from resnetbk import methods
-from resnetbk.bench import BenchmarkConfig, BenchmarkResults, WikiText2Benchmark, compare_results, model_config
+from resnetbk.bench import BenchmarkConfig, BenchmarkResults, compare_results, model_config
 from resnetbk.bench.__main__ import main as cli_main
 from resnetbk.bench.config import OPTIMIZATION_FLAGS, PRESETS
 from resnetbk.bench.train import train
@@ -27,21 +25,6 @@ RESULT_FIELDS = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    """A small word-level corpus in the WikiText layout (blank lines included)."""
-    folder = tmp_path_factory.mktemp("tinywiki")
-    rng = random.Random(0)
-    words = [f"w{i}" for i in range(40)] + ["<unk>", "the", "of", "="]
-    for split, lines in (("train", 300), ("valid", 40), ("test", 40)):
-        text = []
-        for _ in range(lines):
-            n = rng.choice([0, 3, 5, 8, 12])
-            text.append(" " + " ".join(rng.choice(words) for _ in range(n)) + (" \n" if n else "\n"))
-        (folder / f"wiki.{split}.tokens").write_text("".join(text))
-    return folder
-
-
 def smoke_config(tiny_data, **changes) -> BenchmarkConfig:
     fields = dict(PRESETS["smoke"], data_dir=str(tiny_data), device="cpu", threads=1)
     fields.update(changes)
@@ -55,7 +38,7 @@ def test_config_rejects_unknown_keys_and_bad_values():
         BenchmarkConfig(d_model=0)
     with pytest.raises(ValueError, match="lr: expected a positive number"):
         BenchmarkConfig(lr=-1.0)
-    with pytest.raises(ValueError, match="bk_mode: expected 'causal' or 'bidirectional'"):
+    with pytest.raises(ValueError, match="bk_mode: expected one of \\('causal', 'bidirectional'\\)"):
         BenchmarkConfig(bk_mode="future")
     with pytest.raises(ValueError, match="n_heads: d_model = 10 must be divisible by n_heads = 4"):
         BenchmarkConfig(architecture="transformer", d_model=10)
@@ -127,9 +110,11 @@ def test_smoke_run_writes_every_file_with_the_documented_schema(tmp_path, tiny_d
     assert (out / "training_curves.png").stat().st_size > 10_000
 
 
-def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path, tiny_data):
+@pytest.mark.parametrize("with_methods", (False, True), ids=("baseline", "every_method"))
+def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path, tiny_data, with_methods):
     corpus = wt2.load_corpus(str(tiny_data))
-    config = smoke_config(tiny_data, architecture="resnet_bk", epochs=3, model_name="resume_check")
+    flags = {flag: with_methods for flag in methods.IMPLEMENTED}
+    config = smoke_config(tiny_data, architecture="resnet_bk", epochs=3, model_name="resume_check", **flags)
     whole = train(config, corpus, tmp_path / "whole", quiet=True, log=lambda *_: None)
 
     class Interrupted(Exception):
@@ -145,6 +130,7 @@ def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path, tiny_da
     assert resumed.epoch_losses == whole.epoch_losses
     assert resumed.epoch_perplexities == whole.epoch_perplexities
     assert resumed.test_perplexity == whole.test_perplexity and resumed.steps == whole.steps
+    assert resumed.epoch_aux_losses == whole.epoch_aux_losses and resumed.methods == whole.methods
 
 
 def test_resume_refuses_another_configuration(tmp_path, tiny_data):
@@ -205,8 +191,6 @@ def test_results_round_trip(tmp_path):
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["final_loss"] is None  # NaN is written as null, never as an invalid JSON token
     assert BenchmarkResults.load(tmp_path / "r.json").final_perplexity == 2.0
-    WikiText2Benchmark(tmp_path / "bench")  # creates its folder
-    assert (tmp_path / "bench").is_dir()
 
 
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path, tiny_data):
@@ -237,9 +221,22 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a missing GPU")
-def test_cli_reports_a_failed_run_without_a_traceback(tmp_path, capsys, tiny_data):
+def test_cli_reports_a_missing_gpu_without_a_traceback(tmp_path, capsys, tiny_data):
     code = cli_main(["--preset", "smoke", "--models", "transformer_baseline", "--data-dir", str(tiny_data),
                      "--output-dir", str(tmp_path), "--device", "cuda", "--quiet"])
     err = capsys.readouterr().err
     assert code == 1
-    assert "error: device: 'cuda' was asked for but torch sees no CUDA device" in err and "--resume" in err
+    assert "error: device: 'cuda' was asked for but torch sees no CUDA device" in err and "Traceback" not in err
+
+
+def test_cli_reports_a_failure_inside_the_worker_process(tmp_path, capsys, tiny_data):
+    """The model trains in a spawned worker; its exception reaches the parent as one error line."""
+    config = tmp_path / "bidirectional.json"
+    config.write_text(json.dumps({"bk_mode": "bidirectional"}))  # refused in the worker without --allow-noncausal
+    code = cli_main(["--preset", "smoke", "--models", "resnet_bk_baseline", "--data-dir", str(tiny_data),
+                     "--output-dir", str(tmp_path / "out"), "--device", "cpu", "--config", str(config), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "resnet_bk_baseline: training failed in its worker process: ValueError" in err
+    assert "reads future tokens" in err and "--resume" in err
+    assert (tmp_path / "out" / "runs" / "resnet_bk_baseline" / "error.txt").is_file()

@@ -14,7 +14,7 @@ from resnetbk import bk_core
 def test_gradcheck(backend, mode, symmetric, n):
     p = make_problem(batch=(2,), n=n, symmetric=symmetric, seed=n)
     leaves = p.leaves()
-    fn = lambda d, u, l, z: bk_core(d, u, l, z, mode=mode, backend=backend)
+    fn = lambda d, u, lo, z: bk_core(d, u, lo, z, mode=mode, backend=backend)
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-8, rtol=1e-6)
 
 
@@ -26,7 +26,7 @@ def test_gradcheck_one_input_at_a_time(backend):
         args = list(p.inputs())
         args[i] = args[i].detach().clone().requires_grad_()
 
-        def fn(x, i=i):
+        def fn(x, i=i, args=args):
             a = list(args)
             a[i] = x
             return bk_core(*a, mode="bidirectional", backend=backend)

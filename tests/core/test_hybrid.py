@@ -1,4 +1,4 @@
-"""The seed's hybrid "gradient": reproduced on a hand-computed case, and measured, not trusted."""
+"""The original benchmark's hybrid "gradient": reproduced on a hand-computed case, and measured, not trusted."""
 
 import pytest
 import torch
@@ -33,7 +33,7 @@ def test_hand_computed_blend_and_imaginary_upstream():
 
 def test_hybrid_clamps_at_1000():
     # |G^2| below the 1e-3 floor: the inverse-square term is ~1000 per unit of upstream gradient,
-    # so an upstream gradient of 10 takes it to ~10,000, which the seed clamps to 1000.
+    # so an upstream gradient of 10 takes it to ~10,000, which the original benchmark clamps to 1000.
     diag = torch.tensor([300.0], dtype=torch.float64, requires_grad=True)
     g = bk_core(diag, torch.zeros(0, dtype=torch.float64), None, 1j, grad="hybrid", hybrid_blend=1.0)
     (10 * g.real).sum().backward()
@@ -42,7 +42,7 @@ def test_hybrid_clamps_at_1000():
 
 @pytest.mark.parametrize("mode", ("causal", "bidirectional"))
 def test_hybrid_is_not_the_gradient(mode, capsys):
-    """Report the cosine between the hybrid direction and the exact gradient (no assertion that it is one)."""
+    """The hybrid direction is far from the exact gradient: cosine ~0.47 and a relative error ~10x here."""
     p = make_problem(batch=(8,), n=128, symmetric=True, z=1j, seed=0)
     weights = torch.randn(8, 128, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
 
@@ -56,7 +56,8 @@ def test_hybrid_is_not_the_gradient(mode, capsys):
     cosine = torch.nn.functional.cosine_similarity(exact, hybrid, dim=0).item()
     with capsys.disabled():
         print(f"\n[hybrid vs exact gradient, {mode}] cosine = {cosine:+.3f}")
-    assert not torch.allclose(exact, hybrid), "the approximation would have to be the gradient"
+    assert 0.3 < cosine < 0.6, cosine  # measured +0.476 (causal) and +0.473 (bidirectional)
+    assert (hybrid - exact).norm() > 5 * exact.norm()  # measured 11x and 13x
 
 
 def test_hybrid_refuses_other_inputs():

@@ -37,7 +37,7 @@ def test_flop_counter_counts_forward_and_backward(mode):
 
 def test_compiles_with_the_fake_implementation():
     p = make_problem(batch=(2,), n=10)
-    fn = torch.compile(lambda d, u, l, z: resnetbk.bk_core(d, u, l, z, mode="bidirectional"), backend="aot_eager", fullgraph=False)
+    fn = torch.compile(lambda d, u, lo, z: resnetbk.bk_core(d, u, lo, z, mode="bidirectional"), backend="aot_eager", fullgraph=False)
     torch.testing.assert_close(fn(*p.inputs()), resnetbk.bk_core(*p.inputs(), mode="bidirectional"), rtol=0, atol=0)
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from helpers import FAST_BACKENDS, MODES, make_problem, relative_error, relative_rms
+from helpers import FAST_BACKENDS, MODES, make_problem, oracle_case, relative_error, relative_rms
 from resnetbk import bk_core, dense_resolvent_diag
 
 LENGTHS = (1, 2, 3, 15, 63, 300)
@@ -23,8 +23,7 @@ def _cases():
 def test_float64_matches_dense_inverse(backend, n, mode, symmetric, z):
     # The causal oracle inverts all N leading blocks; fewer seeds keep N = 300 quick.
     for seed in SEEDS if n < 300 else SEEDS[:1]:
-        p = make_problem(batch=(2,), n=n, symmetric=symmetric, z=z, seed=seed)
-        want = dense_resolvent_diag(*p.inputs(), mode)
+        p, want = oracle_case((2,), n, symmetric, z, seed, mode)
         got = bk_core(*p.inputs(), mode=mode, backend=backend)
         assert got.dtype == torch.complex128 and got.shape == p.diag.shape
         assert relative_error(got, want) <= 1e-12

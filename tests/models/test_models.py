@@ -63,3 +63,24 @@ def test_bk_gradient_paths_agree():
         grads[exact] = model.blocks[0].bk.v_proj.weight.grad
     assert grads[True].abs().sum() > 0
     torch.testing.assert_close(grads[True], grads[False], rtol=1e-10, atol=1e-12)
+
+
+def test_an_unknown_architecture_is_a_value_error_everywhere():
+    from resnetbk.bench import BenchmarkConfig
+    from resnetbk.flops.estimate import StepShape
+
+    with pytest.raises(ValueError, match="architecture: expected one of"):
+        ModelOptions("rnn", 10)
+    with pytest.raises(ValueError, match="architecture: expected one of"):
+        BenchmarkConfig(architecture="rnn")
+    with pytest.raises(TypeError, match="options: expected a ModelOptions"):
+        StepShape("rnn", batch=2)
+    with pytest.raises(TypeError, match="options: expected a ModelOptions"):
+        build_model("resnet_bk")
+
+
+def test_the_estimate_refuses_data_dependent_methods_instead_of_pricing_them_as_the_baseline():
+    from resnetbk.flops.estimate import StepShape
+
+    with pytest.raises(NotImplementedError, match="act change what a step executes"):
+        StepShape(ModelOptions("resnet_bk", 10, act=True), batch=2)

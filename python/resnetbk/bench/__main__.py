@@ -37,7 +37,7 @@ def parse_args(argv=None, *, prog: str = "python -m resnetbk.bench", description
     p = argparse.ArgumentParser(prog=prog, description=description, epilog=methods_help(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                   help="quick: ~10 min for all three models on 2 CPU cores (default); seed: the original "
+                   help="quick: ~10 min for all three models on 2 CPU cores (default); original: the original "
                         "benchmark's exact configuration; smoke: seconds on tiny data")
     if models:
         p.add_argument("--models", default=",".join(MODEL_NAMES),

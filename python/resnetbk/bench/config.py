@@ -73,12 +73,15 @@ class _CoreConfig:
         self.validate()
 
     def validate(self) -> None:
+        self._validate_numbers()
+        self._validate_choices()
+        methods.validate(self)
+
+    def _validate_numbers(self) -> None:
         positive = ("d_model", "n_layers", "n_seq", "batch_size", "epochs", "n_heads", "num_experts", "bk_channels",
                     "eval_batch_size", "max_consecutive_skips", "method_eval_tokens")
         for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+            _check_int(self, name, low=1)
         for name in ("lr", "grad_clip", "potential_limit"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
@@ -91,27 +94,19 @@ class _CoreConfig:
             raise ValueError(f"dropout: expected a number in [0, 1), got {self.dropout!r}")
         if not 0 < self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio: expected a number in (0, 1], got {self.min_lr_ratio!r}")
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps: expected a non-negative integer, got {self.warmup_steps!r}")
-        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
-            raise ValueError(f"max_steps: expected a positive integer or null, got {self.max_steps!r}")
-        if self.max_train_tokens is not None and (not isinstance(self.max_train_tokens, int) or self.max_train_tokens < 2):
-            raise ValueError(f"max_train_tokens: expected an integer >= 2 or null, got {self.max_train_tokens!r}")
+        _check_int(self, "warmup_steps", low=0)
+        for name, low in (("max_steps", 1), ("max_train_tokens", 2), ("threads", 1)):
+            _check_int(self, name, low=low, optional=True)
         if self.data_fraction is not None and not (isinstance(self.data_fraction, (int, float)) and 0 < self.data_fraction <= 1):
             raise ValueError(f"data_fraction: expected a number in (0, 1] or null, got {self.data_fraction!r}")
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture: expected one of {ARCHITECTURES}, got {self.architecture!r}")
-        if self.bk_mode not in ("causal", "bidirectional"):
-            raise ValueError(f"bk_mode: expected 'causal' or 'bidirectional', got {self.bk_mode!r}")
-        if self.amp_dtype not in ("bfloat16", "float16"):
-            raise ValueError(f"amp_dtype: expected 'bfloat16' or 'float16', got {self.amp_dtype!r}")
-        if self.device not in DEVICES:
-            raise ValueError(f"device: expected one of {DEVICES}, got {self.device!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise ValueError(f"threads: expected a positive integer or null, got {self.threads!r}")
+
+    def _validate_choices(self) -> None:
+        for name, allowed in (("architecture", ARCHITECTURES), ("bk_mode", ("causal", "bidirectional")),
+                              ("amp_dtype", ("bfloat16", "float16")), ("device", DEVICES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: expected one of {allowed}, got {getattr(self, name)!r}")
         if self.architecture == "transformer" and self.d_model % self.n_heads:
             raise ValueError(f"n_heads: d_model = {self.d_model} must be divisible by n_heads = {self.n_heads}")
-        methods.validate(self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -160,6 +155,15 @@ def model_options(config, vocab_size: int) -> ModelOptions:
     return options
 
 
+def _check_int(config, name: str, *, low: int, optional: bool = False) -> None:
+    value = getattr(config, name)
+    if optional and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        what = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"{name}: expected {what}{' or null' if optional else ''}, got {value!r}")
+
+
 def reject_unknown_fields(cls, data: dict, what: str) -> None:
     """A ValueError naming every key of ``data`` that is not a field of dataclass ``cls``."""
     known = {f.name for f in dataclasses.fields(cls)}
@@ -200,8 +204,8 @@ def model_config(model_name: str, base):
 
 
 PRESETS = {
-    # The seed's exact configuration.
-    "seed": dict(),
+    # The original benchmark's exact configuration.
+    "original": dict(),
     # About 10 minutes for all three models on 2 CPU cores; full valid/test evaluation.
     "quick": dict(epochs=2, max_train_tokens=150_000),
     # Seconds on tiny data (tests); full evaluation of whatever data it is given.

@@ -1,4 +1,4 @@
-"""The seed's four-panel figure: training loss, validation perplexity (log scale), time per epoch,
+"""The original benchmark's four-panel figure: training loss, validation perplexity (log scale), time per epoch,
 and total training FLOPs, for every model of a run."""
 
 from __future__ import annotations

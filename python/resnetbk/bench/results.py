@@ -34,7 +34,7 @@ SCHEMA_VERSION = 2
 
 @dataclass
 class BenchmarkResults:
-    # The seed's fields.
+    # The original benchmark's fields.
     model_name: str
     config: dict
     final_loss: float
@@ -82,7 +82,7 @@ class BenchmarkResults:
         return _json_safe(dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, data: dict) -> "BenchmarkResults":
+    def from_dict(cls, data: dict) -> BenchmarkResults:
         reject_unknown_fields(cls, data, "results")
         return cls(**{k: (math.nan if v is None and k.endswith("perplexity") else v) for k, v in data.items()})
 
@@ -90,7 +90,7 @@ class BenchmarkResults:
         write_json_atomic(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | Path) -> "BenchmarkResults":
+    def load(cls, path: str | Path) -> BenchmarkResults:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 

@@ -19,7 +19,7 @@ def _worker(config, data_dir, run_dir, result_path, error_path, resume, quiet):
         run_and_save(config, data_dir, run_dir, result_path, resume, quiet)
     except BaseException as exc:  # the parent re-raises with this text
         Path(error_path).write_text(f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
-        raise SystemExit(1)
+        raise SystemExit(1) from exc
 
 
 class WikiText2Benchmark:

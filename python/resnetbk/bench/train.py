@@ -1,6 +1,6 @@
 """Training and evaluation of one model: a plain loop, checkpointed after every epoch.
 
-Protocol (the seed's, made honest): AdamW, cosine schedule from ``lr`` to ``lr * min_lr_ratio``
+Protocol (the original benchmark's, made honest): AdamW, cosine schedule from ``lr`` to ``lr * min_lr_ratio``
 with optional linear warmup, gradient clipping, window order shuffled by a seeded generator each
 epoch. Validation perplexity after every epoch (eval mode, token-weighted over the whole split);
 test perplexity once, from the best-validation weights. A step whose loss or gradient is not

@@ -103,7 +103,7 @@ def bk_core(
             force the torch algorithm.
         grad: ``"exact"`` (the O(N) vector-Jacobian product for diag, upper, lower and z),
             ``"autograd"`` (autograd through the pure-torch implementation; the baseline), or
-            ``"hybrid"`` (the seed's approximation for diag only; NOT a gradient, see
+            ``"hybrid"`` (the original benchmark's approximation for diag only; NOT a gradient, see
             ``resnetbk.core.hybrid``).
         hybrid_blend: the hybrid mode's blend weight (default 0.5); only with ``grad="hybrid"``.
         mask: bool tensor broadcastable to ``diag.shape``, or None: positions where it is false
@@ -131,9 +131,7 @@ def bk_core(
     lower = None if lower is None else _broadcast_batch("lower", lower, batch, (n - 1,))
     z = _as_z_tensor(z, diag)
 
-    if backend == "auto":
-        backend = backends.choose(diag.device, grad)
-    backends.get(backend, diag.device)  # a clear error for a backend that cannot run here
+    backend = _resolve_backend(backend, diag.device, grad)
     if mask is not None:
         mask = _check_mask(mask, diag, grad)
     if hybrid_blend is not None and grad != "hybrid":
@@ -154,6 +152,14 @@ def bk_core(
         blend = 0.5 if hybrid_blend is None else float(hybrid_blend)
         return HybridBKCore.apply(diag, upper, lower, z, mode, backend, blend)
     return torch.ops.resnetbk.bk_core(diag, upper, lower, z, mode, backend, mask)
+
+
+def _resolve_backend(backend: str, device: torch.device, grad: str) -> str:
+    """``"auto"`` resolved by the backend registry; a clear error for a backend that cannot run here."""
+    if backend == "auto":
+        backend = backends.choose(device, grad)
+    backends.get(backend, device)
+    return backend
 
 
 def _check_mask(mask, diag: Tensor, grad: str) -> Tensor:

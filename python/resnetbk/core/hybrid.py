@@ -1,4 +1,4 @@
-"""The seed's "hybrid analytic gradient", kept as an explicitly named approximation.
+"""The original benchmark's "hybrid analytic gradient", kept as an explicitly named approximation.
 
 It is NOT a gradient of anything (DESIGN.md section 3). It exists so that its effect can be
 measured against the exact gradient. For diag only, with upstream ``gamma = dL/dRe G + i dL/dIm G``:
@@ -20,7 +20,7 @@ CLAMP = 1000.0
 
 
 def hybrid_diag_grad(gamma: Tensor, g: Tensor, blend: float) -> Tensor:
-    """The seed's blended formula (see the module docstring); real, of shape ``g.shape``."""
+    """The original benchmark's blended formula (see the module docstring); real, of shape ``g.shape``."""
     g2 = g * g
     magnitude = g2.abs()
     g2_floored = torch.where(magnitude < INVERSE_SQUARE_FLOOR, g2 / magnitude * INVERSE_SQUARE_FLOOR, g2)
@@ -30,7 +30,7 @@ def hybrid_diag_grad(gamma: Tensor, g: Tensor, blend: float) -> Tensor:
 
 
 class HybridBKCore(torch.autograd.Function):
-    """Forward: the exact BK-Core op. Backward: the seed's approximation, for ``diag`` only."""
+    """Forward: the exact BK-Core op. Backward: the original benchmark's approximation, for ``diag`` only."""
 
     @staticmethod
     def forward(ctx, diag: Tensor, upper: Tensor, lower: Tensor | None, z: Tensor, mode: str, backend: str, blend: float):

@@ -44,7 +44,7 @@ class StepShape:
             )
 
     @classmethod
-    def from_config(cls, config, vocab_size: int, seq: Optional[int] = None) -> "StepShape":
+    def from_config(cls, config, vocab_size: int, seq: Optional[int] = None) -> StepShape:
         """The step of a ``BenchmarkConfig`` (full windows of ``n_seq`` unless ``seq`` is given)."""
         from ..bench.config import model_options
 

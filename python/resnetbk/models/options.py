@@ -52,7 +52,7 @@ class ModelOptions:
             raise ValueError(f"multi_scale: needs n_layers >= 3 (full-resolution blocks around shortened middle "
                              f"blocks), got n_layers = {self.n_layers}")
 
-    def replace(self, **changes) -> "ModelOptions":
+    def replace(self, **changes) -> ModelOptions:
         return dataclasses.replace(self, **changes)
 
     @property

@@ -171,3 +171,54 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_names_and_errors() {
+        assert_eq!(parse_mode("causal").unwrap(), Mode::Causal);
+        assert_eq!(parse_mode("bidirectional").unwrap(), Mode::Bidirectional);
+        Python::attach(|py| {
+            let err = parse_mode("future").unwrap_err();
+            assert!(err.value(py).to_string().contains("mode: expected 'causal' or 'bidirectional'"));
+        });
+    }
+
+    #[test]
+    fn price_trace_returns_the_engine_report_as_a_dict() {
+        Python::attach(|py| {
+            let mm: TracedOp = ("aten.mm".into(), vec![vec![4, 8], vec![8, 3]], vec![vec![4, 3]], false, String::new(),
+                                "forward".into(), "lm_head".into(), 2);
+            let report = price_trace(py, vec![mm]).unwrap();
+            let total: u64 = report.get_item("total").unwrap().unwrap().extract().unwrap();
+            assert_eq!(total, 2 * (2 * 4 * 8 * 3));
+            let bad: TracedOp = ("aten.mm".into(), vec![], vec![], false, String::new(), "sideways".into(),
+                                 String::new(), 1);
+            let err = price_trace(py, vec![bad]).unwrap_err();
+            assert!(err.value(py).to_string().contains("phase: expected"));
+        });
+    }
+
+    #[test]
+    fn optimizer_prices_and_unknown_kinds() {
+        assert_eq!(optimizer_flops_per_parameter("adamw", true).unwrap(), 14);
+        Python::attach(|py| {
+            let err = optimizer_flops_per_parameter("lion", false).unwrap_err();
+            assert!(err.value(py).to_string().contains("unknown optimizer"));
+        });
+    }
+
+    #[test]
+    fn module_registers_every_entry_point() {
+        Python::attach(|py| {
+            let module = PyModule::new(py, "_native").unwrap();
+            _native(&module).unwrap();
+            for name in ["price_trace", "bk_flops_per_element", "optimizer_flops_per_parameter", "bk_forward_f32",
+                         "bk_forward_f64", "bk_backward_f32", "bk_backward_f64", "__version__"] {
+                assert!(module.hasattr(name).unwrap(), "{name}");
+            }
+        });
+    }
+}

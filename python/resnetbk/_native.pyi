@@ -1,0 +1,32 @@
+"""Type stubs for ``resnetbk._native``, the Rust extension (``rust/resnetbk-py``).
+
+Arrays are numpy views of torch memory: C-contiguous, ``rows x n`` (``n - 1`` for the
+off-diagonals); outputs are preallocated and filled in place. ``mode`` is ``"causal"`` or
+``"bidirectional"``; ``threads`` the Rust pool's size.
+"""
+
+from typing import Optional
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+TracedOp = tuple[str, list[list[int]], list[list[int]], bool, str, str, str, int]
+
+def bk_forward_f32(a: npt.NDArray[np.float32], upper: npt.NDArray[np.float32], lower: Optional[npt.NDArray[np.float32]],
+                   z: npt.NDArray[np.complex64], out: npt.NDArray[np.complex64], mode: str, threads: int) -> None: ...
+def bk_forward_f64(a: npt.NDArray[np.float64], upper: npt.NDArray[np.float64], lower: Optional[npt.NDArray[np.float64]],
+                   z: npt.NDArray[np.complex128], out: npt.NDArray[np.complex128], mode: str, threads: int) -> None: ...
+def bk_backward_f32(a: npt.NDArray[np.float32], upper: npt.NDArray[np.float32], lower: Optional[npt.NDArray[np.float32]],
+                    z: npt.NDArray[np.complex64], grad_out: npt.NDArray[np.complex64], grad_a: npt.NDArray[np.float32],
+                    grad_upper: npt.NDArray[np.float32], grad_lower: Optional[npt.NDArray[np.float32]],
+                    grad_z: npt.NDArray[np.complex64], mode: str, threads: int) -> None: ...
+def bk_backward_f64(a: npt.NDArray[np.float64], upper: npt.NDArray[np.float64], lower: Optional[npt.NDArray[np.float64]],
+                    z: npt.NDArray[np.complex128], grad_out: npt.NDArray[np.complex128], grad_a: npt.NDArray[np.float64],
+                    grad_upper: npt.NDArray[np.float64], grad_lower: Optional[npt.NDArray[np.float64]],
+                    grad_z: npt.NDArray[np.complex128], mode: str, threads: int) -> None: ...
+def price_trace(records: list[TracedOp]) -> dict:
+    """``{"total", "by_phase", "by_category", "by_component", "by_op", "unknown"}``."""
+def bk_flops_per_element() -> dict[str, dict[str, int]]: ...
+def optimizer_flops_per_parameter(kind: str, weight_decay: bool) -> int: ...

@@ -1,0 +1,123 @@
+"""The method registry: the original twelve flags, what derives from it, and the rules every flag obeys."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from resnetbk import methods
+from resnetbk.bench import BenchmarkConfig, model_config
+from resnetbk.bench.__main__ import methods_help
+from resnetbk.bench.config import model_options
+from resnetbk.causality import probe_causality
+from resnetbk.models import build_model
+
+ORIGINAL = {
+    "use_analytic_gradient": "50x backward pass", "use_koopman": "100x gradient cost",
+    "use_physics_informed": "10x fewer training steps", "use_quantization": "4-8x model size",
+    "use_pruning": "4x model size", "use_mixed_precision": "2x speed, 50% memory", "use_act": "30% fewer layers",
+    "use_multi_scale": "2x in the middle layers", "use_sparse_bk": "1.8x at 50% sparsity",
+    "use_early_exit": "variable", "use_curriculum": "30% fewer steps", "use_active_learning": "50% less data",
+}
+MODEL_CHANGING = [m.flag for m in methods.REGISTRY if m.implemented and m.flag != "use_mixed_precision"]
+
+
+def test_registry_holds_the_original_twelve_claims_in_order():
+    assert methods.FLAGS == tuple(ORIGINAL)
+    assert {m.flag: m.claim for m in methods.REGISTRY} == ORIGINAL
+    for m in methods.REGISTRY:
+        assert m.acts_on and m.paper, m.flag
+
+
+def test_config_fields_cli_help_and_full_model_derive_from_the_registry():
+    fields = {f.name: f for f in dataclasses.fields(BenchmarkConfig)}
+    help_text = methods_help()
+    for m in methods.REGISTRY:
+        assert m.flag in fields and fields[m.flag].default == m.default
+        assert all(name in fields for name in m.hyperparameters)
+        assert m.flag in help_text and m.claim in help_text
+    full = model_config("resnet_bk_full", BenchmarkConfig())
+    assert [f for f in methods.FLAGS if getattr(full, f)] == list(methods.IMPLEMENTED)
+    baseline = model_config("resnet_bk_baseline", BenchmarkConfig())
+    assert not any(getattr(baseline, f) for f in methods.FLAGS)
+
+
+@pytest.mark.parametrize("flag", [m.flag for m in methods.REGISTRY if not m.implemented])
+def test_unimplemented_flags_raise(flag):
+    with pytest.raises(NotImplementedError, match=f"{flag}: not implemented yet"):
+        BenchmarkConfig(**{flag: True})
+
+
+@pytest.mark.parametrize("flag", MODEL_CHANGING)
+def test_resnet_bk_methods_refuse_the_transformer(flag):
+    others = {f: False for f in methods.FLAGS}
+    with pytest.raises(ValueError, match=f"{flag}: acts on .*'transformer'"):
+        BenchmarkConfig(architecture="transformer", **{**others, flag: True})
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("act_threshold", 0.0, "act_threshold: expected a number in \\(0.0, 1.0\\]"),
+    ("ponder_weight", -1.0, "ponder_weight: expected a number in \\[0.0"),
+    ("sparse_bk_target", 1.0, "sparse_bk_target: expected a number in \\[0.0, 1.0\\)"),
+    ("exit_loss_fraction", 0.0, "exit_loss_fraction"),
+    ("exit_thresholds", [0.5, 2.0], "exit_thresholds: expected a non-empty list"),
+    ("n_layers", 2, "use_multi_scale: needs n_layers >= 3"),
+])
+def test_hyperparameters_are_checked_with_named_errors(field, value, message):
+    flag = {"act_threshold": "use_act", "ponder_weight": "use_act", "sparse_bk_target": "use_sparse_bk",
+            "exit_loss_fraction": "use_early_exit", "exit_thresholds": "use_early_exit",
+            "n_layers": "use_multi_scale"}[field]
+    with pytest.raises(ValueError, match=message):
+        BenchmarkConfig(**{flag: True, field: value})
+
+
+def _model(config, vocab=60, seed=0):
+    torch.manual_seed(seed)
+    return build_model(model_options(config, vocab))
+
+
+def _config(**flags):
+    base = {f: False for f in methods.FLAGS}
+    base.update(flags)
+    return BenchmarkConfig(d_model=16, n_layers=4, n_seq=24, dropout=0.0, **base)
+
+
+ALL_ON = {f: True for f in methods.IMPLEMENTED}
+
+
+@pytest.mark.parametrize("flags", [{f: True} for f in MODEL_CHANGING] + [ALL_ON], ids=MODEL_CHANGING + ["all"])
+def test_every_method_keeps_the_model_causal(flags):
+    config = _config(**flags)
+    model = _model(config)
+    assert probe_causality(model, 60, 24).causal
+    # Two sequences that share a 13-token prefix give identical logits on it (eval mode: ACT
+    # halting and confident early exit are active there; a low threshold makes tokens exit).
+    if model.depth is not None and model.depth.confidence is not None:
+        model.depth.exit_threshold = 0.5
+    model.eval()
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randint(60, (3, 24), generator=gen)
+    b = a.clone()
+    b[:, 13:] = torch.randint(60, (3, 11), generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(model(a)[:, :13], model(b)[:, :13], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("flag", MODEL_CHANGING)
+def test_each_flag_changes_what_is_computed(flag):
+    """A method that were ignored would leave the traced ops of a training step unchanged."""
+    from resnetbk.flops import FlopsTracer
+
+    reports = {}
+    for on in (False, True):
+        config = _config(**{flag: on})
+        model = _model(config)
+        tracer = FlopsTracer()
+        tokens = torch.randint(60, (4, 24), generator=torch.Generator().manual_seed(0))
+        with tracer:
+            logits = model(tokens)
+            loss = logits.logsumexp(-1).mean() + sum(model.aux_losses().values())
+            loss.backward()
+        reports[on] = tracer.report()
+    assert reports[True]["by_op"] != reports[False]["by_op"]
+    assert reports[True]["total"] != reports[False]["total"]

@@ -1,0 +1,56 @@
+"""Sparse BK-Core: gated-off positions get potential 0 and skip the projection and read-out."""
+
+import torch
+
+from helpers_methods import component_flops, tiny, tokens, traced_forward
+from resnetbk.models.resnet_bk import LAPLACIAN_DIAG
+
+
+def _set_gates(model, bias: float) -> None:
+    with torch.no_grad():
+        for block in model.blocks:
+            block.bk.gate.weight.zero_()
+            block.bk.gate.bias.fill_(bias)
+
+
+def test_all_gated_off_means_no_projection_no_read_out_and_no_mixer_output():
+    model = tiny(sparse_bk=True)
+    _set_gates(model, -10.0)
+    x = tokens()
+    report = traced_forward(model, x)
+    assert component_flops(report, "blocks.0.bk.v_proj") == 0 and component_flops(report, "blocks.0.bk.output_proj") == 0
+    assert model.blocks[0].bk.realised_sparsity == 1.0
+    h = torch.randn(2, 20, 16)
+    assert torch.equal(model.blocks[0].bk(h), torch.zeros_like(h))
+
+
+def test_all_gated_on_equals_the_dense_mixer():
+    sparse, dense = tiny(sparse_bk=True), tiny()
+    _set_gates(sparse, 10.0)
+    h = torch.randn(2, 20, 16)
+    for a, b in zip(sparse.blocks, dense.blocks):
+        a.bk.v_proj.load_state_dict(b.bk.v_proj.state_dict())
+        a.bk.output_proj.load_state_dict(b.bk.output_proj.state_dict())
+    torch.testing.assert_close(sparse.blocks[0].bk(h), dense.blocks[0].bk(h))
+
+
+def test_gate_learns_through_the_straight_through_estimator_and_the_sparsity_loss():
+    model = tiny(sparse_bk=True)
+    traced_forward(model, tokens(), backward=True)
+    assert "sparsity" in model.aux_losses()
+    gate = model.blocks[0].bk.gate
+    assert gate.weight.grad is not None and gate.weight.grad.abs().sum() > 0
+    assert 0.0 < model.blocks[0].bk.realised_sparsity < 1.0
+
+
+def test_masked_positions_have_potential_zero():
+    model = tiny(sparse_bk=True)
+    mixer = model.blocks[0].bk
+    seen = {}
+    original = mixer._potential
+    mixer._potential = lambda h: seen.setdefault("rows", h.shape[0]) and original(h)
+    h = torch.randn(2, 20, 16)
+    mixer(h)
+    kept = round((1 - mixer.realised_sparsity) * 40)
+    assert seen["rows"] == kept < 40  # the projection ran on the kept rows only
+    assert LAPLACIAN_DIAG == -2.0
