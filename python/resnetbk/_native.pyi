@@ -2,7 +2,8 @@
 
 Arrays are numpy views of torch memory: C-contiguous, ``rows x n`` (``n - 1`` for the
 off-diagonals); outputs are preallocated and filled in place. ``mode`` is ``"causal"`` or
-``"bidirectional"``; ``threads`` the Rust pool's size.
+``"bidirectional"``; ``threads`` the Rust pool's size; ``mask`` (``rows x n`` bool, or None)
+zeroes the outputs it masks and ignores their upstream gradients.
 """
 
 from typing import Optional
@@ -15,17 +16,21 @@ __version__: str
 TracedOp = tuple[str, list[list[int]], list[list[int]], bool, str, str, str, int]
 
 def bk_forward_f32(a: npt.NDArray[np.float32], upper: npt.NDArray[np.float32], lower: Optional[npt.NDArray[np.float32]],
-                   z: npt.NDArray[np.complex64], out: npt.NDArray[np.complex64], mode: str, threads: int) -> None: ...
+                   z: npt.NDArray[np.complex64], out: npt.NDArray[np.complex64], mode: str, threads: int,
+                   mask: Optional[npt.NDArray[np.bool_]] = None) -> None: ...
 def bk_forward_f64(a: npt.NDArray[np.float64], upper: npt.NDArray[np.float64], lower: Optional[npt.NDArray[np.float64]],
-                   z: npt.NDArray[np.complex128], out: npt.NDArray[np.complex128], mode: str, threads: int) -> None: ...
+                   z: npt.NDArray[np.complex128], out: npt.NDArray[np.complex128], mode: str, threads: int,
+                   mask: Optional[npt.NDArray[np.bool_]] = None) -> None: ...
 def bk_backward_f32(a: npt.NDArray[np.float32], upper: npt.NDArray[np.float32], lower: Optional[npt.NDArray[np.float32]],
                     z: npt.NDArray[np.complex64], grad_out: npt.NDArray[np.complex64], grad_a: npt.NDArray[np.float32],
                     grad_upper: npt.NDArray[np.float32], grad_lower: Optional[npt.NDArray[np.float32]],
-                    grad_z: npt.NDArray[np.complex64], mode: str, threads: int) -> None: ...
+                    grad_z: npt.NDArray[np.complex64], mode: str, threads: int,
+                    mask: Optional[npt.NDArray[np.bool_]] = None) -> None: ...
 def bk_backward_f64(a: npt.NDArray[np.float64], upper: npt.NDArray[np.float64], lower: Optional[npt.NDArray[np.float64]],
                     z: npt.NDArray[np.complex128], grad_out: npt.NDArray[np.complex128], grad_a: npt.NDArray[np.float64],
                     grad_upper: npt.NDArray[np.float64], grad_lower: Optional[npt.NDArray[np.float64]],
-                    grad_z: npt.NDArray[np.complex128], mode: str, threads: int) -> None: ...
+                    grad_z: npt.NDArray[np.complex128], mode: str, threads: int,
+                    mask: Optional[npt.NDArray[np.bool_]] = None) -> None: ...
 def price_trace(records: list[TracedOp]) -> dict:
     """``{"total", "by_phase", "by_category", "by_component", "by_op", "unknown"}``."""
 def bk_flops_per_element() -> dict[str, dict[str, int]]: ...

@@ -121,3 +121,19 @@ def test_each_flag_changes_what_is_computed(flag):
         reports[on] = tracer.report()
     assert reports[True]["by_op"] != reports[False]["by_op"]
     assert reports[True]["total"] != reports[False]["total"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("flags", [{f: True} for f in MODEL_CHANGING] + [ALL_ON], ids=MODEL_CHANGING + ["all"])
+def test_every_method_runs_through_the_torch_path_on_cuda_like_on_cpu(flags):
+    config = _config(**flags)
+    cpu = _model(config).double()
+    gpu = _model(config).double().cuda()
+    x = torch.randint(60, (2, 24), generator=torch.Generator().manual_seed(4))
+    for model, device in ((cpu, "cpu"), (gpu, "cuda")):
+        logits = model(x.to(device))
+        (logits.logsumexp(-1).mean() + sum(model.aux_losses().values())).backward()
+    torch.testing.assert_close(gpu(x.cuda()).cpu(), cpu(x), rtol=1e-9, atol=1e-9)
+    for (name, a), (_, b) in zip(cpu.named_parameters(), gpu.named_parameters()):
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad.cpu(), a.grad, rtol=1e-7, atol=1e-9, msg=name)

@@ -10,8 +10,10 @@ already share one batch shape (``api.bk_core`` validates and broadcasts):
 return 0. The recursion still passes through every position (a masked position's potential
 still shapes every later output), so a mask can only skip the *read-out*: in bidirectional mode
 the per-site combination of the two one-sided ratios; in causal mode the read-out is the
-recursion state itself and there is nothing to skip. The gradients stay exact for the masked
-function (upstream gradients at masked positions are ignored).
+recursion state itself and there is nothing to skip. The Rust kernels apply the mask in the
+gather and scatter they already do (no extra pass), but cannot skip arithmetic either: their
+rows run 16 at a time in SIMD lock-step. The gradients stay exact for the masked function
+(upstream gradients at masked positions are ignored).
 
 To add a backend (a GPU kernel, say): write a class with ``name``, ``devices``, ``forward``
 and ``backward``, add it to ``REGISTRY`` and, if it should be picked by default, to ``choose``.
@@ -43,11 +45,10 @@ class RustBackend:
     devices = ("cpu",)
 
     def forward(self, diag, upper, lower, z, mode, mask=None) -> Tensor:
-        out = rust_backend.forward(diag, upper, lower, z, mode)
-        return out if mask is None else out.masked_fill_(~mask, 0)
+        return rust_backend.forward(diag, upper, lower, z, mode, mask)  # the mask is applied as outputs are written
 
     def backward(self, grad, diag, upper, lower, z, mode, mask=None):
-        return rust_backend.backward(_masked_grad(grad, mask), diag, upper, lower, z, mode)
+        return rust_backend.backward(grad, diag, upper, lower, z, mode, mask)
 
 
 class TorchBackend:

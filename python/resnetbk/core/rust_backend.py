@@ -39,7 +39,13 @@ def _inputs(diag: Tensor, upper: Tensor, lower: Optional[Tensor], z: Tensor, row
     )
 
 
-def forward(diag: Tensor, upper: Tensor, lower: Optional[Tensor], z: Tensor, mode: str) -> Tensor:
+def _mask(mask: Optional[Tensor], rows: int, n: int):
+    return None if mask is None else _as_numpy(mask, rows, n)
+
+
+def forward(diag: Tensor, upper: Tensor, lower: Optional[Tensor], z: Tensor, mode: str,
+            mask: Optional[Tensor] = None) -> Tensor:
+    """The resolvent diagonal; where ``mask`` (bool, ``diag.shape``) is false the output is 0."""
     n = diag.shape[-1]
     rows = diag.numel() // n
     out = torch.empty(diag.shape, dtype=z.dtype)
@@ -51,14 +57,17 @@ def forward(diag: Tensor, upper: Tensor, lower: Optional[Tensor], z: Tensor, mod
         out.view(rows, n).numpy(),
         mode,
         get_num_threads(),
+        _mask(mask, rows, n),
     )
     return out
 
 
 def backward(
-    grad: Tensor, diag: Tensor, upper: Tensor, lower: Optional[Tensor], z: Tensor, mode: str
+    grad: Tensor, diag: Tensor, upper: Tensor, lower: Optional[Tensor], z: Tensor, mode: str,
+    mask: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Optional[Tensor], Tensor]:
-    """Returns ``(grad_diag, grad_upper, grad_lower or None, grad_z)``."""
+    """Returns ``(grad_diag, grad_upper, grad_lower or None, grad_z)``; with ``mask``, of the masked
+    forward (upstream gradients at masked positions are ignored)."""
     n = diag.shape[-1]
     rows = diag.numel() // n
     grad_diag = torch.empty(diag.shape, dtype=diag.dtype)
@@ -77,5 +86,6 @@ def backward(
         grad_z.view(rows).numpy(),
         mode,
         get_num_threads(),
+        _mask(mask, rows, n),
     )
     return grad_diag, grad_upper, grad_lower, grad_z

@@ -6,6 +6,11 @@
 //! while a block is gathered, and the backward applies the chain rule to `upper` and `lower`
 //! while it scatters, so the caller never makes a pass over them. Results do not depend on the thread count or the block width:
 //! every lane runs the same scalar operations in the same order.
+//!
+//! A read-out mask (`rows x n` booleans, or none) is applied in the same gather and scatter:
+//! masked outputs are written as 0 and masked upstream gradients read as 0, so the masked
+//! variant makes no extra pass. It cannot skip arithmetic: every position stays in the recursion
+//! (it shapes all later outputs), and the lanes of a block run in lock-step.
 
 use crate::sweep::{backward_block, forward_block, lanes_of, BackwardScratch, Block};
 use crate::{Mode, Real};
@@ -72,6 +77,8 @@ struct Rows<'a, T> {
     a: &'a [T],
     off: OffDiagonals<'a, T>,
     z: &'a [Complex<T>],
+    /// The read-out mask, `rows x n`; `None` reads every position.
+    mask: Option<&'a [bool]>,
 }
 
 /// The off-diagonals of H: `lower = upper` (symmetric) or both given.
@@ -274,10 +281,18 @@ fn forward_lanes<T: Real, const L: usize>(
         let block = w.gathered.load::<L>(rows, start, take);
         forward_block::<T, L>(&block, mode, re, im);
         for l in 0..take {
+            let row = (start + l) * n;
             // SAFETY: row start + l belongs to this task.
-            let dst = unsafe { out.slice((start + l) * n, n) };
+            let dst = unsafe { out.slice(row, n) };
             for (k, d) in dst.iter_mut().enumerate() {
                 *d = Complex::new(re[k][l], im[k][l]);
+            }
+            if let Some(mask) = rows.mask {
+                // A select, not a branch: random masks would mispredict every other position.
+                let zero = Complex::new(T::zero(), T::zero());
+                for (d, &m) in dst.iter_mut().zip(&mask[row..row + n]) {
+                    *d = if m { *d } else { zero };
+                }
             }
         }
         start += take;
@@ -294,12 +309,30 @@ pub fn forward_batch<T: Real>(
     out: &mut [Complex<T>],
     threads: usize,
 ) -> Result<(), BatchShapeError> {
+    forward_batch_masked(a, off, z, None, mode, n, out, threads)
+}
+
+/// [`forward_batch`] with a read-out mask (`rows x n`): masked outputs are 0.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_batch_masked<T: Real>(
+    a: &[T],
+    off: OffDiagonals<'_, T>,
+    z: &[Complex<T>],
+    mask: Option<&[bool]>,
+    mode: Mode,
+    n: usize,
+    out: &mut [Complex<T>],
+    threads: usize,
+) -> Result<(), BatchShapeError> {
     let nrows = check_inputs(a, &off, z, n)?;
     check("out", out.len(), nrows * n)?;
+    if let Some(m) = mask {
+        check("mask", m.len(), nrows * n)?;
+    }
     if nrows == 0 {
         return Ok(());
     }
-    let rows = Rows { n, a, off, z };
+    let rows = Rows { n, a, off, z, mask };
     let plan = Plan::new(nrows, n, threads, T::LANES);
     let out = SharedOut(out.as_mut_ptr());
     plan.run(nrows, threads, |first, count| {
@@ -345,6 +378,16 @@ fn backward_lanes<T: Real, const L: usize>(
             go_re[k] = std::array::from_fn(|l| grad_out[r[l] * n + k].re);
             go_im[k] = std::array::from_fn(|l| grad_out[r[l] * n + k].im);
         }
+        if let Some(mask) = rows.mask {
+            // A masked output is the constant 0: its upstream gradient is read as 0 (a select).
+            for k in 0..n {
+                for l in 0..L {
+                    let keep = mask[r[l] * n + k];
+                    go_re[k][l] = if keep { go_re[k][l] } else { T::zero() };
+                    go_im[k][l] = if keep { go_im[k][l] } else { T::zero() };
+                }
+            }
+        }
         let block = w.gathered.load::<L>(rows, start, take);
         let (gz_re, gz_im) = backward_block::<T, L>(&block, mode, go_re, go_im, ga, gk, &mut w.backward);
         for l in 0..take {
@@ -388,8 +431,31 @@ pub fn backward_batch<T: Real>(
     grad_z: &mut [Complex<T>],
     threads: usize,
 ) -> Result<(), BatchShapeError> {
+    backward_batch_masked(a, off, z, None, mode, n, grad_out, grad_a, grad_upper, grad_lower, grad_z, threads)
+}
+
+/// [`backward_batch`] of the masked forward: upstream gradients at masked positions are ignored.
+/// The gradients of every input stay exact (a masked position's `a` still shapes later outputs).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_batch_masked<T: Real>(
+    a: &[T],
+    off: OffDiagonals<'_, T>,
+    z: &[Complex<T>],
+    mask: Option<&[bool]>,
+    mode: Mode,
+    n: usize,
+    grad_out: &[Complex<T>],
+    grad_a: &mut [T],
+    grad_upper: &mut [T],
+    grad_lower: Option<&mut [T]>,
+    grad_z: &mut [Complex<T>],
+    threads: usize,
+) -> Result<(), BatchShapeError> {
     let nrows = check_inputs(a, &off, z, n)?;
     check("grad_out", grad_out.len(), nrows * n)?;
+    if let Some(m) = mask {
+        check("mask", m.len(), nrows * n)?;
+    }
     check("grad_a", grad_a.len(), nrows * n)?;
     check("grad_upper", grad_upper.len(), nrows * (n - 1))?;
     check("grad_z", grad_z.len(), nrows)?;
@@ -404,7 +470,7 @@ pub fn backward_batch<T: Real>(
     if nrows == 0 {
         return Ok(());
     }
-    let rows = Rows { n, a, off, z };
+    let rows = Rows { n, a, off, z, mask };
     let plan = Plan::new(nrows, n, threads, T::LANES);
     let out = GradOut {
         a: SharedOut(grad_a.as_mut_ptr()),

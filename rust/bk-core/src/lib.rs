@@ -18,7 +18,7 @@
 pub mod batch;
 pub mod sweep;
 
-pub use batch::{backward_batch, forward_batch, BatchShapeError, OffDiagonals};
+pub use batch::{backward_batch, backward_batch_masked, forward_batch, forward_batch_masked, BatchShapeError, OffDiagonals};
 pub use num_complex::Complex;
 
 /// Which resolvent diagonal to compute.

@@ -2,7 +2,7 @@
 //! central finite differences of the forward pass.
 #![allow(clippy::needless_range_loop)] // index loops mirror the math over positions
 
-use bk_core::{backward_batch, forward_batch, Complex, Mode, OffDiagonals};
+use bk_core::{backward_batch, backward_batch_masked, forward_batch, forward_batch_masked, Complex, Mode, OffDiagonals};
 
 type C = Complex<f64>;
 
@@ -227,4 +227,35 @@ fn a_row_gives_the_same_bits_alone_or_in_any_block() {
             assert_eq!(gz1[0], gz[r], "{mode:?} row {r} grad z");
         }
     }
+}
+
+#[test]
+fn the_masked_variant_equals_the_unmasked_op_with_masked_outputs_and_gradients_zeroed() {
+    let (rows, n) = (21, 33);
+    let mut rng = Lcg(29);
+    let a: Vec<f64> = (0..rows * n).map(|_| rng.uniform() - 2.0).collect();
+    let b: Vec<f64> = (0..rows * (n - 1)).map(|_| 1.0 + 0.2 * rng.uniform()).collect();
+    let z: Vec<C> = (0..rows).map(|_| C::new(rng.uniform(), 0.7)).collect();
+    let gout: Vec<C> = (0..rows * n).map(|_| C::new(rng.uniform(), rng.uniform())).collect();
+    let mask: Vec<bool> = (0..rows * n).map(|_| rng.uniform() > 0.0).collect();
+    let zero = C::new(0.0, 0.0);
+    for mode in [Mode::Causal, Mode::Bidirectional] {
+        let off = OffDiagonals::Symmetric(&b);
+        let (mut plain, mut masked) = (vec![zero; rows * n], vec![zero; rows * n]);
+        forward_batch(&a, off, &z, mode, n, &mut plain, 2).unwrap();
+        forward_batch_masked(&a, off, &z, Some(&mask), mode, n, &mut masked, 2).unwrap();
+        for i in 0..rows * n {
+            assert_eq!(masked[i], if mask[i] { plain[i] } else { zero }, "{mode:?} forward {i}");
+        }
+        let gout_zeroed: Vec<C> = (0..rows * n).map(|i| if mask[i] { gout[i] } else { zero }).collect();
+        let m = n - 1;
+        let (mut ga, mut gb, mut gz) = (vec![0.0; rows * n], vec![0.0; rows * m], vec![zero; rows]);
+        backward_batch(&a, off, &z, mode, n, &gout_zeroed, &mut ga, &mut gb, None, &mut gz, 2).unwrap();
+        let (mut ga2, mut gb2, mut gz2) = (vec![0.0; rows * n], vec![0.0; rows * m], vec![zero; rows]);
+        backward_batch_masked(&a, off, &z, Some(&mask), mode, n, &gout, &mut ga2, &mut gb2, None, &mut gz2, 2).unwrap();
+        assert_eq!((ga, gb, gz), (ga2, gb2, gz2), "{mode:?} backward");
+    }
+    let mut out = vec![zero; rows * n];
+    let err = forward_batch_masked(&a, OffDiagonals::Symmetric(&b), &z, Some(&mask[1..]), Mode::Causal, n, &mut out, 1);
+    assert!(err.unwrap_err().to_string().contains("mask: expected"));
 }

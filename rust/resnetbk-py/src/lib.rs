@@ -3,7 +3,7 @@
 //! Arrays cross the boundary without copies: the Python side hands in C-contiguous numpy views
 //! of torch tensors (inputs and preallocated outputs), and the kernels run with the GIL released.
 
-use bk_core::{backward_batch, forward_batch, Complex, Mode, OffDiagonals};
+use bk_core::{backward_batch_masked, forward_batch_masked, Complex, Mode, OffDiagonals};
 use numpy::{PyUntypedArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1, PyReadwriteArray2};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -51,9 +51,10 @@ where
 macro_rules! kernels {
     ($real:ty, $forward:ident, $backward:ident) => {
         /// Forward pass: `out[r, k]` is the resolvent diagonal of row r (see bk_core::sweep).
-        /// `a` is (rows, n), `upper` and `lower` (rows, n-1), `lower=None` for symmetric H.
+        /// `a` is (rows, n), `upper` and `lower` (rows, n-1), `lower=None` for symmetric H;
+        /// `mask` (rows, n) bool or None: masked outputs are 0.
         #[pyfunction]
-        #[pyo3(signature = (a, upper, lower, z, out, mode, threads))]
+        #[pyo3(signature = (a, upper, lower, z, out, mode, threads, mask=None))]
         #[allow(clippy::too_many_arguments)]
         fn $forward(
             py: Python<'_>,
@@ -64,18 +65,23 @@ macro_rules! kernels {
             mut out: PyReadwriteArray2<'_, Complex<$real>>,
             mode: &str,
             threads: usize,
+            mask: Option<PyReadonlyArray2<'_, bool>>,
         ) -> PyResult<()> {
             let mode = parse_mode(mode)?;
             let (n, a, off, z) = inputs(&a, &upper, &lower, &z)?;
             let out = contiguous_mut("out", out.as_slice_mut())?;
-            py.detach(|| forward_batch(a, off, z, mode, n, out, threads))
+            let mask = match mask.as_ref() {
+                Some(m) => Some(contiguous("mask", m.as_slice())?),
+                None => None,
+            };
+            py.detach(|| forward_batch_masked(a, off, z, mask, mode, n, out, threads))
                 .map_err(|e| PyValueError::new_err(e.to_string()))
         }
 
         /// Exact vector-Jacobian product: fills grad_a, grad_upper, grad_lower (when lower is
-        /// given) and grad_z.
+        /// given) and grad_z; with `mask`, of the masked forward (masked upstream gradients ignored).
         #[pyfunction]
-        #[pyo3(signature = (a, upper, lower, z, grad_out, grad_a, grad_upper, grad_lower, grad_z, mode, threads))]
+        #[pyo3(signature = (a, upper, lower, z, grad_out, grad_a, grad_upper, grad_lower, grad_z, mode, threads, mask=None))]
         #[allow(clippy::too_many_arguments)]
         fn $backward(
             py: Python<'_>,
@@ -90,10 +96,15 @@ macro_rules! kernels {
             mut grad_z: PyReadwriteArray1<'_, Complex<$real>>,
             mode: &str,
             threads: usize,
+            mask: Option<PyReadonlyArray2<'_, bool>>,
         ) -> PyResult<()> {
             let mode = parse_mode(mode)?;
             let (n, a, off, z) = inputs(&a, &upper, &lower, &z)?;
             let grad_out = contiguous("grad_out", grad_out.as_slice())?;
+            let mask = match mask.as_ref() {
+                Some(m) => Some(contiguous("mask", m.as_slice())?),
+                None => None,
+            };
             let grad_a = contiguous_mut("grad_a", grad_a.as_slice_mut())?;
             let grad_upper = contiguous_mut("grad_upper", grad_upper.as_slice_mut())?;
             let grad_lower = match grad_lower.as_mut() {
@@ -101,7 +112,9 @@ macro_rules! kernels {
                 None => None,
             };
             let grad_z = contiguous_mut("grad_z", grad_z.as_slice_mut())?;
-            py.detach(|| backward_batch(a, off, z, mode, n, grad_out, grad_a, grad_upper, grad_lower, grad_z, threads))
+            py.detach(|| {
+                backward_batch_masked(a, off, z, mask, mode, n, grad_out, grad_a, grad_upper, grad_lower, grad_z, threads)
+            })
             .map_err(|e| PyValueError::new_err(e.to_string()))
         }
     };
