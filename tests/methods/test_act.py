@@ -42,3 +42,20 @@ def test_ponder_cost_reaches_the_halting_units_and_fewer_blocks_cost_less_comput
     assert 1 < mean_blocks < 4
     dense = traced_forward(tiny(), x, backward=True)
     assert report["by_phase"]["forward"] < dense["by_phase"]["forward"]
+
+
+def test_a_methods_evaluation_names_components_and_separates_the_blocks_from_the_head():
+    from types import SimpleNamespace
+
+    from resnetbk.bench import BenchmarkConfig
+    from resnetbk.bench.train import evaluate
+    from resnetbk.methods.evaluation import record_evaluation
+
+    config = BenchmarkConfig(n_seq=20, eval_batch_size=4, method_eval_tokens=400, use_act=True)
+    model = tiny(act=True)
+    state = SimpleNamespace(model=model, config=config, corpus=SimpleNamespace(valid=tokens(b=1, n=1000).flatten()),
+                            evaluate=lambda t, **kw: evaluate(model, t, config, torch.device("cpu"), **kw))
+    figures = record_evaluation(state, blocks=True, components=True)
+    assert figures["tokens"] == 399 and figures["mean_blocks_per_token"] == pytest.approx(2.0)
+    assert 0 < figures["blocks_forward_flops_per_token"] < figures["forward_flops_per_token"]
+    assert {"blocks.0.moe", "lm_head", "depth"} <= set(figures["forward_flops_per_token_by_component"])

@@ -93,7 +93,7 @@ def evaluate(model, tokens: torch.Tensor, config, device: torch.device, *, conte
     traced = tracer if tracer is not None else nullcontext()
     for x, y in wt2.windows(inputs, targets, config.n_seq):
         with traced, context():
-            hidden = model.features(x.to(device)).flatten(0, 1)
+            hidden = model(x.to(device), features_only=True).flatten(0, 1)
             y = y.to(device).flatten()
             for h, t in zip(hidden.split(rows_per_block), y.split(rows_per_block)):
                 logits = model.lm_head(h)

@@ -13,7 +13,10 @@ work (``resnetbk.models.depth``). The reported validation and test perplexities 
 the figures give perplexity, mean exit block and forward FLOPs per token for each of
 ``exit_thresholds``.
 
-Measured effect: see the ablation.
+Measured effect (``results/ablation_quick``: quick preset, 2 epochs, one CPU thread): training costs 1.73x forward FLOPs per step and
+0.65x tokens/s (the exits' losses through the shared head). At threshold 0.7 tokens exit after
+2.08 of 4 blocks on average at perplexity 2322 (2318 with every block); at 0.9 and above none
+exit after this little training; forward FLOPs per token 0.99x at best, the head dominating.
 
 Paper: Schuster et al. 2022, "Confident Adaptive Language Modeling" (CALM).
 """
@@ -89,7 +92,9 @@ class EarlyExit(Method):
             return "-", "not measured"
         parts = []
         for threshold, f in figures["thresholds"].items():
+            blocks = (f"; blocks' FLOPs {f['blocks_forward_flops_per_token'] / full['blocks_forward_flops_per_token']:.2f}x"
+                      if full.get("blocks_forward_flops_per_token") else "")
             parts.append(f"t={threshold}: ppl {f['perplexity']:.1f}, exit block {f['mean_blocks_per_token']:.2f}, "
-                         f"FLOPs {f['forward_flops_per_token'] / full['forward_flops_per_token']:.2f}x")
+                         f"FLOPs {f['forward_flops_per_token'] / full['forward_flops_per_token']:.2f}x{blocks}")
         own = f"all blocks: ppl {full['perplexity']:.1f}; " + "; ".join(parts)
         return own, "no figure was claimed ('variable'); the table gives the measured trade-off"

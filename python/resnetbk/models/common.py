@@ -44,9 +44,12 @@ class LanguageModel(nn.Module):
         if self.depth is not None:
             self.depth.reset_parameters_after_init()
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        """Logits ``(B, N, vocab)`` for token ids ``(B, N)``, any ``N <= n_seq``."""
-        return self.lm_head(self.features(tokens))
+    def forward(self, tokens: Tensor, *, features_only: bool = False) -> Tensor:
+        """Logits ``(B, N, vocab)`` for token ids ``(B, N)``, any ``N <= n_seq``; with
+        ``features_only``, the hidden states the LM head reads (evaluation applies the head in
+        slices). Going through ``forward`` lets module trackers name every submodule."""
+        hidden = self.features(tokens)
+        return hidden if features_only else self.lm_head(hidden)
 
     def features(self, tokens: Tensor) -> Tensor:
         """The final-LayerNorm hidden states ``(B, N, d)`` that the LM head reads."""
