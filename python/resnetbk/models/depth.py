@@ -51,7 +51,7 @@ class PerTokenDepth(nn.Module):
             for unit in self.halting:
                 nn.init.constant_(unit.bias, self._act_bias_init)
 
-    def forward(self, x: Tensor, stages: list) -> Tensor:
+    def forward(self, x: Tensor, stages: list[tuple[Stage, int]]) -> Tensor:
         """Runs ``stages`` (pairs ``(fn(x, active), number of blocks)``) with per-token stopping."""
         b, n, d = x.shape
         t = b * n
