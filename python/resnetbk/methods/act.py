@@ -14,7 +14,7 @@ forward FLOPs per token.
 
 Measured effect (``results/ablation_quick``: quick preset, 2 epochs, one CPU thread): tokens used 2.00 of 4 blocks at evaluation (50%
 fewer, the claim of 30% held), test perplexity -2.1%, yet forward FLOPs per step only 0.98x and
-tokens/s 1.04x: the 33k-word LM head and the BK-Core recursion still run for every token.
+tokens/s 1.11x: the 33k-word LM head and the BK-Core recursion still run for every token.
 
 Paper: Graves 2016, "Adaptive Computation Time for Recurrent Neural Networks"; per position
 over depth as in Dehghani et al. 2019, "Universal Transformers".
