@@ -6,7 +6,7 @@ import pytest
 
 from resnetbk import methods
 from resnetbk.bench.__main__ import main as cli_main
-from resnetbk.bench.ablation import ablation_configs, build_rows
+from resnetbk.bench.ablation import ablation_configs
 from resnetbk.bench.config import PRESETS, BenchmarkConfig
 
 
@@ -57,7 +57,3 @@ def test_a_claim_the_measurement_does_not_bear_out_says_so():
     own, verdict = methods.BY_FLAG["use_mixed_precision"].assess(base)
     assert verdict.startswith("not borne out") and "0.60x speed" in verdict
 
-
-def test_build_rows_needs_the_baseline():
-    with pytest.raises(KeyError):
-        build_rows({}, {})

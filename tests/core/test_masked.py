@@ -24,7 +24,7 @@ def test_masked_equals_unmasked_times_mask_forward_and_gradients(backend, mode, 
         leaves = p.leaves()
         if masked:
             out = bk_core(*leaves, mode=mode, backend=backend, mask=mask)
-        else:  # the slow reference: autograd through the torch sweep, masked afterwards
+        else:  # the slow reference: autograd through the torch sweep, masked by hand afterwards
             out = bk_core(*leaves, mode=mode, backend="torch_sweep", grad="autograd").masked_fill(~mask, 0)
         (out * weights).real.sum().backward()
         return out, [t.grad for t in leaves if t is not None]
@@ -59,8 +59,8 @@ def test_mask_errors_name_the_argument():
         bk_core(*p.inputs(), mask=torch.ones(2, 6))
     with pytest.raises(ValueError, match="mask: shape \\(2, 5\\) does not broadcast"):
         bk_core(*p.inputs(), mask=torch.ones(2, 5, dtype=torch.bool))
-    with pytest.raises(ValueError, match="mask: only supported with grad='exact'"):
-        bk_core(*p.inputs(), grad="autograd", mask=torch.ones(2, 6, dtype=torch.bool))
+    with pytest.raises(ValueError, match="mask: not supported with grad='hybrid'"):
+        bk_core(*p.inputs(), grad="hybrid", mask=torch.ones(2, 6, dtype=torch.bool))
 
 
 @pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")
@@ -70,3 +70,10 @@ def test_opcheck_with_a_mask(backend, mode):
     p = make_problem(batch=(2,), n=6)
     mask = _mask((2, 6), seed=1)
     torch.library.opcheck(torch.ops.resnetbk.bk_core.default, (*p.leaves(), mode, backend, mask))
+
+
+def test_autograd_applies_the_mask_too():
+    p = make_problem(batch=(2,), n=9)
+    mask = _mask((2, 9), seed=2)
+    got = bk_core(*p.inputs(), grad="autograd", mask=mask)
+    torch.testing.assert_close(got, bk_core(*p.inputs(), grad="autograd").masked_fill(~mask, 0), rtol=0, atol=0)

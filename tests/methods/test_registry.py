@@ -55,6 +55,13 @@ def test_resnet_bk_methods_refuse_the_transformer(flag):
         BenchmarkConfig(architecture="transformer", **{**others, flag: True})
 
 
+def test_an_incompatible_pair_is_a_value_error_naming_both(monkeypatch):
+    monkeypatch.setattr(methods.BY_FLAG["use_act"], "incompatible_with", ("use_early_exit",))
+    BenchmarkConfig(use_act=True)
+    with pytest.raises(ValueError, match="use_act and use_early_exit cannot be on together"):
+        BenchmarkConfig(use_act=True, use_early_exit=True)
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("act_threshold", 0.0, "act_threshold: expected a number in \\(0.0, 1.0\\]"),
     ("ponder_weight", -1.0, "ponder_weight: expected a number in \\[0.0"),

@@ -43,14 +43,19 @@ def test_gate_learns_through_the_straight_through_estimator_and_the_sparsity_los
     assert 0.0 < model.blocks[0].bk.realised_sparsity < 1.0
 
 
-def test_masked_positions_have_potential_zero():
+def test_gated_off_positions_have_potential_zero_and_skip_the_projection(monkeypatch):
+    import resnetbk.models.resnet_bk as resnet_bk
+
     model = tiny(sparse_bk=True)
     mixer = model.blocks[0].bk
     seen = {}
-    original = mixer._potential
-    mixer._potential = lambda h: seen.setdefault("rows", h.shape[0]) and original(h)
-    h = torch.randn(2, 20, 16)
-    mixer(h)
-    kept = round((1 - mixer.realised_sparsity) * 40)
-    assert seen["rows"] == kept < 40  # the projection ran on the kept rows only
-    assert LAPLACIAN_DIAG == -2.0
+    real_bk_core, real_potential = resnet_bk.bk_core, mixer._potential
+    monkeypatch.setattr(resnet_bk, "bk_core", lambda diag, *a, **kw: seen.update(diag=diag, mask=kw["mask"])
+                        or real_bk_core(diag, *a, **kw))
+    monkeypatch.setattr(mixer, "_potential", lambda h: seen.update(rows=h.shape[0]) or real_potential(h))
+    mixer(torch.randn(2, 20, 16))
+    off = ~seen["mask"]
+    assert 0 < int(off[:, 0].sum()) < 40
+    assert bool((seen["diag"][off] == LAPLACIAN_DIAG).all())  # potential exactly 0 where gated off
+    assert not bool((seen["diag"][~off] == LAPLACIAN_DIAG).all())
+    assert seen["rows"] == 40 - int(off[:, 0].sum())  # the projection ran on the kept rows only

@@ -179,6 +179,7 @@ class TrainState:
     inputs: Any = None
     targets: Any = None
     logits: Any = None
+    aux_losses: dict = field(default_factory=dict)  # the model's named auxiliary losses (unweighted)
     loss_terms: dict = field(default_factory=dict)
     epoch_valid_perplexity: float = math.nan
 
@@ -308,7 +309,8 @@ def train_step(state: TrainState, tracer, losses: EpochLosses, log) -> bool:
             # Normalised by the global token count (times the world size, which DDP's gradient
             # averaging divides out): exactly the gradient of the global batch's mean NLL.
             loss = nll_sum * (world.size / max(global_count, 1))
-            aux = state.model.aux_losses()  # the MoE routers' load balancing is part of ResNet-BK itself
+            state.aux_losses = aux = state.model.aux_losses()
+            # The MoE routers' load balancing is part of ResNet-BK itself; the methods add theirs.
             state.loss_terms = {"load_balance": config.load_balance_weight * aux["load_balance"]} if aux else {}
             methods.fire(Event.LOSS, state)
             for term in state.loss_terms.values():

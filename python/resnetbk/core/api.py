@@ -108,7 +108,8 @@ def bk_core(
         hybrid_blend: the hybrid mode's blend weight (default 0.5); only with ``grad="hybrid"``.
         mask: bool tensor broadcastable to ``diag.shape``, or None: positions where it is false
             output 0 and skip the read-out work (the recursion still passes through them; see
-            ``resnetbk.core.backends``). ``grad="exact"`` only.
+            ``resnetbk.core.backends``). With ``grad="autograd"`` the torch output is masked;
+            not with ``grad="hybrid"``.
 
     Returns:
         complex64 for float32 input, complex128 for float64, of shape ``diag.shape``.
@@ -140,8 +141,8 @@ def bk_core(
     if grad == "autograd":
         if backend == "rust":
             raise ValueError("backend='rust' has no autograd graph; grad='autograd' needs backend='torch' or 'auto'")
-        method = {"torch": "auto", "torch_sweep": "sweep", "torch_scan": "scan"}[backend]
-        return torch_backend.forward(diag, ops.couplings(upper, lower), z, mode, method)
+        out = torch_backend.forward(diag, ops.couplings(upper, lower), z, mode, backends.REGISTRY[backend].method)
+        return out if mask is None else out.masked_fill(~mask, 0)
     if grad == "hybrid":
         for name, t in (("upper", upper), ("lower", lower), ("z", z)):
             if t is not None and t.requires_grad:
@@ -166,8 +167,8 @@ def _check_mask(mask, diag: Tensor, grad: str) -> Tensor:
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
         raise TypeError(f"mask: expected a bool tensor (True where the output is read), got "
                         f"{getattr(mask, 'dtype', type(mask).__name__)}")
-    if grad != "exact":
-        raise ValueError(f"mask: only supported with grad='exact', got grad={grad!r}")
+    if grad == "hybrid":
+        raise ValueError("mask: not supported with grad='hybrid' (an approximation for unmasked outputs); use grad='exact'")
     if mask.device != diag.device:
         raise ValueError(f"mask: expected a tensor on {diag.device} like diag, got {mask.device}; move it with .to()")
     try:

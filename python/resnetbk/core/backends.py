@@ -10,9 +10,9 @@ already share one batch shape (``api.bk_core`` validates and broadcasts):
 return 0. The recursion still passes through every position (a masked position's potential
 still shapes every later output), so a mask can only skip the *read-out*: in bidirectional mode
 the per-site combination of the two one-sided ratios; in causal mode the read-out is the
-recursion state itself and there is nothing to skip. The Rust kernels apply the mask in the
-gather and scatter they already do (no extra pass), but cannot skip arithmetic either: their
-rows run 16 at a time in SIMD lock-step. The gradients stay exact for the masked function
+recursion state itself and there is nothing to skip. The Rust kernels apply the mask as a
+select right after they scatter outputs and gather upstream gradients, but cannot skip
+arithmetic either: their rows run 16 at a time in SIMD lock-step. The gradients stay exact for the masked function
 (upstream gradients at masked positions are ignored).
 
 To add a backend (a GPU kernel, say): write a class with ``name``, ``devices``, ``forward``

@@ -47,7 +47,7 @@ class ACT(Method):
 
     def on_loss(self, state) -> None:
         depth = state.model.depth
-        state.loss_terms["ponder"] = self.config.ponder_weight * depth.ponder
+        state.loss_terms["ponder"] = self.config.ponder_weight * state.aux_losses["ponder"]
         self._blocks += float(depth.blocks_per_token.float().mean())
         self._steps += 1
 

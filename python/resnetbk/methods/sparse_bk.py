@@ -50,7 +50,7 @@ class SparseBK(Method):
         self._sum, self._steps = 0.0, 0
 
     def on_loss(self, state) -> None:
-        state.loss_terms["sparsity"] = self.config.sparsity_weight * state.model.aux_losses()["sparsity"]
+        state.loss_terms["sparsity"] = self.config.sparsity_weight * state.aux_losses["sparsity"]
         self._sum += mean_sparsity(state.model)
         self._steps += 1
 

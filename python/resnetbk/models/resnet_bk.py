@@ -29,6 +29,12 @@ from ..core import bk_core
 LAPLACIAN_DIAG, LAPLACIAN_OFF = -2.0, 1.0
 
 
+def scatter_rows(rows: Tensor, values: Tensor, total: int, like: Tensor) -> Tensor:
+    """``(total, values.shape[-1])`` zeros of ``like``'s dtype with ``values`` at ``rows``: the
+    scatter half of gather-compute-scatter (differentiable in ``values``)."""
+    return like.new_zeros(total, values.shape[-1]).index_copy(0, rows, values.to(like.dtype))
+
+
 class MoEFeedForward(nn.Module):
     """Top-1 mixture of experts (d -> 2d -> d, ReLU, dropout) with a trainable router, on rows ``(T, d)``.
 
@@ -79,7 +85,12 @@ class BKMixer(nn.Module):
         self.gate = nn.Linear(d_model, 1) if sparse else None
         self.sparse_target = sparse_target
         self.sparsity_loss: Tensor | None = None
-        self.realised_sparsity: float | None = None
+        self._kept_fraction: Tensor | None = None  # a tensor: no device sync in the forward
+
+    @property
+    def realised_sparsity(self) -> float | None:
+        """Fraction of positions gated off in the last forward."""
+        return None if self._kept_fraction is None else 1.0 - float(self._kept_fraction)
 
     def _potential(self, h: Tensor) -> Tensor:
         # A soft clamp (tanh) bounds the potential yet keeps its gradient everywhere.
@@ -100,20 +111,16 @@ class BKMixer(nn.Module):
             keep_st = keep.to(prob.dtype) + prob - prob.detach()
             kept = keep.nonzero(as_tuple=True)[0]
             v_kept = self._potential(flat[kept]) * keep_st[kept, None].to(flat.dtype)
-            v = flat.new_zeros(b * n, v_kept.shape[-1]).index_copy(0, kept, v_kept.to(flat.dtype))
+            v = scatter_rows(kept, v_kept, b * n, flat)
             self.sparsity_loss = (prob.mean() - (1.0 - self.sparse_target)) ** 2
-            self.realised_sparsity = 1.0 - keep.float().mean().item()
+            self._kept_fraction = keep.float().mean().detach()
             read = keep if read is None else read & keep
         diag = (LAPLACIAN_DIAG + v.view(b, n, -1)).transpose(1, 2)  # (B, C, N)
         if diag.dtype in (torch.float16, torch.bfloat16):  # under autocast the BK-Core stays float32
             diag = diag.float()
         upper = torch.full((n - 1,), LAPLACIAN_OFF, device=h.device, dtype=diag.dtype)
         mask = None if read is None else read.view(b, 1, n).expand_as(diag)
-        if self.grad == "exact":
-            g = bk_core(diag, upper, None, 1j, mode=self.mode, grad="exact", backend="auto", mask=mask)
-        else:
-            g = bk_core(diag, upper, None, 1j, mode=self.mode, grad="autograd", backend="auto")
-            g = g if mask is None else g.masked_fill(~mask, 0)
+        g = bk_core(diag, upper, None, 1j, mode=self.mode, grad=self.grad, backend="auto", mask=mask)
         features = torch.cat([g.real, g.imag], dim=1).transpose(1, 2).reshape(b * n, -1).to(h.dtype)  # (BN, 2C)
         if read is None:
             return (self.bk_scale * self.output_proj(features)).view(b, n, d)
@@ -121,7 +128,7 @@ class BKMixer(nn.Module):
         out_rows = self.bk_scale * self.output_proj(features[rows])
         if keep_st is not None:
             out_rows = out_rows * keep_st[rows, None].to(out_rows.dtype)
-        return flat.new_zeros(b * n, d).index_copy(0, rows, out_rows.to(flat.dtype)).view(b, n, d)
+        return scatter_rows(rows, out_rows, b * n, flat).view(b, n, d)
 
 
 class ResNetBKBlock(nn.Module):
@@ -145,5 +152,5 @@ class ResNetBKBlock(nn.Module):
         flat = x.reshape(b * n, d)
         rows = active.nonzero(as_tuple=True)[0]
         ffn_rows = self.moe(self.norm(flat[rows]))
-        ffn_out = flat.new_zeros(b * n, d).index_copy(0, rows, ffn_rows.to(flat.dtype)).view(b, n, d)
+        ffn_out = scatter_rows(rows, ffn_rows, b * n, flat).view(b, n, d)
         return x + ffn_out + self.bk(ffn_out, active)
