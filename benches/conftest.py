@@ -32,6 +32,13 @@ def record(case, impl, phase, benchmark):
 
 
 def pytest_terminal_summary(terminalreporter):
+    import sys
+
+    step_bench = sys.modules.get("test_train_step")
+    if step_bench is not None and step_bench.RESULTS:
+        terminalreporter.write_line("")
+        for line in step_bench.pytest_terminal_summary_lines():
+            terminalreporter.write_line(line)
     if not MEDIANS:
         return
     write = terminalreporter.write_line

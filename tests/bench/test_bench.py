@@ -21,7 +21,8 @@ RESULT_FIELDS = {
     "best_valid_perplexity", "best_epoch", "train_loss", "train_perplexity", "tokens_per_second", "steps",
     "skipped_steps", "stopped_early", "vocab_size", "parameters", "non_embedding_parameters", "causal",
     "perplexity_is_lm", "causality_probe", "peak_memory_method", "dataset", "device", "versions", "git_revision",
-    "flops_breakdown", "epoch_aux_losses", "methods", "schema_version",
+    "flops_breakdown", "epoch_aux_losses", "methods", "schema_version", "peak_memory_above_baseline_mb",
+    "throughput_method", "noncausal_perplexities",
 }
 
 
@@ -78,7 +79,7 @@ def test_smoke_run_writes_every_file_with_the_documented_schema(tmp_path, tiny_d
     for name in names:
         doc = json.loads((out / f"{name}_results.json").read_text())
         assert set(doc) == RESULT_FIELDS
-        assert doc["model_name"] == name and doc["schema_version"] == 2
+        assert doc["model_name"] == name and doc["schema_version"] == 3
         assert doc["causal"] is True and doc["perplexity_is_lm"] is True
         assert len(doc["epoch_losses"]) == len(doc["epoch_perplexities"]) == len(doc["epoch_times"]) == 2
         assert doc["test_perplexity"] > 1 and doc["test_perplexity"] == doc["final_perplexity"]
@@ -91,6 +92,10 @@ def test_smoke_run_writes_every_file_with_the_documented_schema(tmp_path, tiny_d
         assert abs(doc["total_flops_per_step"] - per_step) <= 2
         # The per-step figure is a rounded average: the product may differ by at most the step count.
         assert abs(doc["total_training_flops"] - doc["total_flops_per_step"] * doc["steps"]) <= doc["steps"]
+        # Every 10th step traced (steps 0, 10, ...); the throughput times the others only.
+        assert doc["flops_breakdown"]["traced_steps"] == math.ceil(doc["steps"] / 10)
+        assert "did not price" in doc["throughput_method"]
+        assert doc["peak_memory_above_baseline_mb"] > 0 and doc["noncausal_perplexities"] is None
         assert doc["backward_flops"] > doc["forward_flops"] > 0
         assert 0 < doc["optimizer_flops"] <= 14 * doc["parameters"]
         assert doc["flops_breakdown"]["unknown_ops"] == {}
@@ -149,19 +154,22 @@ def test_bidirectional_needs_allow_noncausal_and_is_labelled(tmp_path, tiny_data
     messages = []
     result = train(config.replace(allow_noncausal=True), corpus, tmp_path, quiet=True, log=messages.append)
     assert result.causal is False and result.perplexity_is_lm is False
-    assert any("NOT a language-model perplexity" in m for m in messages)
+    assert any("not language-model perplexities" in m for m in messages)
+    # Its perplexities are never written as language-model perplexities.
+    assert math.isnan(result.test_perplexity) and math.isnan(result.final_perplexity) and not result.epoch_perplexities
+    assert result.noncausal_perplexities["test_perplexity"] > 1
 
 
 def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, tiny_data, monkeypatch):
-    import resnetbk.bench.train as train_module
+    from resnetbk.models.head import LMHead
 
-    real_cross_entropy = train_module.F.cross_entropy
+    real_forward = LMHead.forward
 
-    def nan_in_training(logits, targets, **kwargs):
-        loss = real_cross_entropy(logits, targets, **kwargs)
-        return loss * math.nan if torch.is_grad_enabled() else loss
+    def nan_in_training(self, hidden, targets=None, **kwargs):
+        out = real_forward(self, hidden, targets, **kwargs)
+        return out * math.nan if torch.is_grad_enabled() and targets is not None else out
 
-    monkeypatch.setattr(train_module.F, "cross_entropy", nan_in_training)
+    monkeypatch.setattr(LMHead, "forward", nan_in_training)
     corpus = wt2.load_corpus(str(tiny_data))
     config = smoke_config(tiny_data, epochs=1, max_consecutive_skips=3)
     result = train(config, corpus, tmp_path, quiet=True, log=lambda *_: None)
@@ -201,7 +209,9 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
 
     config = tmp_path / "config.json"
     # No dropout (its random masks differ per process) and no load-balancing loss (it is per process).
-    config.write_text(json.dumps({"dropout": 0.0, "load_balance_weight": 0.0, "threads": 1, "device": "cpu"}))
+    # An untied LM head: DDP must see the fused head's weight gradient as part of the forward.
+    config.write_text(json.dumps({"dropout": 0.0, "load_balance_weight": 0.0, "threads": 1, "device": "cpu",
+                                  "tie_embeddings": False}))
     common = ["--preset", "smoke", "--models", "transformer_baseline,resnet_bk_baseline", "--config", str(config),
               "--data-dir", str(tiny_data), "--quiet"]
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -44,7 +44,7 @@ def test_exit_losses_train_the_exits_and_the_confidence_heads():
 
     model = tiny(early_exit=True)
     x = tokens()
-    state = SimpleNamespace(model=model, targets=x.roll(-1, 1), logits=model(x), loss_terms={})
+    state = SimpleNamespace(model=model, targets=x.roll(-1, 1), hidden=model(x, features_only=True), loss_terms={})
     EarlyExit(BenchmarkConfig(use_early_exit=True, exit_loss_fraction=1.0)).on_loss(state)
     assert set(state.loss_terms) == {"exit", "exit_confidence"}
     (state.loss_terms["exit"] + state.loss_terms["exit_confidence"]).backward()

@@ -94,7 +94,8 @@ def summary_table(results: list) -> str:
     rows = [f"{'model':22s} {'causal':>6s} {'valid ppl':>10s} {'test ppl':>10s} {'tokens/s':>10s} "
             f"{'train s':>8s} {'peak MiB':>9s} {'params':>10s}"]
     for r in results:
-        rows.append(f"{r.model_name:22s} {str(r.causal):>6s} {fmt(r.valid_perplexity, '10.2f')} "
+        # Validation and test perplexity of the same weights: the best-validation epoch's.
+        rows.append(f"{r.model_name:22s} {str(r.causal):>6s} {fmt(r.best_valid_perplexity, '10.2f')} "
                     f"{fmt(r.test_perplexity, '10.2f')} {fmt(r.tokens_per_second, '10,.0f')} "
                     f"{fmt(r.training_time, '8.1f')} {fmt(r.peak_memory_mb, '9.0f')} {r.parameters:>10,}")
     return "\n".join(rows)

@@ -64,6 +64,11 @@ class _CoreConfig:
     #: Tokens of the validation split that a method's own evaluations use (e.g. early exit's thresholds).
     method_eval_tokens: int = 65_536
     # Safety and execution.
+    #: The LM head's loss and gradients computed a block of rows at a time, without the full
+    #: logits (``models.head``); False: the plain path (logits, then cross-entropy), to compare.
+    fused_head: bool = True
+    #: The FLOPs tracer prices every k-th training step (1: all); the others time the throughput.
+    flops_trace_interval: int = 10
     amp_dtype: str = "bfloat16"
     allow_noncausal: bool = False
     threads: Optional[int] = None
@@ -79,7 +84,7 @@ class _CoreConfig:
 
     def _validate_numbers(self) -> None:
         positive = ("d_model", "n_layers", "n_seq", "batch_size", "epochs", "n_heads", "num_experts", "bk_channels",
-                    "eval_batch_size", "max_consecutive_skips", "method_eval_tokens")
+                    "eval_batch_size", "max_consecutive_skips", "method_eval_tokens", "flops_trace_interval")
         for name in positive:
             _check_int(self, name, low=1)
         for name in ("lr", "grad_clip", "potential_limit"):

@@ -1,19 +1,26 @@
 """``BenchmarkResults``: what a run measured, as a stable JSON document.
 
-Schema (``schema_version`` 2): every field below, JSON-typed; durations in seconds, memory in
+Schema (``schema_version`` 3): every field below, JSON-typed; durations in seconds, memory in
 MiB, perplexities as ``exp(mean NLL)`` per token. ``final_perplexity`` is the test perplexity of
 the best-validation weights; ``best_perplexity`` the best validation perplexity;
 ``epoch_perplexities`` the validation perplexity after each epoch; ``epoch_losses`` the mean
-training loss of each epoch. FLOPs are measured from execution (``resnetbk.flops``): every
-training step is traced and priced by the Rust engine; ``forward_flops``/``backward_flops``/
-``optimizer_flops``/``total_flops_per_step`` are averages per executed step,
-``total_training_flops`` the sum over them, and ``flops_breakdown`` has the per-step FLOPs by
+training loss of each epoch. FLOPs are measured from execution (``resnetbk.flops``): traced
+training steps are priced by the Rust engine; ``forward_flops``/``backward_flops``/
+``optimizer_flops``/``total_flops_per_step`` are averages per traced step,
+``total_training_flops`` that average times the executed steps, and ``flops_breakdown`` has the per-step FLOPs by
 component and phase, the totals by category and any unknown (unpriced) ops. They are ``null``
 only when no step ran. ``epoch_aux_losses`` has each named auxiliary loss term (weighted, as
 added to the loss: ``load_balance``, ``ponder``, ``sparsity``, ``exit``, ...) averaged per epoch;
 ``methods`` each enabled optimization method's own measurements, by flag (schema version 2
 added these two). ``perplexity_is_lm`` is false for a model that failed the causality probe:
-its perplexity is not a language-model perplexity.
+its perplexity is not a language-model perplexity, so every perplexity field is null and the
+measured values sit in ``noncausal_perplexities``.
+
+Schema version 3 added: ``peak_memory_above_baseline_mb`` (the training's peak above the
+resident memory after data loading; ``peak_memory_mb`` stays the whole process's high-water mark,
+``peak_memory_method`` says how each was measured), ``throughput_method`` (``tokens_per_second``
+times only the steps the FLOPs tracer did not price), ``noncausal_perplexities``; FLOPs are traced
+on every ``flops_trace_interval``-th step (``flops_breakdown.traced_steps``).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from typing import Optional
 
 from .config import reject_unknown_fields
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass
@@ -69,6 +76,9 @@ class BenchmarkResults:
     perplexity_is_lm: bool = True
     causality_probe: str = ""
     peak_memory_method: str = ""
+    peak_memory_above_baseline_mb: Optional[float] = None
+    throughput_method: str = ""
+    noncausal_perplexities: Optional[dict] = None
     dataset: str = ""
     device: str = ""
     versions: dict = field(default_factory=dict)

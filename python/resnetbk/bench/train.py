@@ -13,7 +13,6 @@ import dataclasses
 import math
 import os
 import random
-import resource
 import sys
 import time
 from contextlib import nullcontext
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 
 from .. import data as wt2
 from ..causality import probe_causality
@@ -31,7 +29,9 @@ from ..methods import ActiveMethods, Event
 from ..models import build_model
 from . import distributed
 from .config import model_options
+from .memory import PeakMemory
 from .results import BenchmarkResults
+from .step_log import StepLog
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -72,12 +72,6 @@ def lr_factor(step: int, total_steps: int, warmup: int, min_ratio: float) -> flo
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-#: Evaluation computes logits a slice of positions at a time, keeping each logits block under
-#: ~24 MiB: larger blocks are fresh mmap'd memory on every allocation (glibc returns them to
-#: the kernel), and page faults then cost more than the arithmetic.
-EVAL_LOGITS_BYTES = 24 * 2**20
-
-
 @torch.no_grad()
 def evaluate(model, tokens: torch.Tensor, config, device: torch.device, *, context=nullcontext,
              max_tokens: Optional[int] = None, tracer=None, on_batch=None) -> tuple[float, int]:
@@ -88,16 +82,12 @@ def evaluate(model, tokens: torch.Tensor, config, device: torch.device, *, conte
     if max_tokens is not None:
         tokens = wt2.limit_tokens(tokens, max(2, max_tokens))
     inputs, targets = wt2.streams(tokens, config.eval_batch_size)
-    rows_per_block = max(1, EVAL_LOGITS_BYTES // (4 * model.lm_head.out_features))
     total, count = 0.0, 0
     traced = tracer if tracer is not None else nullcontext()
     for x, y in wt2.windows(inputs, targets, config.n_seq):
         with traced, context():
-            hidden = model(x.to(device), features_only=True).flatten(0, 1)
-            y = y.to(device).flatten()
-            for h, t in zip(hidden.split(rows_per_block), y.split(rows_per_block)):
-                logits = model.lm_head(h)
-                total += F.cross_entropy(logits.float(), t, ignore_index=wt2.IGNORE_INDEX, reduction="sum").item()
+            nll_sum, _ = model(x.to(device), y.to(device), fused_head=config.fused_head)
+            total += nll_sum.item()
         count += int((y != wt2.IGNORE_INDEX).sum())
         if on_batch is not None:
             on_batch(x.numel())
@@ -141,8 +131,11 @@ class Progress:
     epoch: int = 0
     step: int = 0
     skipped: int = 0
-    train_time: float = 0.0
+    train_time: float = 0.0  # wall time of every training step (evaluation excluded)
     train_tokens: int = 0
+    untraced_time: float = 0.0  # the steps the FLOPs tracer did not price: the throughput
+    untraced_tokens: int = 0
+    traced_steps: int = 0
     epoch_losses: list = field(default_factory=list)
     epoch_perplexities: list = field(default_factory=list)
     epoch_times: list = field(default_factory=list)
@@ -178,10 +171,12 @@ class TrainState:
     # The current step (BATCH_START, LOSS):
     inputs: Any = None
     targets: Any = None
-    logits: Any = None
+    hidden: Any = None  # the final hidden states the LM head read
     aux_losses: dict = field(default_factory=dict)  # the model's named auxiliary losses (unweighted)
     loss_terms: dict = field(default_factory=dict)
     epoch_valid_perplexity: float = math.nan
+    step_record: dict = field(default_factory=dict)  # the last step's loss, gradient norm, terms
+    memory: Optional[PeakMemory] = None  # started once the data is loaded
 
     @property
     def figures(self) -> dict:
@@ -196,42 +191,78 @@ class TrainState:
 
 
 def train(config, corpus: wt2.Corpus, run_dir: str | Path, *, resume: bool = False, quiet: bool = False,
-          log=print) -> BenchmarkResults:
-    """Train ``config``'s model on ``corpus`` and return what was measured."""
+          log=print, steps_csv: Optional[str | Path] = None, tensorboard_dir: Optional[str | Path] = None
+          ) -> BenchmarkResults:
+    """Train ``config``'s model on ``corpus`` and return what was measured; ``steps_csv`` receives
+    the per-step log (``step_log``), ``tensorboard_dir`` the same as TensorBoard events."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     state = set_up(config, corpus, run_dir / CHECKPOINT, resume, log)
     if not state.world.is_main:
         log = lambda *_: None  # noqa: E731 - rank 0 speaks for the run
     config, progress, methods = state.config, state.progress, state.methods
-    while progress.epoch < config.epochs and progress.stopped_early is None and progress.step < state.total_steps:
-        state.window_order = torch.randperm(
-            state.steps_per_epoch, generator=torch.Generator().manual_seed(config.seed * 1000 + progress.epoch))
-        methods.fire(Event.EPOCH_START, state)
-        bar = _progress(state.steps_per_epoch, f"{config.model_name} epoch {progress.epoch + 1}/{config.epochs}", quiet)
-        tracer = FlopsTracer()  # prices every executed training step (not evaluation)
-        start, tokens, losses = time.perf_counter(), 0, EpochLosses()
-        for x, y in wt2.windows(state.train_inputs, state.train_targets, config.n_seq, state.window_order):
-            if progress.step >= state.total_steps:
-                break
-            state.inputs, state.targets = x.to(state.device), y.to(state.device)
-            methods.fire(Event.BATCH_START, state)
-            if not train_step(state, tracer, losses, log):
-                break
-            tokens += x.numel() * state.world.size
+    step_log = (StepLog(steps_csv, keep_steps=progress.step, tensorboard_dir=tensorboard_dir)
+                if steps_csv is not None and state.world.is_main else None)
+    try:
+        while progress.epoch < config.epochs and progress.stopped_early is None and progress.step < state.total_steps:
+            state.window_order = torch.randperm(
+                state.steps_per_epoch, generator=torch.Generator().manual_seed(config.seed * 1000 + progress.epoch))
+            methods.fire(Event.EPOCH_START, state)
+            bar = _progress(state.steps_per_epoch, f"{config.model_name} epoch {progress.epoch + 1}/{config.epochs}", quiet)
+            epoch = EpochLosses()
+            for x, y in wt2.windows(state.train_inputs, state.train_targets, config.n_seq, state.window_order):
+                if progress.step >= state.total_steps:
+                    break
+                state.inputs, state.targets = x.to(state.device), y.to(state.device)
+                methods.fire(Event.BATCH_START, state)
+                if not timed_step(state, epoch, step_log, log):
+                    break
+                if bar is not None:
+                    bar.set_postfix(loss=f"{epoch.last:.3f}", tok_s=f"{epoch.tokens_per_second():,.0f}")
+                    bar.update(1)
             if bar is not None:
-                elapsed = time.perf_counter() - start
-                bar.set_postfix(loss=f"{losses.last:.3f}", tok_s=f"{tokens / max(elapsed, 1e-9):,.0f}")
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        end_epoch(state, tracer, time.perf_counter() - start, tokens, losses, run_dir / CHECKPOINT, log)
+                bar.close()
+            end_epoch(state, epoch, run_dir / CHECKPOINT, log)
+            if step_log is not None:
+                step_log.flush()
+    finally:
+        if step_log is not None:
+            step_log.close()
     return finish(state, log)
+
+
+def timed_step(state: TrainState, epoch: EpochLosses, step_log: Optional[StepLog], log) -> bool:
+    """``train_step``, priced by the FLOPs tracer on every ``flops_trace_interval``-th step; the
+    timing of the untraced steps is the throughput (the tracer's own cost stays out of it)."""
+    config, progress = state.config, state.progress
+    traced = progress.step % config.flops_trace_interval == 0
+    tracer = epoch.tracer if traced else None
+    lr = state.optimizer.param_groups[0]["lr"]
+    start = time.perf_counter()
+    going_on = train_step(state, tracer, epoch, log)
+    elapsed = time.perf_counter() - start
+    tokens = state.inputs.numel() * state.world.size
+    epoch.time += elapsed
+    epoch.all_tokens += tokens
+    if traced:
+        epoch.traced_steps += 1
+    else:
+        epoch.untraced_time += elapsed
+        epoch.untraced_tokens += tokens
+    if step_log is not None:
+        record = state.step_record
+        step_log.write(dict(step=progress.step, epoch=progress.epoch + 1, lr=lr, loss=record["loss"],
+                            total_loss=record["total_loss"], grad_norm=record["grad_norm"],
+                            tokens_per_second=tokens / max(elapsed, 1e-9), flops_traced=int(traced),
+                            skipped=int(record["skipped"]), terms=record["terms"]))
+    return going_on
 
 
 def set_up(config, corpus: wt2.Corpus, checkpoint_path: Path, resume: bool, log) -> TrainState:
     """Device, threads, seeds, model (methods' MODEL_BUILT), optimizer, data, schedule; resume."""
     device = resolve_device(config.device)
+    memory = PeakMemory(device)
+    memory.start()
     world = distributed.world(device)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -248,7 +279,7 @@ def set_up(config, corpus: wt2.Corpus, checkpoint_path: Path, resume: bool, log)
     forward = (torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=config.architecture == "resnet_bk")
                if world.distributed else model)
     state = TrainState(config=config, corpus=corpus, device=device, world=world, methods=ActiveMethods(config),
-                       model=model, forward=forward)
+                       model=model, forward=forward, memory=memory)
     state.methods.fire(Event.MODEL_BUILT, state)
     state.optimizer = make_optimizer(model, config)
     train_tokens = wt2.limit_tokens(corpus.train, config.max_train_tokens, config.data_fraction)
@@ -276,36 +307,42 @@ def set_up(config, corpus: wt2.Corpus, checkpoint_path: Path, resume: bool, log)
         if world.is_main:
             log(f"[{config.model_name}] resumed from {checkpoint_path} after epoch {state.progress.epoch} "
                 f"(step {state.progress.step})")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     return state
 
 
 class EpochLosses:
-    """Sums of the epoch's training NLL and of each named loss term, over the successful steps."""
+    """The epoch so far: sums of the training NLL and of each named loss term over the successful
+    steps; wall time and tokens of all steps and of the untraced ones (the throughput)."""
 
     def __init__(self):
         self.nll, self.tokens, self.steps, self.terms, self.last = 0.0, 0, 0, {}, math.nan
         self.consecutive_skips = 0
+        self.time, self.all_tokens, self.untraced_time, self.untraced_tokens = 0.0, 0, 0.0, 0
+        self.tracer, self.traced_steps = FlopsTracer(), 0  # priced at the end of the epoch
 
     def add(self, nll: float, tokens: int, terms: dict, loss: float) -> None:
         self.nll, self.tokens, self.steps, self.last = self.nll + nll, self.tokens + tokens, self.steps + 1, loss
         for name, value in terms.items():
             self.terms[name] = self.terms.get(name, 0.0) + value
 
+    def tokens_per_second(self) -> float:
+        """Untraced steps' throughput (all steps' while none ran untraced)."""
+        if self.untraced_time > 0:
+            return self.untraced_tokens / self.untraced_time
+        return self.all_tokens / max(self.time, 1e-9)
 
-def train_step(state: TrainState, tracer, losses: EpochLosses, log) -> bool:
-    """One optimizer step (skipped if the loss or gradient is not finite); False once the run must stop."""
+
+def train_step(state: TrainState, tracer: Optional[FlopsTracer], losses: EpochLosses, log) -> bool:
+    """One optimizer step (skipped if the loss or gradient is not finite), priced by ``tracer``
+    when one is given; False once the run must stop."""
     config, world, progress, methods = state.config, state.world, state.progress, state.methods
     x, y = state.inputs, state.targets
     local_count = int((y != wt2.IGNORE_INDEX).sum())
     (global_count,) = world.sum([local_count])
     state.optimizer.zero_grad(set_to_none=True)
-    with tracer:
+    with tracer if tracer is not None else nullcontext():
         with state.forward_context():
-            state.logits = state.forward(x)
-            nll_sum = F.cross_entropy(state.logits.float().flatten(0, 1), y.flatten(),
-                                      ignore_index=wt2.IGNORE_INDEX, reduction="sum")
+            nll_sum, state.hidden = state.forward(x, y, fused_head=config.fused_head)
             # Normalised by the global token count (times the world size, which DDP's gradient
             # averaging divides out): exactly the gradient of the global batch's mean NLL.
             loss = nll_sum * (world.size / max(global_count, 1))
@@ -318,20 +355,28 @@ def train_step(state: TrainState, tracer, losses: EpochLosses, log) -> bool:
         finite = world.all(bool(torch.isfinite(loss)))
         if finite:
             state.scaler.scale(loss).backward()
+    grad_norm = math.nan
     if finite:
         methods.fire(Event.AFTER_BACKWARD, state)
         state.scaler.unscale_(state.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
-        finite = world.all(bool(torch.isfinite(grad_norm)))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip))
+        finite = world.all(math.isfinite(grad_norm))
     progress.step += 1
+    terms = {k: float(v.detach()) for k, v in state.loss_terms.items()}
+    state.step_record = {"loss": math.nan, "total_loss": float(loss.detach()), "grad_norm": grad_norm,
+                         "skipped": not finite, "terms": terms}
     if finite:
-        tracer.optimizer_step(state.optimizer, lambda: state.scaler.step(state.optimizer))
+        if tracer is not None:
+            tracer.optimizer_step(state.optimizer, lambda: state.scaler.step(state.optimizer))
+        else:
+            state.scaler.step(state.optimizer)
         state.scaler.update()
         state.scheduler.step()
         methods.fire(Event.AFTER_OPTIMIZER_STEP, state)
         losses.consecutive_skips = 0
         (step_nll,) = world.sum([nll_sum.item()])
-        losses.add(step_nll, global_count, {k: float(v.detach()) for k, v in state.loss_terms.items()}, float(loss.detach()))
+        losses.add(step_nll, global_count, terms, float(loss.detach()))
+        state.step_record["loss"] = step_nll / max(global_count, 1)
         return True
     progress.skipped += 1
     losses.consecutive_skips += 1
@@ -343,13 +388,17 @@ def train_step(state: TrainState, tracer, losses: EpochLosses, log) -> bool:
     return True
 
 
-def end_epoch(state: TrainState, tracer, elapsed: float, tokens: int, losses: EpochLosses, checkpoint_path: Path,
-              log) -> None:
+def end_epoch(state: TrainState, losses: EpochLosses, checkpoint_path: Path, log) -> None:
     """Validation, the epoch's figures, EPOCH_END, the best weights, the checkpoint, one log line."""
     config, progress = state.config, state.progress
+    elapsed = losses.time
     progress.train_time += elapsed
-    progress.train_tokens += tokens
-    progress.flops = merge_reports(progress.flops, tracer.report())
+    progress.train_tokens += losses.all_tokens
+    progress.untraced_time += losses.untraced_time
+    progress.untraced_tokens += losses.untraced_tokens
+    if losses.traced_steps:
+        progress.flops = merge_reports(progress.flops, losses.tracer.report())
+        progress.traced_steps += losses.traced_steps
     valid_nll, _ = state.evaluate(state.corpus.valid)
     state.epoch_valid_perplexity = valid_ppl = math.exp(valid_nll)
     train_loss = losses.nll / losses.tokens if losses.tokens else math.nan
@@ -370,68 +419,83 @@ def end_epoch(state: TrainState, tracer, elapsed: float, tokens: int, losses: Ep
             "progress": dataclasses.asdict(progress), "rng": _rng_state(state.device),
         })
         log(f"[{config.model_name}] epoch {progress.epoch}: train loss {train_loss:.4f}, valid ppl {valid_ppl:.2f}, "
-            f"{elapsed:.1f} s, {tokens / max(elapsed, 1e-9):,.0f} tokens/s")
+            f"{elapsed:.1f} s, {losses.tokens_per_second():,.0f} tokens/s")
 
 
 def finish(state: TrainState, log) -> BenchmarkResults:
-    """Best weights, test perplexity, the methods' EVALUATION and EXPORT, the causality probe, results."""
+    """The causality probe, then (best weights) the test perplexity, the methods' EVALUATION and
+    EXPORT, the results. A model that fails the probe gets no language-model perplexity: its
+    measured perplexities are kept under ``noncausal_perplexities`` only."""
     config, progress, model, device = state.config, state.progress, state.model, state.device
     if progress.best_model is not None:
         model.load_state_dict(progress.best_model)
+    probe = probe_causality(model, state.corpus.vocab_size, config.n_seq, device=device)
+    if not probe.causal:
+        log(f"[{config.model_name}] the causality probe FAILED: {probe.summary()}. Its perplexities are not "
+            "language-model perplexities and are reported under noncausal_perplexities only.")
     test_nll, _ = state.evaluate(state.corpus.test)
     state.methods.fire(Event.EVALUATION, state)
     state.methods.fire(Event.EXPORT, state)
-    probe = probe_causality(model, state.corpus.vocab_size, config.n_seq, device=device)
-    if not probe.causal and state.world.is_main:
-        log(f"[{config.model_name}] WARNING: the causality probe failed: {probe.summary()}. "
-            "Its perplexity is NOT a language-model perplexity.")
-    if device.type == "cuda":
-        peak_mb, method = torch.cuda.max_memory_allocated(device) / 2**20, "cuda max_memory_allocated"
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        method = "peak RSS of the process (ru_maxrss)"
+    memory = state.memory.figures()
     counts = model.parameter_counts()
     versions, git = environment()
-    flops = _flops_fields(progress.flops, progress.step, state.world)
+    flops = _flops_fields(progress.flops, progress.traced_steps, progress.step, state.world)
     last_loss = progress.epoch_losses[-1] if progress.epoch_losses else math.nan
+    perplexities = dict(final_perplexity=math.exp(test_nll), best_perplexity=progress.best_valid,
+                        epoch_perplexities=list(progress.epoch_perplexities),
+                        valid_perplexity=progress.epoch_perplexities[-1] if progress.epoch_perplexities else math.nan,
+                        test_perplexity=math.exp(test_nll), best_valid_perplexity=progress.best_valid)
+    noncausal = None
+    if not probe.causal:
+        noncausal = perplexities
+        perplexities = {k: ([] if isinstance(v, list) else math.nan) for k, v in perplexities.items()}
+    if progress.untraced_time > 0:
+        throughput = progress.untraced_tokens / progress.untraced_time
+        throughput_method = (f"training tokens / wall time of the {progress.step - progress.traced_steps} steps the FLOPs "
+                             "tracer did not price (the tracer's cost excluded; evaluation excluded)")
+    else:
+        throughput = progress.train_tokens / progress.train_time if progress.train_time else 0.0
+        throughput_method = "training tokens / wall time of all steps, every one priced by the FLOPs tracer (its cost included)"
     return BenchmarkResults(
-        model_name=config.model_name, config=config.to_dict(), final_loss=last_loss,
-        final_perplexity=math.exp(test_nll), best_perplexity=progress.best_valid, training_time=progress.train_time,
-        peak_memory_mb=peak_mb, model_size_mb=model.size_mb(), epoch_losses=progress.epoch_losses,
-        epoch_perplexities=progress.epoch_perplexities, epoch_times=progress.epoch_times,
-        valid_perplexity=progress.epoch_perplexities[-1] if progress.epoch_perplexities else math.nan,
-        test_perplexity=math.exp(test_nll), best_valid_perplexity=progress.best_valid, best_epoch=progress.best_epoch,
-        train_loss=last_loss, train_perplexity=math.exp(last_loss) if math.isfinite(last_loss) else math.nan,
-        tokens_per_second=progress.train_tokens / progress.train_time if progress.train_time else 0.0,
+        model_name=config.model_name, config=config.to_dict(), final_loss=last_loss, training_time=progress.train_time,
+        peak_memory_mb=memory["peak_mb"], peak_memory_above_baseline_mb=memory["above_baseline_mb"],
+        model_size_mb=model.size_mb(), epoch_losses=progress.epoch_losses, epoch_times=progress.epoch_times,
+        best_epoch=progress.best_epoch, train_loss=last_loss,
+        train_perplexity=math.exp(last_loss) if math.isfinite(last_loss) else math.nan,
+        tokens_per_second=throughput, throughput_method=throughput_method,
         steps=progress.step, skipped_steps=progress.skipped, stopped_early=progress.stopped_early,
         vocab_size=state.corpus.vocab_size, parameters=counts["total"], non_embedding_parameters=counts["non_embedding"],
         causal=probe.causal, perplexity_is_lm=probe.causal, causality_probe=probe.summary(),
-        peak_memory_method=method, dataset=state.corpus.describe(), device=str(device),
-        versions=versions, git_revision=git, epoch_aux_losses=progress.epoch_aux_losses,
-        methods=progress.figures, **flops,
+        noncausal_perplexities=noncausal, peak_memory_method=memory["method"], dataset=state.corpus.describe(),
+        device=str(device), versions=versions, git_revision=git, epoch_aux_losses=progress.epoch_aux_losses,
+        methods=progress.figures, **perplexities, **flops,
     )
 
 
-def _flops_fields(report: Optional[dict], steps: int, world) -> dict:
-    """The results' FLOPs fields from the merged trace of every executed training step.
+def _flops_fields(report: Optional[dict], traced_steps: int, steps: int, world) -> dict:
+    """The results' FLOPs fields from the merged trace of the traced training steps.
 
-    Per-step figures are averages over the executed steps (the last window of an epoch is
-    shorter); the total is the sum over all of them and over all processes.
+    Every ``flops_trace_interval``-th step is traced (all of them at interval 1); per-step figures
+    are averages over the traced steps, the total is that average times the executed steps (the
+    last window of an epoch can be shorter; at interval 1 the total is exact).
     """
-    if report is None or steps == 0:
+    if report is None or traced_steps == 0:
         return {}
     forward, backward, optimizer = world.sum([report["by_phase"].get(p, 0) for p in ("forward", "backward", "optimizer")])
+    per_step = [round(v / traced_steps) for v in (forward, backward, optimizer)]
     return dict(
-        forward_flops=round(forward / steps), backward_flops=round(backward / steps),
-        optimizer_flops=round(optimizer / steps), total_flops_per_step=round((forward + backward + optimizer) / steps),
-        total_training_flops=int(forward + backward + optimizer),
+        forward_flops=per_step[0], backward_flops=per_step[1], optimizer_flops=per_step[2],
+        total_flops_per_step=sum(per_step), total_training_flops=int(sum(per_step) * steps),
         flops_breakdown={
-            "per_step_by_component": component_summary(report["by_component"], steps),
+            "per_step_by_component": component_summary(report["by_component"], traced_steps),
             "by_category": report["by_category"],
             "unknown_ops": report["unknown"],
-            "traced_steps": steps,
+            "traced_steps": traced_steps,
+            "executed_steps": steps,
             "scope": "training steps as executed (forward, backward, optimizer.step; gradient clipping and "
-                     "evaluation not counted); components and categories are this process's share",
+                     "evaluation not counted), traced on every flops_trace_interval-th step; per-step figures "
+                     "average the traced steps, the total multiplies that by the executed steps; components "
+                     "and categories are this process's share, summed over the traced steps",
         },
     )
 
@@ -455,6 +519,8 @@ def environment() -> tuple[dict, Optional[str]]:
         pass
     if torch.cuda.is_available():
         versions["cuda"] = torch.version.cuda
+    preloaded = [Path(p).name for p in os.environ.get("LD_PRELOAD", "").split(":") if "malloc" in p]
+    versions["allocator"] = ", ".join(preloaded) or "the C library's malloc"
     try:
         revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
                                   capture_output=True, text=True, timeout=10)

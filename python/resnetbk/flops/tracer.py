@@ -20,6 +20,28 @@ from .. import _native
 
 OUTSIDE_MODULES = "(outside modules)"
 
+#: Set by ``priced_as``: the phase and component the ops running now are attributed to.
+_ATTRIBUTION: dict = {}
+#: ``priced_as(component=THE_MODULE)``: back to the module the op runs in (inside an override).
+THE_MODULE = "(the module)"
+
+
+@contextmanager
+def priced_as(*, phase: str | None = None, component: str | None = None):
+    """Attribute the ops run inside to ``phase`` and/or ``component`` in any active tracer: for
+    work done early on behalf of another phase (a fused loss computes its gradient during the
+    forward) or outside the module it belongs to. Costs nothing when no tracer is active."""
+    previous = dict(_ATTRIBUTION)
+    if phase is not None:
+        _ATTRIBUTION["phase"] = phase
+    if component is not None:
+        _ATTRIBUTION["component"] = component
+    try:
+        yield
+    finally:
+        _ATTRIBUTION.clear()
+        _ATTRIBUTION.update(previous)
+
 
 def _tensors(obj):
     """The tensors in nested tuples, lists and dicts (a plain walk: pytree is slower here)."""
@@ -89,8 +111,11 @@ class FlopsTracer(TorchDispatchMode):
         detail = ""
         if func.namespace == "resnetbk":  # the mode argument decides the per-element cost
             detail = next((a for a in args if a in ("causal", "bidirectional")), "")
-        phase = "backward" if self._modules.is_bw else "forward"
-        key = (name, _shapes((args, kwargs)), _shapes(out), _complex(args), detail, phase, self._component())
+        phase = _ATTRIBUTION.get("phase") or ("backward" if self._modules.is_bw else "forward")
+        component = _ATTRIBUTION.get("component", THE_MODULE)
+        if component == THE_MODULE:
+            component = self._component()
+        key = (name, _shapes((args, kwargs)), _shapes(out), _complex(args), detail, phase, component)
         self.records[key] += 1
         return out
 

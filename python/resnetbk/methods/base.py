@@ -26,7 +26,7 @@ class Event(str, Enum):
     MODEL_BUILT = "model_built"  # the model exists, before the optimizer; state.model, state.device
     EPOCH_START = "epoch_start"  # state.window_order may be replaced (curriculum, active learning)
     BATCH_START = "batch_start"  # state.inputs, state.targets of the step
-    LOSS = "loss"  # after the forward: add named terms to state.loss_terms (state.logits, state.targets, state.aux_losses)
+    LOSS = "loss"  # after the forward: add named terms to state.loss_terms (state.hidden, state.targets, state.aux_losses)
     AFTER_BACKWARD = "after_backward"  # gradients exist, before clipping
     AFTER_OPTIMIZER_STEP = "after_optimizer_step"
     EPOCH_END = "epoch_end"  # after validation (state.epoch_valid_perplexity)

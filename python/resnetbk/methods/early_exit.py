@@ -60,7 +60,8 @@ class EarlyExit(Method):
         keep = max(1, round(self.config.exit_loss_fraction * positions.numel()))
         if keep < positions.numel():
             positions = positions[torch.randperm(positions.numel(), device=positions.device)[:keep]]
-        final_prediction = state.logits.reshape(-1, state.logits.shape[-1])[positions].argmax(-1)
+        with torch.no_grad():  # the final prediction at the sampled positions (the fused head keeps no logits)
+            final_prediction = model.lm_head(state.hidden.reshape(-1, state.hidden.shape[-1])[positions]).argmax(-1)
         n_exits = len(exits) + 1
         scale = sum(range(1, n_exits + 1))
         exit_loss, confidence_loss = 0.0, 0.0

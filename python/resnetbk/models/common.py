@@ -11,9 +11,11 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .depth import PerTokenDepth
+from .head import IGNORE_INDEX, LMHead
 from .multi_scale import ShortenedGroup
 from .options import ModelOptions
 
@@ -37,19 +39,32 @@ class LanguageModel(nn.Module):
                                     early_exit=options.early_exit)
                       if options.per_token_depth else None)
         self.final_norm = nn.LayerNorm(d_model)
-        self.lm_head = nn.Linear(d_model, options.vocab_size, bias=False)
+        self.lm_head = LMHead(d_model, options.vocab_size, bias=False)
         if options.tie_embeddings:
             self.lm_head.weight = self.token_embedding.weight
         self.apply(_init_weights)
         if self.depth is not None:
             self.depth.reset_parameters_after_init()
 
-    def forward(self, tokens: Tensor, *, features_only: bool = False) -> Tensor:
-        """Logits ``(B, N, vocab)`` for token ids ``(B, N)``, any ``N <= n_seq``; with
-        ``features_only``, the hidden states the LM head reads (evaluation applies the head in
-        slices). Going through ``forward`` lets module trackers name every submodule."""
+    def forward(self, tokens: Tensor, targets: Optional[Tensor] = None, *, features_only: bool = False,
+                fused_head: bool = True):
+        """Logits ``(B, N, vocab)`` for token ids ``(B, N)``, any ``N <= n_seq``.
+
+        With ``targets (B, N)``: ``(nll_sum, hidden)``, the summed next-token NLL over the targets
+        that are not ``IGNORE_INDEX`` (float32) and the final hidden states, through the fused
+        head (``models.head``: the full logits never exist) or, with ``fused_head=False``, the
+        plain path (logits, then cross-entropy). With ``features_only``: the hidden states alone.
+        Going through ``forward`` lets module trackers (and DDP) see every submodule."""
         hidden = self.features(tokens)
-        return hidden if features_only else self.lm_head(hidden)
+        if features_only:
+            return hidden
+        if targets is None:
+            return self.lm_head(hidden)
+        if fused_head:
+            return self.lm_head(hidden, targets), hidden
+        logits = self.lm_head(hidden).float()
+        nll_sum = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        return nll_sum, hidden
 
     def features(self, tokens: Tensor) -> Tensor:
         """The final-LayerNorm hidden states ``(B, N, d)`` that the LM head reads."""

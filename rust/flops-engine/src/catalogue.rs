@@ -196,6 +196,8 @@ pub fn price(op: &Op) -> Option<Vec<(Category, u64)>> {
         "sum" | "mean" | "amax" | "amin" | "max" | "min" | "argmax" | "argmin" | "prod" | "linalg_vector_norm"
         | "norm" | "any" | "all" => vec![(Category::Reduction, first_input(op) * complex.min(2))],
         "index_add" => vec![(Category::Routing, numel(ins.get(2)?))],
+        // One add per element of the source (tensor inputs: self, index, src).
+        "scatter_add" => vec![(Category::Elementwise, numel(ins.get(2)?))],
         "bincount" | "nonzero" | "topk" | "sort" => vec![(Category::Routing, first_input(op))],
         other => {
             if is_data_movement(other) {

@@ -142,6 +142,12 @@ mod tests {
     }
 
     #[test]
+    fn scatter_add_costs_one_add_per_source_element() {
+        let p = price(&op("aten.scatter_add_", vec![vec![100, 8], vec![1, 8], vec![1, 8]], vec![vec![100, 8]])).unwrap();
+        assert_eq!(p, vec![(Category::Elementwise, 8)]);
+    }
+
+    #[test]
     fn bk_core_and_optimizer_prices() {
         let mut bk = op("resnetbk.bk_core", vec![vec![2, 10], vec![9], vec![2]], vec![vec![2, 10]]);
         bk.detail = "causal".into();
