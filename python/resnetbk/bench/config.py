@@ -17,6 +17,7 @@ from typing import Optional
 
 from .. import methods
 from ..models import ARCHITECTURES, ModelOptions
+from ..models.options import INITS
 
 OPTIMIZATION_FLAGS = methods.FLAGS
 IMPLEMENTED_FLAGS = methods.IMPLEMENTED
@@ -44,6 +45,8 @@ class _CoreConfig:
     architecture: str = "resnet_bk"
     dropout: float = 0.1
     tie_embeddings: bool = True
+    head_bias: bool = False
+    init: str = "normal"  # "normal": N(0, 0.02) weights (GPT-2); "torch": PyTorch's default initialisation
     n_heads: int = 4
     num_experts: int = 4
     bk_channels: int = 1
@@ -61,6 +64,8 @@ class _CoreConfig:
     max_train_tokens: Optional[int] = None
     data_fraction: Optional[float] = None
     eval_batch_size: int = 32
+    #: False: no test evaluation (test perplexity null), for studies that must not look at the test split.
+    evaluate_test: bool = True
     #: Tokens of the validation split that a method's own evaluations use (e.g. early exit's thresholds).
     method_eval_tokens: int = 65_536
     # Safety and execution.
@@ -106,7 +111,7 @@ class _CoreConfig:
             raise ValueError(f"data_fraction: expected a number in (0, 1] or null, got {self.data_fraction!r}")
 
     def _validate_choices(self) -> None:
-        for name, allowed in (("architecture", ARCHITECTURES), ("bk_mode", ("causal", "bidirectional")),
+        for name, allowed in (("architecture", ARCHITECTURES), ("bk_mode", ("causal", "bidirectional")), ("init", INITS),
                               ("amp_dtype", ("bfloat16", "float16")), ("device", DEVICES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {getattr(self, name)!r}")
@@ -151,7 +156,8 @@ def model_options(config, vocab_size: int) -> ModelOptions:
     """The model a config trains: its base fields, then each enabled method's changes."""
     options = ModelOptions(
         architecture=config.architecture, vocab_size=vocab_size, d_model=config.d_model, n_layers=config.n_layers,
-        n_seq=config.n_seq, dropout=config.dropout, tie_embeddings=config.tie_embeddings, n_heads=config.n_heads,
+        n_seq=config.n_seq, dropout=config.dropout, tie_embeddings=config.tie_embeddings, head_bias=config.head_bias,
+        init=config.init, n_heads=config.n_heads,
         num_experts=config.num_experts, bk_channels=config.bk_channels, bk_mode=config.bk_mode,
         potential_limit=config.potential_limit, bk_grad="autograd",
     )
@@ -212,7 +218,7 @@ PRESETS = {
     # The original benchmark's exact configuration.
     "original": dict(),
     # About 10 minutes for all three models on 2 CPU cores; full valid/test evaluation.
-    "quick": dict(epochs=2, max_train_tokens=150_000),
+    "quick": dict(epochs=1, max_train_tokens=614_400, warmup_steps=15, lr=2e-3),
     # Seconds on tiny data (tests); full evaluation of whatever data it is given.
     "smoke": dict(d_model=16, n_layers=3, n_seq=16, batch_size=4, epochs=2, max_train_tokens=2_000, eval_batch_size=8),
 }

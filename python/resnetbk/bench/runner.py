@@ -14,9 +14,9 @@ from .results import BenchmarkResults, compare_results, write_json_atomic
 from .train import resolve_device, run_and_save
 
 
-def _worker(config, data_dir, run_dir, result_path, error_path, resume, quiet):
+def _worker(config, data_dir, run_dir, result_path, error_path, resume, quiet, tensorboard):
     try:
-        run_and_save(config, data_dir, run_dir, result_path, resume, quiet)
+        run_and_save(config, data_dir, run_dir, result_path, resume, quiet, tensorboard)
     except BaseException as exc:  # the parent re-raises with this text
         Path(error_path).write_text(f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
         raise SystemExit(1) from exc
@@ -26,12 +26,13 @@ class WikiText2Benchmark:
     """Runs benchmark models and keeps their results under ``output_dir``."""
 
     def __init__(self, output_dir: str | Path = "benchmark_results/wikitext2", *, resume: bool = False,
-                 quiet: bool = False, separate_process: bool | None = None):
+                 quiet: bool = False, separate_process: bool | None = None, tensorboard: bool = False):
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.resume = resume
         self.quiet = quiet
         self.separate_process = separate_process
+        self.tensorboard = tensorboard
 
     def results_path(self, model_name: str) -> Path:
         return self.output_dir / f"{model_name}_results.json"
@@ -49,7 +50,8 @@ class WikiText2Benchmark:
             error_path.unlink(missing_ok=True)
             process = multiprocessing.get_context("spawn").Process(
                 target=_worker,
-                args=(config, config.data_dir, str(run_dir), str(result_path), str(error_path), self.resume, self.quiet),
+                args=(config, config.data_dir, str(run_dir), str(result_path), str(error_path), self.resume, self.quiet,
+                      self.tensorboard),
             )
             process.start()
             process.join()
@@ -57,7 +59,8 @@ class WikiText2Benchmark:
                 detail = error_path.read_text() if error_path.is_file() else f"exit code {process.exitcode}"
                 raise RuntimeError(f"{config.model_name}: training failed in its worker process: {detail}")
         else:
-            run_and_save(config, config.data_dir, str(run_dir), str(result_path), self.resume, self.quiet)
+            run_and_save(config, config.data_dir, str(run_dir), str(result_path), self.resume, self.quiet,
+                         self.tensorboard)
         return BenchmarkResults.load(result_path)
 
     def compare_results(self, a: BenchmarkResults, b: BenchmarkResults) -> dict:

@@ -433,7 +433,7 @@ def finish(state: TrainState, log) -> BenchmarkResults:
     if not probe.causal:
         log(f"[{config.model_name}] the causality probe FAILED: {probe.summary()}. Its perplexities are not "
             "language-model perplexities and are reported under noncausal_perplexities only.")
-    test_nll, _ = state.evaluate(state.corpus.test)
+    test_nll = state.evaluate(state.corpus.test)[0] if config.evaluate_test else math.nan
     state.methods.fire(Event.EVALUATION, state)
     state.methods.fire(Event.EXPORT, state)
     memory = state.memory.figures()
@@ -531,10 +531,13 @@ def environment() -> tuple[dict, Optional[str]]:
 
 
 def run_and_save(config, data_dir: Optional[str], run_dir: str, result_path: str, resume: bool,
-                 quiet: bool) -> None:
-    """Worker-process entry point: load the data, train one model, write its results JSON."""
+                 quiet: bool, tensorboard: bool = False) -> None:
+    """Worker-process entry point: load the data, train one model, write its results JSON and,
+    beside it, ``<model>_steps.csv`` (and TensorBoard events under ``runs/<model>/tensorboard``)."""
     corpus = wt2.load_corpus(data_dir)
-    results = train(config, corpus, run_dir, resume=resume, quiet=quiet)
+    steps_csv = Path(result_path).with_name(f"{config.model_name}_steps.csv")
+    results = train(config, corpus, run_dir, resume=resume, quiet=quiet, steps_csv=steps_csv,
+                    tensorboard_dir=Path(run_dir) / "tensorboard" if tensorboard else None)
     w = distributed.world(resolve_device(config.device))
     if w.is_main:
         results.save(result_path)

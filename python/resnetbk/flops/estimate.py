@@ -141,8 +141,7 @@ def _resnet_bk_block(ops: _Ops, s: StepShape, i: int) -> None:
         ops.linear(f"{expert}.0", routed, d, 2 * d)
         ops.elementwise("forward", f"{expert}.1", "relu", routed * 2 * d)
         ops.op("backward", f"{expert}.1", "aten.threshold_backward", [(routed * 2 * d,), (routed * 2 * d,)])
-        ops.dropout(f"{expert}.2", routed * 2 * d, drop)
-        ops.linear(f"{expert}.3", routed, 2 * d, d)
+        ops.linear(f"{expert}.2", routed, 2 * d, d)
         ops.elementwise("forward", moe, "mul", routed * d)  # scale by the chosen probability
         ops.op("forward", moe, "aten.index_add_", [(t, d), (routed,), (routed, d)])
         ops.elementwise("backward", moe, "mul", routed * d, count=2)
@@ -176,6 +175,7 @@ def _resnet_bk_block(ops: _Ops, s: StepShape, i: int) -> None:
     ops.op("backward", bk, "aten.sum", [(t, d)])
     ops.elementwise("backward", f"{bk}.v_proj", "add", t * d)  # ffn_out feeds both the sum and the mixer
     ops.elementwise("forward", blk, "add", t * d, count=2)
+    ops.dropout(f"{blk}.resid_dropout", t * d, drop)  # on the residual branch
     ops.elementwise("backward", f"{blk}.norm", "add", t * d)
 
 
@@ -192,7 +192,7 @@ def step_ops(s: StepShape) -> list:
     for i in range(s.options.n_layers):
         block(ops, s, i)
     ops.layer_norm("final_norm", t, d)
-    ops.linear("lm_head", t, d, v, bias=False)
+    ops.linear("lm_head", t, d, v, bias=s.options.head_bias)
     if s.options.tie_embeddings:
         ops.elementwise("backward", "token_embedding", "add", v * d)  # the tied weight's two gradients
     loss = "(outside modules)"

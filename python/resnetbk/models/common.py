@@ -39,10 +39,11 @@ class LanguageModel(nn.Module):
                                     early_exit=options.early_exit)
                       if options.per_token_depth else None)
         self.final_norm = nn.LayerNorm(d_model)
-        self.lm_head = LMHead(d_model, options.vocab_size, bias=False)
+        self.lm_head = LMHead(d_model, options.vocab_size, bias=options.head_bias)
         if options.tie_embeddings:
             self.lm_head.weight = self.token_embedding.weight
-        self.apply(_init_weights)
+        if options.init == "normal":  # else the modules keep torch's own initialisation
+            self.apply(_init_weights)
         if self.depth is not None:
             self.depth.reset_parameters_after_init()
 

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 ARCHITECTURES = ("transformer", "resnet_bk")
 BK_GRADS = ("exact", "autograd")
+#: "normal": every Linear and Embedding weight normal(0, 0.02), biases zero (GPT-2's scheme);
+#: "torch": PyTorch's own defaults (Linear: Kaiming-uniform; Embedding: normal(0, 1)).
+INITS = ("normal", "torch")
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,8 @@ class ModelOptions:
     n_seq: int = 128
     dropout: float = 0.1
     tie_embeddings: bool = True
+    head_bias: bool = False  # a bias on the LM head
+    init: str = "normal"  # see INITS
     n_heads: int = 4
     num_experts: int = 4
     bk_channels: int = 1
@@ -41,6 +46,8 @@ class ModelOptions:
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture: expected one of {ARCHITECTURES}, got {self.architecture!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init: expected one of {INITS}, got {self.init!r}")
         if self.bk_grad not in BK_GRADS:
             raise ValueError(f"bk_grad: expected one of {BK_GRADS}, got {self.bk_grad!r}")
         if self.architecture != "resnet_bk":

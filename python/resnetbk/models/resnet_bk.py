@@ -36,18 +36,18 @@ def scatter_rows(rows: Tensor, values: Tensor, total: int, like: Tensor) -> Tens
 
 
 class MoEFeedForward(nn.Module):
-    """Top-1 mixture of experts (d -> 2d -> d, ReLU, dropout) with a trainable router, on rows ``(T, d)``.
+    """Top-1 mixture of experts (d -> 2d -> d, ReLU) with a trainable router, on rows ``(T, d)``.
 
     The router's softmax runs over all experts and each token's expert output is scaled by its
     chosen probability, so the router gets a gradient; ``aux_loss`` is the load-balancing loss
     ``E * sum_e f_e P_e`` (f: fraction of tokens routed to e, P: mean router probability of e).
     """
 
-    def __init__(self, d_model: int, num_experts: int, dropout: float):
+    def __init__(self, d_model: int, num_experts: int):
         super().__init__()
         self.router = nn.Linear(d_model, num_experts)
         self.experts = nn.ModuleList(
-            nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.ReLU(), nn.Dropout(dropout), nn.Linear(2 * d_model, d_model))
+            nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.ReLU(), nn.Linear(2 * d_model, d_model))
             for _ in range(num_experts)
         )
         self.aux_loss: Tensor | None = None
@@ -132,12 +132,16 @@ class BKMixer(nn.Module):
 
 
 class ResNetBKBlock(nn.Module):
+    """``x + dropout(f + bk(f))`` with ``f = moe(norm(x))``: the residual branch is dropped out as
+    the Transformer drops each of its branches (the same regularisation where the parts match)."""
+
     def __init__(self, d_model: int, num_experts: int, dropout: float, channels: int, mode: str,
                  potential_limit: float, grad: str = "exact", sparse: bool = False, sparse_target: float = 0.5):
         super().__init__()
         self.norm = nn.LayerNorm(d_model)
-        self.moe = MoEFeedForward(d_model, num_experts, dropout)
+        self.moe = MoEFeedForward(d_model, num_experts)
         self.bk = BKMixer(d_model, channels, mode, potential_limit, grad, sparse, sparse_target)
+        self.resid_dropout = nn.Dropout(dropout)
 
     @property
     def aux_loss(self) -> Tensor | None:
@@ -146,11 +150,11 @@ class ResNetBKBlock(nn.Module):
     def forward(self, x: Tensor, active: Optional[Tensor] = None) -> Tensor:
         if active is None:
             ffn_out = self.moe(self.norm(x).reshape(-1, x.shape[-1])).view_as(x)
-            return x + ffn_out + self.bk(ffn_out)
+            return x + self.resid_dropout(ffn_out + self.bk(ffn_out))
         # Only the active rows are normalised and run through the experts; the others get 0.
         b, n, d = x.shape
         flat = x.reshape(b * n, d)
         rows = active.nonzero(as_tuple=True)[0]
         ffn_rows = self.moe(self.norm(flat[rows]))
         ffn_out = scatter_rows(rows, ffn_rows, b * n, flat).view(b, n, d)
-        return x + ffn_out + self.bk(ffn_out, active)
+        return x + self.resid_dropout(ffn_out + self.bk(ffn_out, active))
