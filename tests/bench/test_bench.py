@@ -12,6 +12,7 @@ from resnetbk import methods
 from resnetbk.bench import BenchmarkConfig, BenchmarkResults, compare_results, model_config
 from resnetbk.bench.__main__ import main as cli_main
 from resnetbk.bench.config import OPTIMIZATION_FLAGS, PRESETS
+from resnetbk.bench.step_log import read_steps
 from resnetbk.bench.train import train
 
 RESULT_FIELDS = {
@@ -96,6 +97,11 @@ def test_smoke_run_writes_every_file_with_the_documented_schema(tmp_path, tiny_d
         assert doc["flops_breakdown"]["traced_steps"] == math.ceil(doc["steps"] / 10)
         assert "did not price" in doc["throughput_method"]
         assert doc["peak_memory_above_baseline_mb"] > 0 and doc["noncausal_perplexities"] is None
+        rows = read_steps(out / f"{name}_steps.csv")
+        assert [r["step"] for r in rows] == list(range(1, doc["steps"] + 1))
+        assert sum(r["flops_traced"] for r in rows) == doc["flops_breakdown"]["traced_steps"]
+        assert all(r["grad_norm"] > 0 and r["lr"] > 0 and math.isfinite(r["loss"]) for r in rows)
+        assert ("aux_load_balance" in rows[0]) == name.startswith("resnet_bk")
         assert doc["backward_flops"] > doc["forward_flops"] > 0
         assert 0 < doc["optimizer_flops"] <= 14 * doc["parameters"]
         assert doc["flops_breakdown"]["unknown_ops"] == {}
@@ -113,6 +119,33 @@ def test_smoke_run_writes_every_file_with_the_documented_schema(tmp_path, tiny_d
         comparison = json.loads((out / f"comparison_{a}_vs_{b}.json").read_text())
         assert comparison["reference"] == a and comparison["speedup_time"] > 0
     assert (out / "training_curves.png").stat().st_size > 10_000
+    report = (out / "report.md").read_text()
+    assert "| transformer_baseline | yes |" in report and "one seed: unknown" in report
+    assert json.loads((out / "run_info.json").read_text())["command"].startswith("python -m resnetbk.bench --preset smoke")
+
+
+def test_seeds_give_mean_and_std_and_the_report_command_rewrites_the_report(tmp_path, tiny_data, capsys):
+    out = tmp_path / "out"
+    common = ["--preset", "smoke", "--data-dir", str(tiny_data), "--quiet", "--device", "cpu", "--threads", "1",
+              "--models", "transformer_baseline,resnet_bk_baseline", "--epochs", "1"]
+    assert cli_main([*common, "--output-dir", str(out), "--seeds", "3,4"]) == 0
+    for seed in (3, 4):
+        doc = json.loads((out / f"seed_{seed}" / "resnet_bk_baseline_results.json").read_text())
+        assert doc["config"]["seed"] == seed
+    summary = json.loads((out / "summary.json").read_text())
+    ppl = summary["models"]["resnet_bk_baseline"]["test_perplexity"]
+    assert ppl["n"] == 2 and ppl["std"] > 0 and ppl["mean"] == pytest.approx(sum(ppl["values"]) / 2)
+    comparison = json.loads((out / "comparison_transformer_baseline_vs_resnet_bk_baseline.json").read_text())
+    assert comparison["seeds"] == 2 and isinstance(comparison["perplexity_difference_exceeds_2_std"], bool)
+    assert comparison["perplexity_model"] == pytest.approx(ppl["mean"])
+    (out / "report.md").unlink()
+    capsys.readouterr()
+    assert cli_main(["report", str(out)]) == 0
+    assert "±" in (out / "report.md").read_text() and "resnet_bk_baseline" in capsys.readouterr().out
+    assert cli_main(["report", str(tmp_path / "empty")]) == 2
+    assert "no *_results.json" in capsys.readouterr().err
+    assert cli_main([*common, "--output-dir", str(out), "--seeds", "3,x"]) == 2
+    assert "--seeds: expected comma-separated integers" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("with_methods", (False, True), ids=("baseline", "every_method"))
@@ -120,7 +153,7 @@ def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path, tiny_da
     corpus = wt2.load_corpus(str(tiny_data))
     flags = {flag: with_methods for flag in methods.IMPLEMENTED}
     config = smoke_config(tiny_data, architecture="resnet_bk", epochs=3, model_name="resume_check", **flags)
-    whole = train(config, corpus, tmp_path / "whole", quiet=True, log=lambda *_: None)
+    whole = train(config, corpus, tmp_path / "whole", quiet=True, log=lambda *_: None, steps_csv=tmp_path / "whole.csv")
 
     class Interrupted(Exception):
         pass
@@ -130,8 +163,13 @@ def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path, tiny_da
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        train(config, corpus, tmp_path / "cut", quiet=True, log=crash_after_first_epoch)
-    resumed = train(config, corpus, tmp_path / "cut", resume=True, quiet=True, log=lambda *_: None)
+        train(config, corpus, tmp_path / "cut", quiet=True, log=crash_after_first_epoch, steps_csv=tmp_path / "cut.csv")
+    resumed = train(config, corpus, tmp_path / "cut", resume=True, quiet=True, log=lambda *_: None,
+                    steps_csv=tmp_path / "cut.csv")
+    # The step log continues where the checkpoint left off: the same rows as the uninterrupted run.
+    same = ("step", "epoch", "lr", "loss", "total_loss", "grad_norm")
+    assert [{k: r[k] for k in same} for r in read_steps(tmp_path / "cut.csv")] == [
+        {k: r[k] for k in same} for r in read_steps(tmp_path / "whole.csv")]
     assert resumed.epoch_losses == whole.epoch_losses
     assert resumed.epoch_perplexities == whole.epoch_perplexities
     assert resumed.test_perplexity == whole.test_perplexity and resumed.steps == whole.steps

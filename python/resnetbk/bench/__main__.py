@@ -1,24 +1,29 @@
 """Command line: ``python -m resnetbk.bench [options]``.
 
 Runs the three benchmark models (transformer_baseline, resnet_bk_baseline, resnet_bk_full) on
-WikiText-2 and writes ``<model>_results.json``, ``comparison_*.json`` and ``training_curves.png``
-into ``--output-dir``. Subcommands: ``ablation`` (each optimization method against the ResNet-BK
-baseline; ``python -m resnetbk.bench ablation --help``) and ``flops`` (the sequence-length FLOPs
-sweep). Settings apply in this order: the dataclass defaults, ``--preset``,
+WikiText-2 and writes ``<model>_results.json``, ``<model>_steps.csv``, ``comparison_*.json``,
+``summary.json``, ``training_curves.png`` and ``report.md`` into ``--output-dir`` (with ``--seeds``,
+each seed's runs in ``seed_<s>/`` and the means over seeds at the top). Subcommands: ``ablation``
+(each optimization method against the ResNet-BK baseline; ``python -m resnetbk.bench ablation
+--help``), ``report DIR`` (rewrite ``report.md`` of a results folder) and ``flops`` (the
+sequence-length FLOPs sweep). Settings apply in this order: the dataclass defaults, ``--preset``,
 ``--config FILE``, then the other flags.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
+from datetime import datetime, timezone
+from pathlib import Path
 
 from .. import data as wt2
 from .. import methods
 from . import distributed
 from .config import MODEL_NAMES, PRESETS, BenchmarkConfig, load_config_file, model_config
-from .runner import WikiText2Benchmark
+from .report import RUN_INFO, main_table, write_report
+from .results import write_json_atomic
+from .runner import WikiText2Benchmark, write_comparisons
 
 
 def methods_help() -> str:
@@ -51,11 +56,15 @@ def parse_args(argv=None, *, prog: str = "python -m resnetbk.bench", description
     p.add_argument("--data-fraction", type=float, help="train on this fraction of the training tokens")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"))
     p.add_argument("--seed", type=int)
+    p.add_argument("--seeds", help="comma-separated seeds, e.g. 42,43,44: every model once per seed (results in "
+                                    "seed_<s>/), every metric as mean and standard deviation")
     p.add_argument("--threads", type=int, help="torch and Rust threads per model")
     p.add_argument("--amp", action="store_true", help="mixed precision: bf16 autocast (the BK-Core stays float32)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --output-dir")
     p.add_argument("--allow-noncausal", action="store_true", help="allow training a model that reads future tokens")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files (runs/<model>/tensorboard; needs the tensorboard package)")
     return p.parse_args(argv)
 
 
@@ -87,32 +96,47 @@ def build_configs(args: argparse.Namespace) -> list:
     return configs
 
 
-def summary_table(results: list) -> str:
-    def fmt(x, spec):
-        return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
+def parse_seeds(args: argparse.Namespace) -> list:
+    """``--seeds`` as a list of ints (``[None]``: one run with the configured seed)."""
+    if args.seeds is None:
+        return [None]
+    if args.seed is not None:
+        raise ValueError("--seeds and --seed: give one or the other")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds: expected comma-separated integers such as 42,43,44, got {args.seeds!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: expected distinct integers, got {args.seeds!r}")
+    return seeds
 
-    rows = [f"{'model':22s} {'causal':>6s} {'valid ppl':>10s} {'test ppl':>10s} {'tokens/s':>10s} "
-            f"{'train s':>8s} {'peak MiB':>9s} {'params':>10s}"]
-    for r in results:
-        # Validation and test perplexity of the same weights: the best-validation epoch's.
-        rows.append(f"{r.model_name:22s} {str(r.causal):>6s} {fmt(r.best_valid_perplexity, '10.2f')} "
-                    f"{fmt(r.test_perplexity, '10.2f')} {fmt(r.tokens_per_second, '10,.0f')} "
-                    f"{fmt(r.training_time, '8.1f')} {fmt(r.peak_memory_mb, '9.0f')} {r.parameters:>10,}")
-    return "\n".join(rows)
+
+def run_info(argv: list, started: str, finished: str | None = None) -> dict:
+    """What a reader needs to rerun it: the command, the machine, when."""
+    import os
+    import platform
+    import shlex
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"command": "python -m resnetbk.bench " + shlex.join(argv), "started": started, "finished": finished,
+            "machine": f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} logical CPUs"}
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["flops"]:  # the sequence-length FLOPs sweep
-        from .flops_sweep import main as flops_main
+    subcommands = {"flops": "flops_sweep", "ablation": "ablation", "report": "report"}
+    if argv[:1] and argv[0] in subcommands:
+        import importlib
 
-        return flops_main(argv[1:])
-    if argv[:1] == ["ablation"]:  # each optimization method against the ResNet-BK baseline
-        from .ablation import main as ablation_main
-
-        return ablation_main(argv[1:])
+        return importlib.import_module(f".{subcommands[argv[0]]}", __package__).main(argv[1:])
     args = parse_args(argv)
     try:
+        seeds = parse_seeds(args)
         configs = build_configs(args)
         corpus = wt2.load_corpus(configs[0].data_dir)
     except (ValueError, NotImplementedError, wt2.DataError) as exc:
@@ -121,22 +145,28 @@ def main(argv=None) -> int:
     main_rank = distributed.is_main_process()  # under torchrun, rank 0 speaks
     if main_rank:
         print(f"Data: {corpus.describe()}")
-    bench = WikiText2Benchmark(args.output_dir, resume=args.resume, quiet=args.quiet)
+    output = Path(args.output_dir)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
-        results = bench.run_all(configs)
+        for seed in seeds:
+            folder = output if seed is None else output / f"seed_{seed}"
+            bench = WikiText2Benchmark(folder, resume=args.resume, quiet=args.quiet, tensorboard=args.tensorboard)
+            bench.run_all([c if seed is None else c.replace(seed=seed) for c in configs])
     except (RuntimeError, ValueError, KeyboardInterrupt) as exc:
         print(f"error: {exc or 'interrupted'}", file=sys.stderr)
-        print(f"Completed epochs are checkpointed under {bench.output_dir}/runs/; rerun with --resume to continue.",
-              file=sys.stderr)
+        print(f"Completed epochs are checkpointed under {output}/; rerun with --resume to continue.", file=sys.stderr)
         return 1
     if not main_rank:
         return 0
+    names = [c.model_name for c in configs]
+    if len(seeds) > 1:
+        write_comparisons(output, names)
+    info = run_info(argv, started, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    write_json_atomic(output / RUN_INFO, info)
+    write_report(output)
     print()
-    print(summary_table(results))
-    for r in results:
-        if not r.perplexity_is_lm:
-            print(f"NOTE: {r.model_name} failed the causality probe; its perplexity is not a language-model perplexity.")
-    print(f"\nResults in {bench.output_dir}/ (*_results.json, comparison_*.json, training_curves.png)")
+    print(main_table(output))
+    print(f"\nResults in {output}/ (report.md, *_results.json, *_steps.csv, comparison_*.json, training_curves.png)")
     return 0
 
 

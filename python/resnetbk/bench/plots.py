@@ -1,11 +1,35 @@
-"""The original benchmark's four-panel figure: training loss, validation perplexity (log scale), time per epoch,
-and total training FLOPs, for every model of a run."""
+"""The original benchmark's four-panel figure: training loss (per step, from ``<model>_steps.csv``
+when it is there), validation perplexity, time per epoch, and total training FLOPs, for every
+model of a run. Each model has its own colour, marker and line style, so overlapping lines stay
+visible; the title names the configuration and the machine."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from .results import BenchmarkResults
+
+
+STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", (0, (5, 1))), ("P", (0, (3, 1, 1, 1)))]
+
+
+def _smooth(values: list, window: int) -> list:
+    """Trailing mean over ``window`` steps (the per-step loss is noisy)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def _title(results: list) -> str:
+    c = results[0].config
+    budget = (f"{c.get('max_train_tokens'):,} training tokens" if c.get("max_train_tokens") else "all training tokens")
+    return (f"WikiText-2: d {c.get('d_model')}, {c.get('n_layers')} layers, N {c.get('n_seq')}, batch {c.get('batch_size')}, "
+            f"{c.get('epochs')} epoch(s) over {budget}, seed {c.get('seed')}\n{results[0].device}, "
+            f"{c.get('threads') or 'default'} thread(s), {results[0].versions.get('torch', '')} torch")
 
 
 def plot_training_curves(results: list, path: str | Path) -> Path:
@@ -15,17 +39,37 @@ def plot_training_curves(results: list, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .step_log import read_steps
+
     path = Path(path)
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
     (loss_ax, ppl_ax), (time_ax, flops_ax) = axes
-    for r in results:
+    per_step = True
+    for i, r in enumerate(results):
+        marker, line = STYLES[i % len(STYLES)]
+        style = dict(marker=marker, linestyle=line, label=r.model_name if r.perplexity_is_lm else f"{r.model_name} (not causal)")
         epochs = range(1, len(r.epoch_losses) + 1)
-        label = r.model_name if r.perplexity_is_lm else f"{r.model_name} (not causal)"
-        loss_ax.plot(epochs, r.epoch_losses, marker="o", label=label)
-        ppl_ax.plot(epochs, r.epoch_perplexities, marker="o", label=label)
-        time_ax.plot(epochs, r.epoch_times, marker="o", label=label)
-    loss_ax.set(title="Training loss", xlabel="epoch", ylabel="mean NLL per token")
+        steps_csv = path.with_name(f"{r.model_name}_steps.csv")
+        rows = [row for row in read_steps(steps_csv) if row["skipped"] == 0] if steps_csv.is_file() else []
+        if rows:
+            window = max(1, len(rows) // 50)
+            loss_ax.plot([row["step"] for row in rows], _smooth([row["loss"] for row in rows], window),
+                         markevery=max(1, len(rows) // 8), **style)
+        else:
+            per_step = False
+            loss_ax.plot(epochs, r.epoch_losses, **style)
+        ppl_ax.plot(range(1, len(r.epoch_perplexities) + 1), r.epoch_perplexities, **style)
+        time_ax.plot(epochs, r.epoch_times, **style)
+    if per_step:
+        loss_ax.set(title="Training loss (trailing mean over ~2% of the steps)", xlabel="step", ylabel="mean NLL per token")
+    else:
+        loss_ax.set(title="Training loss", xlabel="epoch", ylabel="mean NLL per token")
     ppl_ax.set(title="Validation perplexity", xlabel="epoch", ylabel="perplexity", yscale="log")
+    from matplotlib.ticker import LogLocator, ScalarFormatter
+
+    ppl_ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ppl_ax.yaxis.set_major_formatter(ScalarFormatter())
+    fig.suptitle(_title(results), fontsize=10)
     time_ax.set(title="Time per epoch", xlabel="epoch", ylabel="seconds")
     names = [r.model_name for r in results]
     measured = [r.total_training_flops for r in results]
@@ -41,7 +85,8 @@ def plot_training_curves(results: list, path: str | Path) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     for ax in (loss_ax, ppl_ax, time_ax):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax is not loss_ax or not per_step:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     flops_ax.tick_params(axis="x", labelrotation=15)

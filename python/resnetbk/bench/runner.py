@@ -11,6 +11,7 @@ from pathlib import Path
 from . import distributed, plots
 from .config import BenchmarkConfig
 from .results import BenchmarkResults, compare_results, write_json_atomic
+from .summary import compare_summaries, load_runs, summarize
 from .train import resolve_device, run_and_save
 
 
@@ -77,7 +78,22 @@ class WikiText2Benchmark:
     def run_all(self, configs: list) -> list:
         """Every model, then every pairwise comparison and the figure."""
         results = [self.run_benchmark(c) for c in configs]
-        for a, b in itertools.combinations(results, 2):
-            self.compare_results(a, b)
+        if distributed.is_main_process():
+            write_comparisons(self.output_dir, [c.model_name for c in configs])
         self.plot_training_curves(results)
         return results
+
+
+def write_comparisons(folder: str | Path, models=None) -> list:
+    """``comparison_<a>_vs_<b>.json`` for every pair of models in ``folder``, from the means over its
+    seeds (one run: the run's own figures), and ``summary.json`` (every metric's mean, std, values)."""
+    folder = Path(folder)
+    runs = load_runs(folder, models)
+    summaries = {name: summarize(results) for name, results in runs.items()}
+    comparisons = []
+    for a, b in itertools.combinations(summaries, 2):
+        comparison = compare_summaries(a, summaries[a], b, summaries[b])
+        write_json_atomic(folder / f"comparison_{a}_vs_{b}.json", comparison)
+        comparisons.append(comparison)
+    write_json_atomic(folder / "summary.json", {"models": summaries, "comparisons": comparisons})
+    return comparisons

@@ -1,0 +1,194 @@
+"""``report.md`` from a results folder: ``python -m resnetbk.bench report DIR``.
+
+The benchmark writes it at the end of every run. Sections: the run (command, machine, versions,
+revision), the configuration, the quality table, the cost table, the comparisons, the FLOPs
+by component, the figure. With several seeds every figure is ``mean ± std``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+from .summary import compare_summaries, load_runs, seed_folders, summarize
+
+CONFIG_FIELDS = ("d_model", "n_layers", "n_seq", "batch_size", "epochs", "max_train_tokens", "lr", "warmup_steps",
+                 "min_lr_ratio", "weight_decay", "grad_clip", "dropout", "init", "tie_embeddings", "head_bias",
+                 "decay_norms_biases_embeddings", "device", "threads", "fused_head", "flops_trace_interval")
+RUN_INFO = "run_info.json"
+
+
+def _fmt(stat: dict, spec: str, scale: float = 1.0) -> str:
+    mean, std = stat.get("mean"), stat.get("std")
+    if mean is None:
+        return "-"
+    text = format(mean / scale, spec)
+    return text if std is None else f"{text} ± {format(std / scale, spec)}"
+
+
+def _methods(result) -> str:
+    on = [k for k, v in result.config.items() if k.startswith("use_") and v is True]
+    return ", ".join(on) or "none"
+
+
+def quality_table(summaries: dict, runs: dict) -> list:
+    lines = ["| model | causal | best valid ppl | test ppl (same weights) | final train loss | steps |",
+             "|---|---|---|---|---|---|"]
+    for name, s in summaries.items():
+        causal = all(r.perplexity_is_lm for r in runs[name])
+        lines.append(f"| {name} | {'yes' if causal else 'NO: not LM perplexities'} | "
+                     f"{_fmt(s['best_valid_perplexity'], '.1f')} | {_fmt(s['test_perplexity'], '.1f')} | "
+                     f"{_fmt(s['train_loss'], '.3f')} | {_fmt(s['steps'], '.0f')} |")
+    return lines
+
+
+def cost_table(summaries: dict) -> list:
+    lines = ["| model | training time (s) | tokens/s | peak memory above baseline (MiB) | process peak (MiB) | "
+             "size (MiB) | parameters | FLOPs/step forward | backward | optimizer | total training FLOPs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, s in summaries.items():
+        lines.append(f"| {name} | {_fmt(s['training_time'], '.0f')} | {_fmt(s['tokens_per_second'], ',.0f')} | "
+                     f"{_fmt(s['peak_memory_above_baseline_mb'], ',.0f')} | {_fmt(s['peak_memory_mb'], ',.0f')} | "
+                     f"{_fmt(s['model_size_mb'], '.2f')} | {_fmt(s['parameters'], ',.0f')} | "
+                     f"{_fmt(s['forward_flops'], '.3e')} | {_fmt(s['backward_flops'], '.3e')} | "
+                     f"{_fmt(s['optimizer_flops'], '.3e')} | {_fmt(s['total_training_flops'], '.3e')} |")
+    return lines
+
+
+def comparison_lines(comparisons: list) -> list:
+    lines = ["| reference | model | test ppl difference | larger than 2 std? | valid ppl | time speed-up | "
+             "tokens/s ratio | FLOPs ratio (ref / model) | memory reduction |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def num(x, spec, suffix=""):
+        return "-" if x is None else f"{format(x, spec)}{suffix}"
+
+    for c in comparisons:
+        exceeds = {True: "yes", False: "no", None: "one seed: unknown"}[c["perplexity_difference_exceeds_2_std"]]
+        lines.append(f"| {c['reference']} | {c['model']} | {num(c['perplexity_difference_percent'], '+.1f', '%')} | "
+                     f"{exceeds} | {num(c['valid_perplexity_reference'], '.1f')} -> {num(c['valid_perplexity_model'], '.1f')} | "
+                     f"{num(c['speedup_time'], '.2f', 'x')} | {num(c['tokens_per_second_ratio'], '.2f', 'x')} | "
+                     f"{num(c['speedup_flops'], '.2f', 'x')} | {num(c['memory_reduction_percent'], '+.1f', '%')} |")
+    return lines
+
+
+def flops_lines(runs: dict) -> list:
+    lines = []
+    for name, results in runs.items():
+        breakdown = (results[0].flops_breakdown or {}).get("per_step_by_component")
+        if not breakdown:
+            continue
+        total = sum(sum(phases.values()) for phases in breakdown.values()) or 1
+        lines += [f"**{name}** (per training step, first seed; traced steps: "
+                  f"{results[0].flops_breakdown.get('traced_steps')})", "",
+                  "| component | forward | backward | optimizer | share |", "|---|---|---|---|---|"]
+        ordered = sorted(breakdown.items(), key=lambda kv: -sum(kv[1].values()))
+        for component, phases in ordered:
+            share = 100 * sum(phases.values()) / total
+            lines.append(f"| {component} | {phases.get('forward', 0):.3e} | {phases.get('backward', 0):.3e} | "
+                         f"{phases.get('optimizer', 0):.3e} | {share:.1f}% |")
+        lines.append("")
+    return lines
+
+
+def requirement_line(summaries: dict) -> list:
+    """The original benchmark's requirement: ResNet-BK within 30% of the Transformer's perplexity."""
+    reference = summaries.get("transformer_baseline")
+    if reference is None or reference["test_perplexity"]["mean"] is None:
+        return []
+    lines = []
+    for name, s in summaries.items():
+        if name.startswith("resnet_bk") and s["test_perplexity"]["mean"] is not None:
+            change = 100 * (s["test_perplexity"]["mean"] / reference["test_perplexity"]["mean"] - 1)
+            verdict = "met" if change <= 30 else "NOT met"
+            lines.append(f"- {name}: test perplexity {change:+.1f}% against the Transformer's: the original "
+                         f"requirement \"within 30% of the Transformer's perplexity\" is {verdict}.")
+    return lines
+
+
+def build(folder: str | Path) -> tuple:
+    """``(runs, summaries, comparisons)`` of a results folder."""
+    runs = load_runs(folder)
+    summaries = {name: summarize(results) for name, results in runs.items()}
+    comparisons = [compare_summaries(a, summaries[a], b, summaries[b]) for a, b in itertools.combinations(summaries, 2)]
+    return runs, summaries, comparisons
+
+
+def render(folder: str | Path) -> str:
+    folder = Path(folder)
+    runs, summaries, comparisons = build(folder)
+    first = next(iter(runs.values()))[0]
+    seeds = sorted({r.config.get("seed") for results in runs.values() for r in results})
+    info_path = folder / RUN_INFO
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    lines = ["# WikiText-2 benchmark report", ""]
+    if info.get("command"):
+        lines += [f"Command: `{info['command']}`  ", f"Started {info.get('started', '?')}, "
+                  f"finished {info.get('finished', '?')}  "]
+    lines += [f"Machine: {info.get('machine') or first.device}  ",
+              f"Versions: {', '.join(f'{k} {v}' for k, v in first.versions.items())}  ",
+              f"Git revision: {first.git_revision or 'unknown'}  ",
+              f"Data: {first.dataset}  ",
+              f"Seeds: {', '.join(str(s) for s in seeds)} ({len(seeds)} run(s) per model"
+              f"{'; figures are mean ± sample std' if len(seeds) > 1 else ''})", ""]
+    lines += ["## Configuration", "", "| setting | value |", "|---|---|"]
+    lines += [f"| {k} | {first.config.get(k)} |" for k in CONFIG_FIELDS if k in first.config]
+    lines += [f"| optimization methods of {name} | {_methods(results[0])} |" for name, results in runs.items()]
+    lines += ["", "## Quality", "",
+              "Validation and test perplexity of the same weights (the best-validation epoch's); a model that "
+              "fails the causality probe has no language-model perplexity.", ""]
+    lines += quality_table(summaries, runs) + [""] + requirement_line(summaries)
+    lines += ["", "## Cost", "",
+              f"tokens/s: {first.throughput_method or 'training tokens / training time'}. Peak memory: "
+              f"{first.peak_memory_method}. Comparisons use the peak above the baseline where measured.", ""]
+    lines += cost_table(summaries)
+    lines += ["", "## Comparisons", "",
+              "Differences of the means; \"larger than 2 std\" compares the test-perplexity difference with twice "
+              "the standard deviation of the difference over seeds.", ""]
+    lines += comparison_lines(comparisons)
+    lines += ["", "## FLOPs by component", ""] + flops_lines(runs)
+    figures = [p for p in (folder / "training_curves.png", seed_folders(folder)[0] / "training_curves.png") if p.is_file()]
+    if figures:
+        lines += ["## Training curves", "", f"![training curves]({figures[0].relative_to(folder).as_posix()})", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(folder: str | Path) -> Path:
+    path = Path(folder) / "report.md"
+    tmp = path.with_name(".report.md.tmp")
+    tmp.write_text(render(folder))
+    tmp.replace(path)
+    return path
+
+
+def main_table(folder: str | Path) -> str:
+    """The quality and cost figures in one plain-text table (the benchmark prints it at the end)."""
+    runs, summaries, _ = build(folder)
+    rows = [f"{'model':22s} {'causal':>6s} {'valid ppl':>16s} {'test ppl':>16s} {'tokens/s':>16s} {'peak MiB':>9s} "
+            f"{'params':>10s}"]
+    for name, s in summaries.items():
+        causal = all(r.perplexity_is_lm for r in runs[name])
+        rows.append(f"{name:22s} {str(causal):>6s} {_fmt(s['best_valid_perplexity'], '.2f'):>16s} "
+                    f"{_fmt(s['test_perplexity'], '.2f'):>16s} {_fmt(s['tokens_per_second'], ',.0f'):>16s} "
+                    f"{_fmt(s['peak_memory_above_baseline_mb'], ',.0f'):>9s} {_fmt(s['parameters'], ',.0f'):>10s}")
+    rows.append("valid ppl: best validation perplexity; test ppl: the same weights on the test split; "
+                "peak MiB: training's peak memory above the post-data baseline")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m resnetbk.bench report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", help="a results folder (the benchmark's --output-dir)")
+    args = p.parse_args(argv)
+    try:
+        path = write_report(args.folder)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(main_table(args.folder))
+    print(f"\nReport: {path}")
+    return 0
