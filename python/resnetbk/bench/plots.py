@@ -9,7 +9,6 @@ from pathlib import Path
 
 from .results import BenchmarkResults
 
-
 STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", (0, (5, 1))), ("P", (0, (3, 1, 1, 1)))]
 
 
