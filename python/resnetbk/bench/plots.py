@@ -1,5 +1,5 @@
-"""The original benchmark's four-panel figure: training loss (per step, from ``<model>_steps.csv``
-when it is there), validation perplexity, time per epoch, and total training FLOPs, for every
+"""The original benchmark's four-panel figure: training loss and throughput (per step, from
+``<model>_steps.csv``; per epoch without it), validation perplexity, total training FLOPs, for every
 model of a run. Each model has its own colour, marker and line style, so overlapping lines stay
 visible; the title names the configuration and the machine."""
 
@@ -51,25 +51,30 @@ def plot_training_curves(results: list, path: str | Path) -> Path:
         steps_csv = path.with_name(f"{r.model_name}_steps.csv")
         rows = [row for row in read_steps(steps_csv) if row["skipped"] == 0] if steps_csv.is_file() else []
         if rows:
-            window = max(1, len(rows) // 50)
+            window, every = max(1, len(rows) // 50), max(1, len(rows) // 8)
             loss_ax.plot([row["step"] for row in rows], _smooth([row["loss"] for row in rows], window),
-                         markevery=max(1, len(rows) // 8), **style)
+                         markevery=every, **style)
+            untraced = [row for row in rows if row["flops_traced"] == 0]
+            time_ax.plot([row["step"] for row in untraced], _smooth([row["tokens_per_second"] for row in untraced], window),
+                         markevery=every, **style)
         else:
             per_step = False
             loss_ax.plot(epochs, r.epoch_losses, **style)
+            time_ax.plot(epochs, r.epoch_times, **style)
         ppl_ax.plot(range(1, len(r.epoch_perplexities) + 1), r.epoch_perplexities, **style)
-        time_ax.plot(epochs, r.epoch_times, **style)
     if per_step:
         loss_ax.set(title="Training loss (trailing mean over ~2% of the steps)", xlabel="step", ylabel="mean NLL per token")
+        time_ax.set(title="Training throughput (steps the FLOPs tracer did not price)", xlabel="step",
+                    ylabel="tokens/s")
     else:
         loss_ax.set(title="Training loss", xlabel="epoch", ylabel="mean NLL per token")
+        time_ax.set(title="Time per epoch", xlabel="epoch", ylabel="seconds")
     ppl_ax.set(title="Validation perplexity", xlabel="epoch", ylabel="perplexity", yscale="log")
     from matplotlib.ticker import LogLocator, ScalarFormatter
 
     ppl_ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ppl_ax.yaxis.set_major_formatter(ScalarFormatter())
     fig.suptitle(_title(results), fontsize=10)
-    time_ax.set(title="Time per epoch", xlabel="epoch", ylabel="seconds")
     names = [r.model_name for r in results]
     measured = [r.total_training_flops for r in results]
     if all(f is not None for f in measured):
@@ -84,7 +89,7 @@ def plot_training_curves(results: list, path: str | Path) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     for ax in (loss_ax, ppl_ax, time_ax):
-        if ax is not loss_ax or not per_step:
+        if ax is ppl_ax or not per_step:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
