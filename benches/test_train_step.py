@@ -15,6 +15,7 @@ The summary prints the ratios; no timing is asserted (shared machines are noisy)
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from collections import defaultdict
@@ -31,11 +32,15 @@ from resnetbk.flops import FlopsTracer
 
 VOCAB, BATCH, SEQ, D_MODEL, LAYERS = 33_278, 32, 128, 64, 4
 ROUNDS = 7
-VARIANTS = {  # name -> (fused head, traced)
+ALL_VARIANTS = {  # name -> (fused head, traced)
     "plain head": (False, False),
     "fused head": (True, False),
     "fused head, traced": (True, True),
 }
+#: RESNETBK_STEP_VARIANTS="fused head" runs a subset (e.g. to measure one variant's peak memory
+#: alone: an allocator that keeps freed memory, such as tcmalloc, shares one peak between them).
+VARIANTS = {name: ALL_VARIANTS[name] for name in
+            os.environ.get("RESNETBK_STEP_VARIANTS", ",".join(ALL_VARIANTS)).split(",")}
 ARCHITECTURES = {"transformer": "transformer_baseline", "resnet_bk": "resnet_bk_baseline"}
 
 #: (architecture, variant) -> {"seconds": median step time, "peak_mb": ..., "tokens_per_s": ...}
@@ -91,12 +96,13 @@ def test_train_step(benchmark, architecture, tmp_path):
 
 def pytest_terminal_summary_lines() -> list:
     lines = [f"Training step, B {BATCH} x N {SEQ}, d {D_MODEL}, {LAYERS} layers, vocabulary {VOCAB:,}, "
-             f"{THREADS} thread(s) (median step; peak RSS of the process during the timed steps)"]
+             f"{THREADS} thread(s), allocator {os.path.basename(os.environ.get('LD_PRELOAD', '')) or 'glibc malloc'} "
+             "(median step; peak RSS of the process during the variant's steps)"]
     for architecture, variants in RESULTS.items():
         for name, r in variants.items():
             lines.append(f"  {architecture:12s} {name:20s} {r['seconds'] * 1e3:9.1f} ms  {r['tokens_per_s']:9,.0f} tokens/s  "
                          f"peak RSS {r['peak_mb']:8,.0f} MiB")
-        plain, fused, traced = (variants.get(v) for v in VARIANTS)
+        plain, fused, traced = (variants.get(v) for v in ALL_VARIANTS)
         if plain and fused:
             lines.append(f"  {architecture:12s} fused / plain: {fused['tokens_per_s'] / plain['tokens_per_s']:.2f}x tokens/s, "
                          f"peak RSS {plain['peak_mb'] - fused['peak_mb']:,.0f} MiB lower")

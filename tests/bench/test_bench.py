@@ -288,3 +288,13 @@ def test_cli_reports_a_failure_inside_the_worker_process(tmp_path, capsys, tiny_
     assert "resnet_bk_baseline: training failed in its worker process: ValueError" in err
     assert "reads future tokens" in err and "--resume" in err
     assert (tmp_path / "out" / "runs" / "resnet_bk_baseline" / "error.txt").is_file()
+
+
+def test_plain_progress_lines_when_not_a_terminal(capsys):
+    from resnetbk.bench.train import PlainProgress
+
+    bar = PlainProgress(total=4, desc="model epoch 1/1", interval=0.0)
+    bar.set_postfix(loss="7.000", tok_s="5,000")
+    bar.update(1)
+    err = capsys.readouterr().err
+    assert "model epoch 1/1: step 1/4, loss 7.000, tok_s 5,000, ETA" in err

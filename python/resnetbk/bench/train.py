@@ -117,11 +117,39 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 
 
 def _progress(total: int, desc: str, quiet: bool):
-    if quiet or not sys.stderr.isatty() or not distributed.is_main_process():
+    """A tqdm bar on a terminal; plain periodic lines when stderr is a file or a pipe (logs)."""
+    if quiet or not distributed.is_main_process():
         return None
+    if not sys.stderr.isatty():
+        return PlainProgress(total, desc)
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+class PlainProgress:
+    """Progress as one plain line every ``interval`` seconds: steps done, the figures, the ETA."""
+
+    def __init__(self, total: int, desc: str, interval: float = 60.0):
+        self.total, self.desc, self.interval = total, desc, interval
+        self.done, self.postfix = 0, {}
+        self.start = self.last = time.perf_counter()
+
+    def set_postfix(self, **figures) -> None:
+        self.postfix = figures
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last >= self.interval:
+            self.last = now
+            eta = (now - self.start) / self.done * (self.total - self.done)
+            figures = ", ".join(f"{k} {v}" for k, v in self.postfix.items())
+            print(f"{self.desc}: step {self.done}/{self.total}, {figures}, ETA {eta / 60:.1f} min",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass
