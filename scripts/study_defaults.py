@@ -24,6 +24,8 @@ VARIANTS = {
     "reference": {},
     "torch_init": {"init": "torch"},
     "untied_with_bias": {"tie_embeddings": False, "head_bias": True},
+    "tied_with_bias": {"head_bias": True},
+    "untied_no_bias": {"tie_embeddings": False},
     "decay_all": {"decay_norms_biases_embeddings": True},
     "torch_untied_decay_all": {"init": "torch", "tie_embeddings": False, "head_bias": True,
                                "decay_norms_biases_embeddings": True},
@@ -38,12 +40,14 @@ def main(argv=None) -> int:
     p.add_argument("--lrs", default="0.002", help="comma-separated learning rates for every variant")
     p.add_argument("--extra-lrs", default="0.001,0.004", help="further learning rates for the reference only")
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--skip-extra-lrs", action="store_true")
     args = p.parse_args(argv)
     out = Path(args.output_dir)
     runs = []
     for lr in [float(x) for x in args.lrs.split(",")]:
         runs += [(name, lr) for name in args.variants.split(",")]
-    runs += [("reference", float(x)) for x in args.extra_lrs.split(",") if x]
+    if not args.skip_extra_lrs:
+        runs += [("reference", float(x)) for x in args.extra_lrs.split(",") if x]
     rows = []
     for name, lr in runs:
         folder = out / "runs" / f"{name}_lr{lr:g}"
