@@ -38,7 +38,8 @@ def main(argv=None) -> int:
     p.add_argument("--output-dir", default="results/defaults-study")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--lrs", default="0.002", help="comma-separated learning rates for every variant")
-    p.add_argument("--extra-lrs", default="0.001,0.004", help="further learning rates for the reference only")
+    p.add_argument("--extra-lrs", default="0.001,0.004", help="further learning rates, for --extra-lrs-variant only")
+    p.add_argument("--extra-lrs-variant", default="reference", choices=sorted(VARIANTS))
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--skip-extra-lrs", action="store_true")
     args = p.parse_args(argv)
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
     for lr in [float(x) for x in args.lrs.split(",")]:
         runs += [(name, lr) for name in args.variants.split(",")]
     if not args.skip_extra_lrs:
-        runs += [("reference", float(x)) for x in args.extra_lrs.split(",") if x]
+        runs += [(args.extra_lrs_variant, float(x)) for x in args.extra_lrs.split(",") if x]
     rows = []
     for name, lr in runs:
         folder = out / "runs" / f"{name}_lr{lr:g}"
