@@ -121,21 +121,21 @@ def test_moe_counts_the_tokens_actually_routed():
 @pytest.mark.parametrize("b,n,d,layers,vocab", [(4, 16, 16, 1, 50), (4, 32, 32, 2, 300), (3, 64, 64, 3, 1000)])
 def test_closed_form_estimate_agrees_with_the_trace(arch, b, n, d, layers, vocab):
     from resnetbk.bench import BenchmarkConfig
+    from resnetbk.bench.config import model_options
     from resnetbk.bench.train import make_optimizer
     from resnetbk.flops.estimate import StepShape, estimate_step
 
     torch.manual_seed(0)
-    model = build_model(ModelOptions(arch, vocab, d, layers, n))
     resnet_only = {"use_analytic_gradient": arch == "resnet_bk"}
-    optimizer = make_optimizer(model, BenchmarkConfig(architecture=arch, d_model=d, n_layers=layers, n_seq=n,
-                                                      **resnet_only))
+    config = BenchmarkConfig(architecture=arch, d_model=d, n_layers=layers, n_seq=n, batch_size=b, **resnet_only)
+    model = build_model(model_options(config, vocab))
+    optimizer = make_optimizer(model, config)
     tracer = FlopsTracer()
     tokens = torch.randint(vocab, (b, n), generator=torch.Generator().manual_seed(1))
     with tracer:
         _loss(model, tokens).backward()
     tracer.optimizer_step(optimizer)
     measured = tracer.report()
-    config = BenchmarkConfig(architecture=arch, d_model=d, n_layers=layers, n_seq=n, batch_size=b, **resnet_only)
     estimated = estimate_step(StepShape.from_config(config, vocab))
     assert estimated["unknown"] == {} and measured["unknown"] == {}
     for phase in ("forward", "backward", "optimizer"):
