@@ -37,10 +37,10 @@ ALL_VARIANTS = {  # name -> (fused head, traced)
     "fused head": (True, False),
     "fused head, traced": (True, True),
 }
-#: RESNETBK_STEP_VARIANTS="fused head" runs a subset (e.g. to measure one variant's peak memory
+#: RESNETBK_STEP_VARIANTS="fused head" (";"-separated) runs a subset (e.g. to measure one variant's peak memory
 #: alone: an allocator that keeps freed memory, such as tcmalloc, shares one peak between them).
 VARIANTS = {name: ALL_VARIANTS[name] for name in
-            os.environ.get("RESNETBK_STEP_VARIANTS", ",".join(ALL_VARIANTS)).split(",")}
+            os.environ.get("RESNETBK_STEP_VARIANTS", ";".join(ALL_VARIANTS)).split(";")}
 ARCHITECTURES = {"transformer": "transformer_baseline", "resnet_bk": "resnet_bk_baseline"}
 
 #: (architecture, variant) -> {"seconds": median step time, "peak_mb": ..., "tokens_per_s": ...}
