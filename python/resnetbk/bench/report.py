@@ -34,28 +34,30 @@ def _methods(result) -> str:
     return ", ".join(on) or "none"
 
 
+def _markdown(header: list, rows: list) -> list:
+    """A Markdown table: one header row, a separator, one line per row of cells."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+#: (column title, metric, number format) of the cost table, after the model's name.
+COST_COLUMNS = (("training time (s)", "training_time", ".0f"), ("tokens/s", "tokens_per_second", ",.0f"),
+                ("peak memory above baseline (MiB)", "peak_memory_above_baseline_mb", ",.0f"),
+                ("process peak (MiB)", "peak_memory_mb", ",.0f"), ("size (MiB)", "model_size_mb", ".2f"),
+                ("parameters", "parameters", ",.0f"), ("FLOPs/step forward", "forward_flops", ".3e"),
+                ("backward", "backward_flops", ".3e"), ("optimizer", "optimizer_flops", ".3e"),
+                ("total training FLOPs", "total_training_flops", ".3e"))
+
+
 def quality_table(summaries: dict, runs: dict) -> list:
-    lines = ["| model | causal | best valid ppl | test ppl (same weights) | final train loss | steps |",
-             "|---|---|---|---|---|---|"]
-    for name, s in summaries.items():
-        causal = all(r.perplexity_is_lm for r in runs[name])
-        lines.append(f"| {name} | {'yes' if causal else 'NO: not LM perplexities'} | "
-                     f"{_fmt(s['best_valid_perplexity'], '.1f')} | {_fmt(s['test_perplexity'], '.1f')} | "
-                     f"{_fmt(s['train_loss'], '.3f')} | {_fmt(s['steps'], '.0f')} |")
-    return lines
+    rows = [[name, "yes" if all(r.perplexity_is_lm for r in runs[name]) else "NO: not LM perplexities",
+             _fmt(s["best_valid_perplexity"], ".1f"), _fmt(s["test_perplexity"], ".1f"), _fmt(s["train_loss"], ".3f"),
+             _fmt(s["steps"], ".0f")] for name, s in summaries.items()]
+    return _markdown(["model", "causal", "best valid ppl", "test ppl (same weights)", "final train loss", "steps"], rows)
 
 
 def cost_table(summaries: dict) -> list:
-    lines = ["| model | training time (s) | tokens/s | peak memory above baseline (MiB) | process peak (MiB) | "
-             "size (MiB) | parameters | FLOPs/step forward | backward | optimizer | total training FLOPs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, s in summaries.items():
-        lines.append(f"| {name} | {_fmt(s['training_time'], '.0f')} | {_fmt(s['tokens_per_second'], ',.0f')} | "
-                     f"{_fmt(s['peak_memory_above_baseline_mb'], ',.0f')} | {_fmt(s['peak_memory_mb'], ',.0f')} | "
-                     f"{_fmt(s['model_size_mb'], '.2f')} | {_fmt(s['parameters'], ',.0f')} | "
-                     f"{_fmt(s['forward_flops'], '.3e')} | {_fmt(s['backward_flops'], '.3e')} | "
-                     f"{_fmt(s['optimizer_flops'], '.3e')} | {_fmt(s['total_training_flops'], '.3e')} |")
-    return lines
+    rows = [[name] + [_fmt(s[metric], spec) for _, metric, spec in COST_COLUMNS] for name, s in summaries.items()]
+    return _markdown(["model"] + [title for title, _, _ in COST_COLUMNS], rows)
 
 
 def comparison_lines(comparisons: list) -> list:

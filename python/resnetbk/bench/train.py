@@ -354,10 +354,14 @@ class EpochLosses:
             self.terms[name] = self.terms.get(name, 0.0) + value
 
     def tokens_per_second(self) -> float:
-        """Untraced steps' throughput (all steps' while none ran untraced)."""
-        if self.untraced_time > 0:
-            return self.untraced_tokens / self.untraced_time
-        return self.all_tokens / max(self.time, 1e-9)
+        return throughput(self.untraced_tokens, self.untraced_time, self.all_tokens, self.time)
+
+
+def throughput(untraced_tokens: int, untraced_time: float, all_tokens: int, all_time: float) -> float:
+    """Tokens/s of the steps the FLOPs tracer did not price (of all steps while none ran untraced)."""
+    if untraced_time > 0:
+        return untraced_tokens / untraced_time
+    return all_tokens / all_time if all_time > 0 else 0.0
 
 
 def train_step(state: TrainState, tracer: Optional[FlopsTracer], losses: EpochLosses, log) -> bool:
@@ -477,12 +481,12 @@ def finish(state: TrainState, log) -> BenchmarkResults:
     if not probe.causal:
         noncausal = perplexities
         perplexities = {k: ([] if isinstance(v, list) else math.nan) for k, v in perplexities.items()}
+    tokens_per_second = throughput(progress.untraced_tokens, progress.untraced_time, progress.train_tokens,
+                                   progress.train_time)
     if progress.untraced_time > 0:
-        throughput = progress.untraced_tokens / progress.untraced_time
         throughput_method = (f"training tokens / wall time of the {progress.step - progress.traced_steps} steps the FLOPs "
                              "tracer did not price (the tracer's cost excluded; evaluation excluded)")
     else:
-        throughput = progress.train_tokens / progress.train_time if progress.train_time else 0.0
         throughput_method = "training tokens / wall time of all steps, every one priced by the FLOPs tracer (its cost included)"
     return BenchmarkResults(
         model_name=config.model_name, config=config.to_dict(), final_loss=last_loss, training_time=progress.train_time,
@@ -490,7 +494,7 @@ def finish(state: TrainState, log) -> BenchmarkResults:
         model_size_mb=model.size_mb(), epoch_losses=progress.epoch_losses, epoch_times=progress.epoch_times,
         best_epoch=progress.best_epoch, train_loss=last_loss,
         train_perplexity=math.exp(last_loss) if math.isfinite(last_loss) else math.nan,
-        tokens_per_second=throughput, throughput_method=throughput_method,
+        tokens_per_second=tokens_per_second, throughput_method=throughput_method,
         steps=progress.step, skipped_steps=progress.skipped, stopped_early=progress.stopped_early,
         vocab_size=state.corpus.vocab_size, parameters=counts["total"], non_embedding_parameters=counts["non_embedding"],
         causal=probe.causal, perplexity_is_lm=probe.causal, causality_probe=probe.summary(),
