@@ -136,3 +136,17 @@ def test_the_trace_prices_the_head_as_the_plain_path_does(architecture):
     for component, phases in plain_report["by_component"].items():
         if component not in ("lm_head", "model (top level)", "(outside modules)"):
             assert fused_report["by_component"][component] == phases, component
+
+
+def test_without_grad_mode_no_gradient_work_is_done():
+    """Evaluation runs under no_grad with parameters that require grad: the head must do its
+    forward matmul only (a Function's needs_input_grad ignores grad mode)."""
+    hidden, weight, bias, targets = problem(rows=40, d=8, vocab=101)
+    expected = reference_linear_cross_entropy(hidden, weight, targets, bias).detach()
+    tracer = FlopsTracer()
+    with torch.no_grad(), tracer:
+        loss = linear_cross_entropy(hidden, weight, targets, bias)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    report = tracer.report()
+    assert report["by_phase"].get("backward", 0) == 0
+    assert report["by_category"]["matmul"] == 2 * 40 * 8 * 101  # h W^T alone

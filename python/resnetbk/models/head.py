@@ -70,6 +70,11 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, bias: 
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
         raise ValueError(f"weight: expected (vocab, {hidden.shape[-1]}), got {tuple(weight.shape)}")
     rows = rows_per_block or block_rows(weight.shape[0])
+    if not torch.is_grad_enabled():
+        # A Function's needs_input_grad ignores grad mode: without this, evaluation under
+        # no_grad would compute (and throw away) both gradients, 3x the head's work.
+        hidden, weight = hidden.detach(), weight.detach()
+        bias = bias.detach() if bias is not None else None
     total = _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, bias, targets.reshape(-1),
                                       ignore_index, rows)
     if reduction == "mean":
