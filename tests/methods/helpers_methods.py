@@ -31,3 +31,37 @@ def traced_forward(model, x, *, backward: bool = False) -> dict:
 
 def component_flops(report: dict, prefix: str, phase: str = "forward") -> float:
     return sum(p.get(phase, 0) for c, p in report["by_component"].items() if c.startswith(prefix))
+
+
+def synthetic_corpus(train_tokens: int = 1200, eval_tokens: int = 300, seed: int = 0):
+    """A corpus in memory: random ids over ``VOCAB`` words, with a skewed unigram distribution
+    (so that unigram difficulty differs between windows)."""
+    from resnetbk import data as wt2
+
+    gen = torch.Generator().manual_seed(seed)
+    weights = torch.linspace(1.0, 0.05, VOCAB)
+
+    def draw(n):
+        return torch.multinomial(weights, n, replacement=True, generator=gen)
+
+    return wt2.Corpus(vocab=[f"w{i}" for i in range(VOCAB)], train=draw(train_tokens), valid=draw(eval_tokens),
+                      test=draw(eval_tokens), source="synthetic")
+
+
+def small_config(**changes):
+    """A tiny ResNet-BK training config with every method off (change what a test needs)."""
+    from resnetbk import methods
+    from resnetbk.bench import BenchmarkConfig
+
+    fields = dict(d_model=16, n_layers=3, n_seq=16, batch_size=4, epochs=2, eval_batch_size=4, dropout=0.0,
+                  device="cpu", threads=1, method_eval_tokens=200, flops_trace_interval=1,
+                  **{f: False for f in methods.FLAGS})
+    fields.update(changes)
+    return BenchmarkConfig(**fields)
+
+
+def run_training(config, corpus, tmp_path, name="run", **kwargs):
+    from resnetbk.bench.train import train
+
+    return train(config, corpus, tmp_path / name, quiet=True, log=lambda *_: None, steps_csv=tmp_path / f"{name}.csv",
+                 **kwargs)

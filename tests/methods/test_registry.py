@@ -8,9 +8,8 @@ import torch
 from resnetbk import methods
 from resnetbk.bench import BenchmarkConfig, model_config
 from resnetbk.bench.__main__ import methods_help
-from resnetbk.bench.config import model_options
+from resnetbk.bench.train import make_model
 from resnetbk.causality import probe_causality
-from resnetbk.models import build_model
 
 ORIGINAL = {
     "use_analytic_gradient": "50x backward pass", "use_koopman": "100x gradient cost",
@@ -19,7 +18,8 @@ ORIGINAL = {
     "use_multi_scale": "2x in the middle layers", "use_sparse_bk": "1.8x at 50% sparsity",
     "use_early_exit": "variable", "use_curriculum": "30% fewer steps", "use_active_learning": "50% less data",
 }
-MODEL_CHANGING = [m.flag for m in methods.REGISTRY if m.implemented and m.flag != "use_mixed_precision"]
+MODEL_CHANGING = [m.flag for m in methods.REGISTRY if m.implemented and m.changes_model]
+RESNET_BK_ONLY = [m.flag for m in methods.REGISTRY if m.implemented and m.architectures == ("resnet_bk",)]
 
 
 def test_registry_holds_the_original_twelve_claims_in_order():
@@ -48,7 +48,7 @@ def test_unimplemented_flags_raise(flag):
         BenchmarkConfig(**{flag: True})
 
 
-@pytest.mark.parametrize("flag", MODEL_CHANGING)
+@pytest.mark.parametrize("flag", RESNET_BK_ONLY)
 def test_resnet_bk_methods_refuse_the_transformer(flag):
     others = {f: False for f in methods.FLAGS}
     with pytest.raises(ValueError, match=f"{flag}: acts on .*'transformer'"):
@@ -80,7 +80,7 @@ def test_hyperparameters_are_checked_with_named_errors(field, value, message):
 
 def _model(config, vocab=60, seed=0):
     torch.manual_seed(seed)
-    return build_model(model_options(config, vocab))
+    return make_model(config, vocab)
 
 
 def _config(**flags):

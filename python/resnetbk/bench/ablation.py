@@ -31,9 +31,16 @@ BASELINE = "baseline"
 ALL = "all"
 
 
+#: Validate every this many steps unless the config says otherwise: the claims about steps and
+#: data (physics-informed, curriculum, active learning) are read from these curves.
+VALID_CURVE_INTERVAL = 10
+
+
 def ablation_configs(base) -> list:
     """``(row name, config)``: the baseline, each implemented method alone, all together."""
     none = {flag: False for flag in OPTIMIZATION_FLAGS}
+    if base.valid_curve_interval is None:
+        base = base.replace(valid_curve_interval=VALID_CURVE_INTERVAL)
     baseline = model_config("resnet_bk_baseline", base).replace(model_name="ablation_baseline", **none)
     rows = [(BASELINE, baseline)]
     for flag in methods.IMPLEMENTED:
@@ -132,6 +139,9 @@ def build_rows(results: dict, bk_op: dict) -> list:
             "causal": r.causal, "steps": r.steps, "figures": r.methods.get(name, {}),
             "forward_flops_by_component": _forward_by_component(r),
             "baseline_forward_flops_by_component": _forward_by_component(base), "bk_op": bk_op,
+            # Steps, time, tokens and compute to a perplexity (methods.curves).
+            "valid_curve": r.valid_curve, "baseline_valid_curve": base.valid_curve,
+            "flops_per_step": r.total_flops_per_step, "baseline_flops_per_step": base.total_flops_per_step,
         }
         if name in methods.BY_FLAG:
             row["own_figure"], row["verdict"] = methods.BY_FLAG[name].assess(row)

@@ -70,6 +70,9 @@ class _CoreConfig:
     evaluate_test: bool = True
     #: Tokens of the validation split that a method's own evaluations use (e.g. early exit's thresholds).
     method_eval_tokens: int = 65_536
+    #: Validate on those first ``method_eval_tokens`` every k training steps (None: never): the
+    #: results' ``valid_curve``, from which steps and time to a perplexity are read.
+    valid_curve_interval: Optional[int] = None
     # Safety and execution.
     #: The LM head's loss and gradients computed a block of rows at a time, without the full
     #: logits (``models.head``); False: the plain path (logits, then cross-entropy), to compare.
@@ -107,7 +110,7 @@ class _CoreConfig:
         if not 0 < self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio: expected a number in (0, 1], got {self.min_lr_ratio!r}")
         _check_int(self, "warmup_steps", low=0)
-        for name, low in (("max_steps", 1), ("max_train_tokens", 2), ("threads", 1)):
+        for name, low in (("max_steps", 1), ("max_train_tokens", 2), ("threads", 1), ("valid_curve_interval", 1)):
             _check_int(self, name, low=low, optional=True)
         if self.data_fraction is not None and not (isinstance(self.data_fraction, (int, float)) and 0 < self.data_fraction <= 1):
             raise ValueError(f"data_fraction: expected a number in (0, 1] or null, got {self.data_fraction!r}")

@@ -21,6 +21,10 @@ resident memory after data loading; ``peak_memory_mb`` stays the whole process's
 ``peak_memory_method`` says how each was measured), ``throughput_method`` (``tokens_per_second``
 times only the steps the FLOPs tracer did not price), ``noncausal_perplexities``; FLOPs are traced
 on every ``flops_trace_interval``-th step (``flops_breakdown.traced_steps``).
+
+Schema version 4 added ``valid_curve``: with ``valid_curve_interval`` set, every k-th step's
+perplexity on the first ``method_eval_tokens`` validation tokens, with the step, the training
+tokens and the training time so far (``[{step, tokens, train_time, perplexity}]``).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from typing import Optional
 
 from .config import reject_unknown_fields
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 @dataclass
@@ -86,6 +90,7 @@ class BenchmarkResults:
     flops_breakdown: Optional[dict] = None
     epoch_aux_losses: dict = field(default_factory=dict)
     methods: dict = field(default_factory=dict)
+    valid_curve: list = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:

@@ -26,6 +26,7 @@ from .. import data as wt2
 from ..causality import probe_causality
 from ..flops import FlopsTracer, component_summary, merge_reports
 from ..methods import ActiveMethods, Event
+from ..methods import enabled as enabled_methods
 from ..models import build_model
 from . import distributed
 from .config import model_options
@@ -45,7 +46,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_model(config, vocab_size: int):
-    return build_model(model_options(config, vocab_size))
+    """The model ``config`` trains: built from its options, then each enabled method's ``attach``."""
+    model = build_model(model_options(config, vocab_size))
+    for method in enabled_methods(config):
+        method.attach(model, config)
+    return model
 
 
 def parameter_groups(model: torch.nn.Module, decay_norms_biases_embeddings: bool, weight_decay: float) -> list:
@@ -174,6 +179,7 @@ class Progress:
     stopped_early: Optional[str] = None
     flops: Optional[dict] = None
     figures: dict = field(default_factory=dict)  # method flag -> its own measurements
+    valid_curve: list = field(default_factory=list)  # every valid_curve_interval steps (record_valid_curve)
 
 
 @dataclass
@@ -235,9 +241,13 @@ def train(config, corpus: wt2.Corpus, run_dir: str | Path, *, resume: bool = Fal
         while progress.epoch < config.epochs and progress.stopped_early is None and progress.step < state.total_steps:
             state.window_order = torch.randperm(
                 state.steps_per_epoch, generator=torch.Generator().manual_seed(config.seed * 1000 + progress.epoch))
-            methods.fire(Event.EPOCH_START, state)
-            bar = _progress(state.steps_per_epoch, f"{config.model_name} epoch {progress.epoch + 1}/{config.epochs}", quiet)
             epoch = EpochLosses()
+            # A method's per-epoch work (active learning's scoring pass) is training time.
+            start = time.perf_counter()
+            methods.fire(Event.EPOCH_START, state)
+            epoch.time += time.perf_counter() - start
+            bar = _progress(len(state.window_order), f"{config.model_name} epoch {progress.epoch + 1}/{config.epochs}",
+                            quiet)
             for x, y in wt2.windows(state.train_inputs, state.train_targets, config.n_seq, state.window_order):
                 if progress.step >= state.total_steps:
                     break
@@ -245,6 +255,8 @@ def train(config, corpus: wt2.Corpus, run_dir: str | Path, *, resume: bool = Fal
                 methods.fire(Event.BATCH_START, state)
                 if not timed_step(state, epoch, step_log, log):
                     break
+                if config.valid_curve_interval and progress.step % config.valid_curve_interval == 0:
+                    record_valid_curve(state, epoch)
                 if bar is not None:
                     bar.set_postfix(loss=f"{epoch.last:.3f}", tok_s=f"{epoch.tokens_per_second():,.0f}")
                     bar.update(1)
@@ -286,6 +298,15 @@ def timed_step(state: TrainState, epoch: EpochLosses, step_log: Optional[StepLog
     return going_on
 
 
+def record_valid_curve(state: TrainState, epoch: EpochLosses) -> None:
+    """One point of the validation curve: perplexity on the first ``method_eval_tokens``
+    validation tokens after this step, with the training tokens and time so far (not timed)."""
+    progress = state.progress
+    nll, _ = state.evaluate(state.corpus.valid, max_tokens=state.config.method_eval_tokens)
+    progress.valid_curve.append({"step": progress.step, "tokens": progress.train_tokens + epoch.all_tokens,
+                                 "train_time": progress.train_time + epoch.time, "perplexity": math.exp(nll)})
+
+
 def set_up(config, corpus: wt2.Corpus, checkpoint_path: Path, resume: bool, log) -> TrainState:
     """Device, threads, seeds, model (methods' MODEL_BUILT), optimizer, data, schedule; resume."""
     device = resolve_device(config.device)
@@ -313,7 +334,10 @@ def set_up(config, corpus: wt2.Corpus, checkpoint_path: Path, resume: bool, log)
     train_tokens = wt2.limit_tokens(corpus.train, config.max_train_tokens, config.data_fraction)
     state.train_inputs, state.train_targets = distributed.shard_rows(*wt2.streams(train_tokens, config.batch_size), world)
     state.steps_per_epoch = wt2.num_windows(state.train_inputs, config.n_seq)
-    state.total_steps = state.steps_per_epoch * config.epochs
+    # Methods that train on part of each epoch (active learning) shorten the schedule.
+    planned = min([m.windows_per_epoch(config, state.steps_per_epoch) for m in state.methods.methods],
+                  default=state.steps_per_epoch)
+    state.total_steps = planned * config.epochs
     if config.max_steps is not None:
         state.total_steps = min(state.total_steps, config.max_steps)
     state.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -500,7 +524,7 @@ def finish(state: TrainState, log) -> BenchmarkResults:
         causal=probe.causal, perplexity_is_lm=probe.causal, causality_probe=probe.summary(),
         noncausal_perplexities=noncausal, peak_memory_method=memory["method"], dataset=state.corpus.describe(),
         device=str(device), versions=versions, git_revision=git, epoch_aux_losses=progress.epoch_aux_losses,
-        methods=progress.figures, **perplexities, **flops,
+        methods=progress.figures, valid_curve=progress.valid_curve, **perplexities, **flops,
     )
 
 

@@ -1,11 +1,116 @@
-"""``use_active_learning``: not implemented yet (the next issue makes it real); turning it on raises
-NotImplementedError rather than being ignored."""
+"""``use_active_learning``: each epoch, train only on the windows the current model finds hardest.
 
-from .base import NotYetImplemented
+What it does: at the start of every epoch the current model scores every training window (a
+forward without gradients, in evaluation mode: the window's mean next-token loss) and the epoch
+trains on the ``active_learning_fraction`` with the highest loss, in a shuffled order. The
+learning-rate schedule is planned for that many steps. The scoring pass is training work: its
+wall time is part of the training time, and its FLOPs are traced and recorded here
+(``scoring_flops``), so the ablation can compare at equal total compute.
+
+Records: per epoch, the windows scored and kept, the mean loss of the kept and of the dropped
+windows, the scoring time and FLOPs; the ablation compares the perplexity at equal tokens seen
+and at equal total compute with the baseline's validation curve.
+
+Paper: loss-based selection of training examples: Loshchilov and Hutter 2015, "Online Batch
+Selection for Faster Training of Neural Networks"; Jiang et al. 2019, "Accelerating Deep Learning
+by Focusing on the Biggest Losers" (Selective Backprop). Mindermann et al. 2022 (RHO-LOSS) show
+that the plain highest-loss rule also picks noisy, unlearnable examples: a known weakness.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+
+import torch
+
+from .. import data as wt2
+from ..flops import FlopsTracer
+from .base import Method, check_number
+from .curves import interpolate
 
 
-class ActiveLearning(NotYetImplemented):
+def window_losses(state, tracer=None) -> torch.Tensor:
+    """The current model's mean next-token loss on every training window (evaluation mode, no gradients)."""
+    model, config = state.model, state.config
+    losses = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), (tracer if tracer is not None else contextlib.nullcontext()):
+            for x, y in wt2.windows(state.train_inputs, state.train_targets, config.n_seq):
+                with state.forward_context():
+                    nll_sum, _ = model(x.to(state.device), y.to(state.device), fused_head=config.fused_head)
+                losses.append(float(nll_sum) / max(int((y != wt2.IGNORE_INDEX).sum()), 1))
+    finally:
+        model.train(was_training)
+    return torch.tensor(losses)
+
+
+class ActiveLearning(Method):
     flag = "use_active_learning"
     claim = "50% less data"
-    acts_on = "which training windows are used"
-    paper = "not chosen yet"
+    acts_on = "which training windows each epoch uses (the hardest by the current model's loss)"
+    paper = ("Loshchilov and Hutter 2015, Online Batch Selection; Jiang et al. 2019, Selective Backprop "
+             "(loss-based selection)")
+    changes_model = False
+    architectures = ("resnet_bk", "transformer")
+    hyperparameters = {"active_learning_fraction": 0.5}
+
+    @classmethod
+    def validate(cls, config) -> None:
+        check_number(config, "active_learning_fraction", low=0.0, high=1.0, low_open=True)
+
+    @classmethod
+    def windows_per_epoch(cls, config, windows: int) -> int:
+        return max(1, math.ceil(config.active_learning_fraction * windows))
+
+    def on_epoch_start(self, state) -> None:
+        start = time.perf_counter()
+        tracer = FlopsTracer()
+        losses = window_losses(state, tracer)
+        keep = self.windows_per_epoch(self.config, losses.numel())
+        hardest = torch.argsort(losses, descending=True, stable=True)[:keep]
+        dropped = torch.ones(losses.numel(), dtype=torch.bool)
+        dropped[hardest] = False
+        # Keep the epoch's shuffled order among the kept windows.
+        chosen = torch.zeros(losses.numel(), dtype=torch.bool)
+        chosen[hardest] = True
+        state.window_order = state.window_order[chosen[state.window_order]]
+        report = tracer.report()
+        figures = state.figures.setdefault(self.flag, {"fraction": self.config.active_learning_fraction, "epochs": []})
+        figures["epochs"].append({
+            "windows_scored": losses.numel(), "windows_kept": keep,
+            "mean_loss_kept": float(losses[hardest].mean()),
+            "mean_loss_dropped": float(losses[dropped].mean()) if bool(dropped.any()) else math.nan,
+            "scoring_seconds": time.perf_counter() - start, "scoring_flops": report["total"],
+        })
+        figures["scoring_flops"] = sum(e["scoring_flops"] for e in figures["epochs"])
+        figures["scoring_seconds"] = sum(e["scoring_seconds"] for e in figures["epochs"])
+
+    @classmethod
+    def assess(cls, row):
+        figures, mine, base = row["figures"], row.get("valid_curve") or [], row.get("baseline_valid_curve") or []
+        if not figures or not mine or not base:
+            return "-", "not measured (needs validation curves: set valid_curve_interval)"
+        final = mine[-1]
+        at_tokens = interpolate(base, "tokens", final["tokens"])
+        # Equal total compute: the baseline's curve at the training FLOPs this run spent, scoring included.
+        per_step_base, per_step = row.get("baseline_flops_per_step"), row.get("flops_per_step")
+        at_compute = None
+        if per_step_base and per_step:
+            compute = per_step * final["step"] + figures.get("scoring_flops", 0)
+            at_compute = interpolate([{**p, "flops": per_step_base * p["step"]} for p in base], "flops", compute)
+        base_final = base[-1]["perplexity"]
+        words = [f"valid ppl {final['perplexity']:.1f} after {final['tokens']:,} tokens "
+                 f"({final['tokens'] / max(base[-1]['tokens'], 1):.2f}x the baseline's data)"]
+        words.append(f"baseline at equal tokens {at_tokens:.1f}" if at_tokens is not None else
+                     "baseline at equal tokens: outside its curve")
+        words.append(f"at equal compute (scoring included) {at_compute:.1f}" if at_compute is not None else
+                     "at equal compute: outside the baseline's curve")
+        held = final["perplexity"] <= base_final
+        verdict = ("held: as good as the baseline's full data" if held else
+                   f"not borne out: valid ppl {final['perplexity']:.1f} against the baseline's {base_final:.1f} "
+                   "with all the data")
+        return "; ".join(words), verdict

@@ -6,7 +6,8 @@ Modelled on MosaicML Composer's algorithms and events, kept small. A method
   for it (verbatim), what it ``acts_on``, the ``paper`` it follows, its ``hyperparameters``
   (config fields with defaults; ``validate`` checks them) and the architectures it supports;
 * may change the model before it is built (``configure_model``: the same options feed
-  ``build_model`` and the FLOPs estimate) and wrap the forward (``forward_context``);
+  ``build_model`` and the FLOPs estimate) or once built (``attach``: parametrizations, hooks),
+  and wrap the forward (``forward_context``);
 * acts during training only through handlers named ``on_<event>`` for the events below, which
   the training loop fires at fixed places (``resnetbk.bench.train``);
 * records its own measurements in ``state.figures[flag]`` (written to the results under
@@ -44,6 +45,8 @@ class Method:
     architectures: ClassVar[tuple] = ("resnet_bk",)
     hyperparameters: ClassVar[dict] = {}  # config field -> default value
     incompatible_with: ClassVar[tuple] = ()  # flags that cannot be on together with this one
+    #: False for methods that change only the training procedure (data, order, autocast), not the model.
+    changes_model: ClassVar[bool] = True
 
     def __init__(self, config: Any):
         self.config = config
@@ -58,10 +61,20 @@ class Method:
         return options
 
     @classmethod
+    def attach(cls, model, config: Any) -> None:
+        """Change the built model in place (parametrizations, hooks): ``make_model`` calls it for
+        every enabled method, before the optimizer exists and before a checkpoint is loaded."""
+
+    @classmethod
     def assess(cls, row: dict) -> tuple:
         """The ablation's verdict on the original claim from one measured row (see
         ``resnetbk.bench.ablation``): ``(own figure as words, verdict as words)``."""
         return "-", "not assessed"
+
+    @classmethod
+    def windows_per_epoch(cls, config: Any, windows: int) -> int:
+        """How many of an epoch's ``windows`` this method trains on (the schedule's length)."""
+        return windows
 
     def forward_context(self, device) -> Optional[contextlib.AbstractContextManager]:
         """A context wrapped around every forward (training and evaluation), or None."""

@@ -21,6 +21,7 @@ class MixedPrecision(Method):
     claim = "2x speed, 50% memory"
     acts_on = "the forward pass (autocast)"
     paper = "Micikevicius et al. 2018, Mixed Precision Training"
+    changes_model = False
     architectures = ("resnet_bk", "transformer")
 
     def on_model_built(self, state) -> None:
