@@ -1,6 +1,7 @@
 """The method registry: the original twelve flags, what derives from it, and the rules every flag obeys."""
 
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from resnetbk.bench import BenchmarkConfig, model_config
 from resnetbk.bench.__main__ import methods_help
 from resnetbk.bench.train import make_model
 from resnetbk.causality import probe_causality
+from resnetbk.methods import ActiveMethods, Event
 
 ORIGINAL = {
     "use_analytic_gradient": "50x backward pass", "use_koopman": "100x gradient cost",
@@ -121,9 +123,14 @@ def test_each_flag_changes_what_is_computed(flag):
         model = _model(config)
         tracer = FlopsTracer()
         tokens = torch.randint(60, (4, 24), generator=torch.Generator().manual_seed(0))
+        model.train()
         with tracer:
-            logits = model(tokens)
-            loss = logits.logsumexp(-1).mean() + sum(model.aux_losses().values())
+            nll, hidden = model(tokens, tokens)
+            # The methods' loss terms too (Koopman and physics-informed act through them).
+            state = SimpleNamespace(model=model, hidden=hidden, targets=tokens, aux_losses=model.aux_losses(),
+                                    loss_terms={})
+            ActiveMethods(config).fire(Event.LOSS, state)
+            loss = nll + sum(model.aux_losses().values()) + sum(state.loss_terms.values())
             loss.backward()
         reports[on] = tracer.report()
     assert reports[True]["by_op"] != reports[False]["by_op"]

@@ -24,7 +24,9 @@ on every ``flops_trace_interval``-th step (``flops_breakdown.traced_steps``).
 
 Schema version 4 added ``valid_curve``: with ``valid_curve_interval`` set, every k-th step's
 perplexity on the first ``method_eval_tokens`` validation tokens, with the step, the training
-tokens and the training time so far (``[{step, tokens, train_time, perplexity}]``).
+tokens and the training time so far (``[{step, tokens, train_time, perplexity}]``); and
+``model_size_method``: with quantization or pruning on, ``model_size_mb`` is the size on disk of
+the exported model (``runs/<model>/exported_model.pt``), otherwise the parameter and buffer bytes.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class BenchmarkResults:
     total_training_flops: Optional[int] = None
     peak_memory_mb: Optional[float] = None
     model_size_mb: float = 0.0
+    model_size_method: str = "parameter and buffer bytes in memory"
     epoch_losses: list = field(default_factory=list)
     epoch_perplexities: list = field(default_factory=list)
     epoch_times: list = field(default_factory=list)

@@ -90,6 +90,7 @@ def evaluate(model, tokens: torch.Tensor, config, device: torch.device, *, conte
     total, count = 0.0, 0
     traced = tracer if tracer is not None else nullcontext()
     for x, y in wt2.windows(inputs, targets, config.n_seq):
+        x, y = x.contiguous(), y.contiguous()  # torch's quantized embedding needs contiguous ids
         with traced, context():
             nll_sum, _ = model(x.to(device), y.to(device), fused_head=config.fused_head)
             total += nll_sum.item()
@@ -211,6 +212,7 @@ class TrainState:
     epoch_valid_perplexity: float = math.nan
     step_record: dict = field(default_factory=dict)  # the last step's loss, gradient norm, terms
     memory: Optional[PeakMemory] = None  # started once the data is loaded
+    run_dir: Optional[Path] = None  # where the checkpoint (and an exported model) go
 
     @property
     def figures(self) -> dict:
@@ -232,6 +234,7 @@ def train(config, corpus: wt2.Corpus, run_dir: str | Path, *, resume: bool = Fal
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     state = set_up(config, corpus, run_dir / CHECKPOINT, resume, log)
+    state.run_dir = run_dir
     if not state.world.is_main:
         log = lambda *_: None  # noqa: E731 - rank 0 speaks for the run
     config, progress, methods = state.config, state.progress, state.methods
@@ -492,6 +495,11 @@ def finish(state: TrainState, log) -> BenchmarkResults:
     test_nll = state.evaluate(state.corpus.test)[0] if config.evaluate_test else math.nan
     state.methods.fire(Event.EVALUATION, state)
     state.methods.fire(Event.EXPORT, state)
+    size_mb, size_method = model.size_mb(), "parameter and buffer bytes in memory"
+    exported = export_run(state)
+    if exported is not None:
+        size_mb = exported["bytes"] / 2**20
+        size_method = f"size on disk of the exported model ({Path(exported['path']).name}: {exported['format']})"
     memory = state.memory.figures()
     counts = model.parameter_counts()
     versions, git = environment()
@@ -515,7 +523,7 @@ def finish(state: TrainState, log) -> BenchmarkResults:
     return BenchmarkResults(
         model_name=config.model_name, config=config.to_dict(), final_loss=last_loss, training_time=progress.train_time,
         peak_memory_mb=memory["peak_mb"], peak_memory_above_baseline_mb=memory["above_baseline_mb"],
-        model_size_mb=model.size_mb(), epoch_losses=progress.epoch_losses, epoch_times=progress.epoch_times,
+        model_size_mb=size_mb, model_size_method=size_method, epoch_losses=progress.epoch_losses, epoch_times=progress.epoch_times,
         best_epoch=progress.best_epoch, train_loss=last_loss,
         train_perplexity=math.exp(last_loss) if math.isfinite(last_loss) else math.nan,
         tokens_per_second=tokens_per_second, throughput_method=throughput_method,
@@ -526,6 +534,23 @@ def finish(state: TrainState, log) -> BenchmarkResults:
         device=str(device), versions=versions, git_revision=git, epoch_aux_losses=progress.epoch_aux_losses,
         methods=progress.figures, valid_curve=progress.valid_curve, **perplexities, **flops,
     )
+
+
+def export_run(state: TrainState) -> Optional[dict]:
+    """With quantization or pruning on: the exported model (``methods.export``), written beside
+    the checkpoint; its figures go to each of those methods' figures. None otherwise."""
+    from ..methods import export, pruning, quantization
+
+    flags = [m.flag for m in state.methods.methods if m.flag in ("use_quantization", "use_pruning")]
+    if not flags or not state.world.is_main or state.run_dir is None:
+        return None
+    scales = quantization.int8_scales(state.model) if "use_quantization" in flags else None
+    prefixes = tuple(pruning.removed_expert_prefixes(state.model))
+    removed = tuple(k for k in export.effective_state_dict(state.model) if prefixes and k.startswith(prefixes))
+    exported = export.export_model(state.model, state.run_dir / "exported_model.pt", int8_scales=scales, removed=removed)
+    for flag in flags:
+        state.figures.setdefault(flag, {})["export"] = exported
+    return exported
 
 
 def _flops_fields(report: Optional[dict], traced_steps: int, steps: int, world) -> dict:

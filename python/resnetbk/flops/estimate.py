@@ -150,6 +150,7 @@ def _resnet_bk_block(ops: _Ops, s: StepShape, i: int) -> None:
     ops.elementwise("backward", moe, "add", t * d, count=e - 1)  # index_add_ gradients
     # Load balancing: bincount, fractions, mean probabilities, their product.
     ops.op("forward", moe, "aten.bincount", [(t,)])
+    ops.elementwise("forward", moe, "add", e)  # the routing counts (the pruning method reads them)
     ops.elementwise("forward", moe, "div", e)
     ops.op("forward", moe, "aten.mean", [(t, e)], [(e,)])
     ops.elementwise("forward", moe, "mul", e)

@@ -11,6 +11,9 @@ Records: per epoch, the windows scored and kept, the mean loss of the kept and o
 windows, the scoring time and FLOPs; the ablation compares the perplexity at equal tokens seen
 and at equal total compute with the baseline's validation curve.
 
+Measured effect: not measured yet: ``results/ablation_quick`` predates this method (its
+row comes with the next ablation run).
+
 Paper: loss-based selection of training examples: Loshchilov and Hutter 2015, "Online Batch
 Selection for Faster Training of Neural Networks"; Jiang et al. 2019, "Accelerating Deep Learning
 by Focusing on the Biggest Losers" (Selective Backprop). Mindermann et al. 2022 (RHO-LOSS) show

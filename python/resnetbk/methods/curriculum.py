@@ -14,6 +14,9 @@ Records: the length schedule actually used (steps at each length), the tokens le
 with a validation curve (``valid_curve_interval``), the steps and time to the baseline's
 perplexity (the ablation reads them).
 
+Measured effect: not measured yet: ``results/ablation_quick`` predates this method (its
+row comes with the next ablation run).
+
 Paper: Li, Zhang and He 2021, "The Stability-Efficiency Dilemma: Investigating Sequence Length
 Warmup for Training GPT Models"; MosaicML Composer's SeqLengthWarmup (about 1.5x on GPT-2 125M);
 ordering by difficulty: Bengio et al. 2009, "Curriculum Learning", with unigram difficulty as in

@@ -1,11 +1,227 @@
-"""``use_quantization``: not implemented yet (the next issue makes it real); turning it on raises
-NotImplementedError rather than being ignored."""
+"""``use_quantization``: quantization-aware training (fake INT8), an INT8 export and INT8 inference.
 
-from .base import NotYetImplemented
+What it does: with torch's own fake-quantization modules (``torch.ao.quantization``, the fbgemm
+QAT configuration), every linear layer's weight is fake-quantized per output channel to
+symmetric INT8 (a parametrization: the forward, the fused LM head included, reads the rounded
+weight; the gradient passes straight through) and its input per tensor to 8 bits (a forward
+pre-hook), which covers the BK-Core's output (the read-out's input); the BK-Core's input, the
+potential ``v_proj(h)``, is fake-quantized too. The BK-Core itself stays float32. The token
+embedding's rows are fake-quantized like a weight (per row, INT8; weight-only, as torch
+quantizes embeddings). Observers update in training only. With
+``quantization_int4_experts`` the experts' weights use 4-bit groups of
+``quantization_group_size`` input channels instead (fake-quantized in training only: the export
+stores those weights as float32 values on the 4-bit grid, since packing 4-bit values is not
+implemented; the INT8 inference path requantizes them to INT8).
+
+After training: the export (``resnetbk.methods.export``: INT8 values with per-channel scales),
+its size on disk; and an INT8 CPU inference path through torch's quantized kernels
+(``torch.ao.quantization.quantize_dynamic``: INT8 weights per channel, activations quantized
+per batch at run time, fbgemm matmuls; the embedding through torch's quantized embedding), its
+perplexity and tokens/s on the method-evaluation slice, against the same model in float32.
+torch marks its eager-mode quantization as deprecated in favour of the separate ``torchao``
+package; it still ships and runs (checked by the tests).
+
+Measured effect: not measured yet: ``results/ablation_quick`` predates this method (its
+row comes with the next ablation run).
+
+Paper: Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient
+Integer-Arithmetic-Only Inference"; Krishnamoorthi 2018, "Quantizing deep convolutional
+networks for efficient inference: A whitepaper" (per-channel weights); group-wise INT4 as in
+GPTQ / AWQ-style weight-only schemes (Frantar et al. 2023; Lin et al. 2024).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .base import Method
+
+_QCONFIG_BACKEND = "fbgemm"
 
 
-class Quantization(NotYetImplemented):
+def weight_fake_quant_module() -> nn.Module:
+    """torch's QAT weight fake-quant for x86 (fbgemm): per output channel, symmetric qint8."""
+    from torch.ao.quantization import FusedMovingAvgObsFakeQuantize, MovingAveragePerChannelMinMaxObserver
+
+    return FusedMovingAvgObsFakeQuantize(observer=MovingAveragePerChannelMinMaxObserver, quant_min=-128,
+                                         quant_max=127, dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+
+
+def activation_fake_quant_module() -> nn.Module:
+    """torch's QAT activation fake-quant for fbgemm: per tensor, affine quint8 over the 7-bit
+    range fbgemm's kernels need (what ``reduce_range=True`` means, without its deprecation)."""
+    from torch.ao.quantization import FusedMovingAvgObsFakeQuantize, MovingAverageMinMaxObserver
+
+    return FusedMovingAvgObsFakeQuantize(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=127,
+                                         dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+
+
+class FakeQuant(nn.Module):
+    """A torch FakeQuantize that observes in training only, computes in float32 (autocast-safe)."""
+
+    def __init__(self, fake_quant: nn.Module):
+        super().__init__()
+        self.fake_quant = fake_quant
+
+    def forward(self, x):
+        self.fake_quant.observer_enabled[0] = int(self.training)
+        return self.fake_quant(x.float()).to(x.dtype)
+
+
+class GroupInt4(nn.Module):
+    """Weight-only fake INT4 over groups of ``group`` input channels (symmetric, scale from the
+    group's max; straight-through gradient)."""
+
+    def __init__(self, group: int):
+        super().__init__()
+        self.group = group
+
+    def forward(self, w):
+        rows, cols = w.shape
+        pad = (-cols) % self.group
+        g = torch.nn.functional.pad(w, (0, pad)).view(rows, -1, self.group)
+        scale = g.abs().amax(-1, keepdim=True).clamp_min(1e-8) / 7
+        q = torch.clamp(torch.round(g / scale), -8, 7) * scale
+        q = q.view(rows, -1)[:, :cols]
+        return w + (q - w).detach()
+
+
+def _input_hook(module, args):
+    return (module.input_fake_quant(args[0]), *args[1:])
+
+
+def _output_hook(module, args, output):
+    return module.output_fake_quant(output)
+
+
+def quantized_linears(model) -> dict:
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def weight_fake_quant(module):
+    """The weight's ``FakeQuant`` (per-channel INT8) of a quantized module, or None."""
+    if not parametrize.is_parametrized(module, "weight"):
+        return None
+    for p in module.parametrizations.weight:
+        if isinstance(p, FakeQuant):
+            return p
+    return None
+
+
+def int8_scales(model) -> dict:
+    """``"<module>.weight" -> per-channel scale`` of every INT8 fake-quantized weight."""
+    scales = {}
+    for name, module in model.named_modules():
+        fq = weight_fake_quant(module)
+        if fq is not None:  # the scales the fake-quant op last used (its buffer)
+            scales[f"{name}.weight"] = fq.fake_quant.scale.detach().float().clone()
+    return scales
+
+
+class Quantization(Method):
     flag = "use_quantization"
     claim = "4-8x model size"
-    acts_on = "weights and activations (INT8 quantization-aware training, export)"
-    paper = "not chosen yet"
+    acts_on = "the linear layers' weights and inputs, the BK-Core's input and output, the embedding (fake INT8)"
+    paper = "Jacob et al. 2018, Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference"
+    hyperparameters = {"quantization_int4_experts": False, "quantization_group_size": 32}
+
+    @classmethod
+    def validate(cls, config) -> None:
+        if not isinstance(config.quantization_int4_experts, bool):
+            raise ValueError(f"quantization_int4_experts: expected true or false, got {config.quantization_int4_experts!r}")
+        value = config.quantization_group_size
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"quantization_group_size: expected a positive integer, got {value!r}")
+
+    @classmethod
+    def attach(cls, model, config) -> None:
+        for name, module in quantized_linears(model).items():
+            if config.quantization_int4_experts and ".experts." in name:
+                parametrize.register_parametrization(module, "weight", GroupInt4(config.quantization_group_size))
+            else:
+                parametrize.register_parametrization(module, "weight", FakeQuant(weight_fake_quant_module()))
+            module.input_fake_quant = FakeQuant(activation_fake_quant_module())
+            module.register_forward_pre_hook(_input_hook)
+            if name.endswith("bk.v_proj"):  # the BK-Core's input (the potential before its soft clamp)
+                module.output_fake_quant = FakeQuant(activation_fake_quant_module())
+                module.register_forward_hook(_output_hook)
+        embedding = model.token_embedding
+        parametrize.register_parametrization(embedding, "weight", FakeQuant(weight_fake_quant_module()))
+
+    def on_evaluation(self, state) -> None:
+        state.figures[self.flag] = {**state.figures.get(self.flag, {}), **int8_inference(state)}
+
+    @classmethod
+    def assess(cls, row):
+        figures = row["figures"]
+        export = figures.get("export")
+        if not export:
+            return "-", "not measured"
+        ratio = export["dense_bytes"] / export["bytes"]
+        own = (f"export {export['bytes'] / 2**20:.2f} MiB on disk against {export['dense_bytes'] / 2**20:.2f} MiB "
+               f"float32 ({ratio:.2f}x smaller)")
+        inference = figures.get("int8_inference")
+        if inference:
+            own += (f"; INT8 inference ppl {inference['perplexity']:.1f} vs float {figures['float_inference']['perplexity']:.1f}, "
+                    f"{inference['tokens_per_second'] / figures['float_inference']['tokens_per_second']:.2f}x tokens/s")
+        held = ratio >= 4 * 0.95
+        return own, ("held (the low end of 4-8x)" if held else f"not borne out: {ratio:.2f}x smaller (claimed 4-8x)")
+
+
+def float_copy(model):
+    """A plain float32 model with ``model``'s effective weights (no parametrizations, no hooks),
+    its LM head a plain ``nn.Linear`` (what torch's quantized kernels accept)."""
+    from ..models import build_model
+    from .export import effective_state_dict
+
+    plain = build_model(model.options)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in effective_state_dict(model).items()}
+    # Other methods' training aids (Koopman lifts, energy MLPs) are not part of the forward.
+    missing = plain.load_state_dict(state, strict=False).missing_keys
+    if missing:
+        raise RuntimeError(f"float_copy: the model's state lacks {', '.join(missing)}")
+    head = nn.Linear(plain.lm_head.in_features, plain.lm_head.out_features, bias=plain.lm_head.bias is not None)
+    head.load_state_dict(plain.lm_head.state_dict())
+    plain.lm_head = head
+    return plain.eval()
+
+
+def quantize_for_inference(plain):
+    """torch's dynamic INT8 quantization of the linear layers (per channel) and the embeddings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.ao import quantization as tq
+
+        torch.backends.quantized.engine = _QCONFIG_BACKEND
+        return tq.quantize_dynamic(copy.deepcopy(plain), {nn.Linear: tq.per_channel_dynamic_qconfig,
+                                                          nn.Embedding: tq.float_qparams_weight_only_qconfig})
+
+
+def int8_inference(state) -> dict:
+    """Perplexity and tokens/s of the float32 copy and of its INT8 version on the method-evaluation
+    slice (CPU, plain head: torch's quantized linear returns logits)."""
+    from ..bench.train import evaluate
+
+    config = state.config.replace(fused_head=False)
+    device = torch.device("cpu")
+    plain = float_copy(state.model).to(device)
+    quantized = quantize_for_inference(plain)
+    figures = {}
+    for key, model in (("float_inference", plain), ("int8_inference", quantized)):
+        start = time.perf_counter()
+        nll, count = evaluate(model, state.corpus.valid, config, device, max_tokens=config.method_eval_tokens)
+        elapsed = time.perf_counter() - start
+        figures[key] = {"perplexity": math.exp(nll), "tokens": count, "tokens_per_second": count / max(elapsed, 1e-9),
+                        "seconds": elapsed}
+    figures["inference_path"] = ("torch.ao.quantization.quantize_dynamic (fbgemm): INT8 per-channel weights, activations "
+                                 "quantized per batch at run time; embeddings weight-only 8-bit; the BK-Core, norms "
+                                 "and the softmax in float32")
+    figures["int4_experts"] = state.config.quantization_int4_experts
+    return figures

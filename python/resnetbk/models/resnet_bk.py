@@ -51,9 +51,16 @@ class MoEFeedForward(nn.Module):
             for _ in range(num_experts)
         )
         self.aux_loss: Tensor | None = None
+        # Expert removal (the pruning method): a removed expert can no longer be chosen.
+        self.register_buffer("expert_alive", torch.ones(num_experts, dtype=torch.bool))
+        # Tokens routed to each expert in training (the pruning method reads and resets them).
+        self.register_buffer("routed_tokens", torch.zeros(num_experts))
 
     def forward(self, flat: Tensor) -> Tensor:
-        probs = F.softmax(self.router(flat), dim=-1)
+        logits = self.router(flat)
+        if False in self.expert_alive.tolist():  # read on the host: no op for the FLOPs trace
+            logits = logits.masked_fill(~self.expert_alive, float("-inf"))
+        probs = F.softmax(logits, dim=-1)
         chosen_prob, chosen = probs.max(dim=-1)
         out = torch.zeros_like(flat)
         for e, expert in enumerate(self.experts):
@@ -62,7 +69,10 @@ class MoEFeedForward(nn.Module):
                 out.index_add_(0, rows, (expert(flat[rows]) * chosen_prob[rows, None]).to(out.dtype))
         num_experts = len(self.experts)
         if flat.shape[0]:
-            fraction = torch.bincount(chosen, minlength=num_experts).to(probs.dtype) / chosen.numel()
+            counts = torch.bincount(chosen, minlength=num_experts)
+            if self.training:
+                self.routed_tokens += counts.detach().to(self.routed_tokens.dtype)
+            fraction = counts.to(probs.dtype) / chosen.numel()
             self.aux_loss = num_experts * (fraction * probs.mean(dim=0)).sum()
         else:
             self.aux_loss = probs.new_zeros(())

@@ -67,7 +67,8 @@ fn elementwise_cost(base: &str) -> Option<u64> {
         | "le" | "ge" | "where" | "maximum" | "minimum" | "clamp" | "clamp_min" | "clamp_max" | "sign"
         | "reciprocal" | "exp" | "log" | "tanh" | "sqrt" | "rsqrt" | "erf" | "square" | "pow" | "rsub"
         | "masked_fill" | "bernoulli" | "conj_physical" | "native_dropout_backward" | "isfinite" | "isnan"
-        | "isinf" | "logical_and" | "logical_or" | "logical_not" | "bitwise_and" | "bitwise_or" | "bitwise_not" => 1,
+        | "isinf" | "logical_and" | "logical_or" | "logical_not" | "bitwise_and" | "bitwise_or" | "bitwise_not"
+        | "round" => 1,
         "native_dropout" => 2,
         // sgn of a complex x is x / |x|: |x| (2 multiplies, an add, a square root) and two
         // divisions make 6 real FLOPs, i.e. 3 here times the complex factor 2.
@@ -77,6 +78,14 @@ fn elementwise_cost(base: &str) -> Option<u64> {
         "sigmoid_backward" => 3,
         // max(x, 0) - x t + log(1 + exp(-|x|)): abs, neg, exp, add, log, mul, sub, max, add
         "binary_cross_entropy_with_logits" => 9,
+        // log(1 + exp(x)): exp, add, log; its gradient is grad * sigmoid(x).
+        "softplus" => 3,
+        "softplus_backward" => 5,
+        // (x - y)^2 summed: sub, mul, add; the gradient 2 (x - y) grad / n: sub, mul, mul.
+        "mse_loss" | "mse_loss_backward" => 3,
+        // Quantization-aware training's fused observer and fake-quant (torch.ao): min and max
+        // (2), then x / scale, round, + zero point, clamp (2), - zero point, * scale.
+        "_fused_moving_avg_obs_fq_helper" => 9,
         "gelu" => 5,
         "gelu_backward" => 11,
         _ => return None,

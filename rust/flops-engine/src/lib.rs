@@ -148,6 +148,16 @@ mod tests {
     }
 
     #[test]
+    fn the_methods_training_aids_are_priced_per_element() {
+        let cases = [("aten.softplus", 3), ("aten.softplus_backward", 5), ("aten.mse_loss", 3), ("aten.round", 1),
+                     ("aten._fused_moving_avg_obs_fq_helper", 9)];
+        for (name, per) in cases {
+            let p = price(&op(name, vec![vec![4, 8]], vec![vec![4, 8]])).unwrap();
+            assert_eq!(p, vec![(Category::Elementwise, per * 32)], "{name}");
+        }
+    }
+
+    #[test]
     fn bk_core_and_optimizer_prices() {
         let mut bk = op("resnetbk.bk_core", vec![vec![2, 10], vec![9], vec![2]], vec![vec![2, 10]]);
         bk.detail = "causal".into();

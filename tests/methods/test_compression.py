@@ -1,0 +1,145 @@
+"""Pruning and quantization: masks on a schedule, expert removal, fake INT8 with torch's modules,
+the export (sparse, INT8) and its loader, INT8 inference through torch's quantized kernels."""
+
+import math
+
+import pytest
+import torch
+
+from helpers_methods import VOCAB, run_training, small_config, synthetic_corpus, tokens
+from resnetbk.bench.train import make_model
+from resnetbk.methods import pruning, quantization
+from resnetbk.methods.export import effective_state_dict, export_model, load_export
+from resnetbk.models import build_model
+
+
+def test_the_sparsity_schedule_is_zhu_and_guptas_cubic():
+    values = [pruning.scheduled_sparsity(s, 100, 0.2, 0.8, 0.75) for s in range(101)]
+    assert values[:20] == [0.0] * 20 and values[80:] == [0.75] * 21
+    assert values == sorted(values)
+    assert values[50] == pytest.approx(0.75 * (1 - 0.5 ** 3))
+
+
+def test_pruning_masks_the_smallest_weights_and_masks_only_grow():
+    model = make_model(small_config(use_pruning=True), VOCAB)
+    module = model.blocks[0].moe.router
+    mask = pruning.masks(model)["blocks.0.moe.router"]
+    with torch.no_grad():
+        module.parametrizations.weight.original.copy_(torch.arange(1.0, 65.0).view(4, 16))
+    pruning.prune_to(module, mask, 0.25)
+    assert mask.mask.flatten()[:16].sum() == 0 and mask.mask.flatten()[16:].sum() == 48
+    assert bool((module.weight.flatten()[:16] == 0).all())
+    with torch.no_grad():  # the pruned weights grow large: they stay pruned
+        module.parametrizations.weight.original.mul_(-1)
+    pruning.prune_to(module, mask, 0.5)
+    assert mask.mask.flatten()[:32].sum() == 0 and int((mask.mask == 0).sum()) == 32
+
+
+def test_a_pruning_run_reaches_the_target_exports_sparse_and_reloads(tmp_path):
+    corpus = synthetic_corpus()
+    config = small_config(use_pruning=True, pruning_target_sparsity=0.75, pruning_start_fraction=0.1,
+                          pruning_end_fraction=0.6, pruning_interval=2, expert_removal_threshold=0.0, epochs=2)
+    result = run_training(config, corpus, tmp_path)
+    figures = result.methods["use_pruning"]
+    assert figures["sparsity_of_pruned_matrices"] == pytest.approx(0.75, abs=0.01)
+    assert figures["nonzero_parameters"] < 0.4 * figures["parameters"]
+    export = figures["export"]
+    assert export["bytes"] < 0.75 * export["dense_bytes"]  # tiny tensors: the file format's overhead weighs
+    assert result.model_size_mb == pytest.approx(export["bytes"] / 2**20)
+    assert "size on disk" in result.model_size_method
+    plain = run_training(small_config(epochs=2), corpus, tmp_path, name="plain")
+    assert "in memory" in plain.model_size_method
+    # The export loads back into a plain model with the same weights.
+    model = make_model(config, VOCAB)
+    state = load_export(export["path"], like=model.state_dict())
+    reference = build_model(model.options)
+    reference.load_state_dict(state)
+    assert float((reference.blocks[0].moe.router.weight == 0).float().mean()) == pytest.approx(0.75, abs=0.02)
+
+
+def test_at_75_percent_sparsity_the_export_is_about_3_5x_smaller(tmp_path):
+    model = make_model(small_config(use_pruning=True, d_model=32), 2000)
+    found = pruning.prunable(model)
+    for name, mask in pruning.masks(model).items():
+        pruning.prune_to(found[name], mask, 0.75)
+    exported = export_model(model, tmp_path / "m.pt")
+    assert exported["tensors"]["sparse"] == len(found)
+    assert exported["dense_bytes"] / exported["bytes"] > 3.0  # 1 / (0.25 + 1/32) = 3.6 for the matrices
+    state = load_export(exported["path"])
+    for key, value in effective_state_dict(model).items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0)
+
+
+def test_rarely_used_experts_are_removed_and_never_chosen_again():
+    from types import SimpleNamespace
+
+    config = small_config(use_pruning=True, expert_removal_threshold=0.15)
+    model = make_model(config, VOCAB)
+    moe = model.blocks[0].moe
+    moe.routed_tokens.copy_(torch.tensor([70.0, 20.0, 5.0, 5.0]))
+    for block in model.blocks[1:]:
+        block.moe.routed_tokens.copy_(torch.tensor([25.0, 25.0, 25.0, 25.0]))
+    state = SimpleNamespace(model=model, figures={})
+    pruning.Pruning(config)._remove_experts(state)
+    assert moe.expert_alive.tolist() == [True, True, False, False]  # shares 0.7, 0.2, 0.05, 0.05
+    assert [e["expert"] for e in state.figures["use_pruning"]["experts_removed"]] == [2, 3]
+    assert model.blocks[1].moe.expert_alive.all()
+    chosen = []
+    moe.register_forward_hook(lambda m, a, out: chosen.append(m.routed_tokens.clone()))
+    model.train()
+    moe.routed_tokens.zero_()
+    model(tokens(b=4, n=16))
+    assert chosen[-1].tolist()[2:] == [0.0, 0.0] and sum(chosen[-1].tolist()) == 64
+
+
+def test_fake_int8_weights_sit_on_the_per_channel_grid_and_observers_freeze_in_eval():
+    model = make_model(small_config(use_quantization=True), VOCAB)
+    model.train()
+    model(tokens(b=2, n=16))
+    model.eval()  # in training, every read of a fake-quantized weight updates its observer
+    layer = model.blocks[0].moe.router
+    fq = quantization.weight_fake_quant(layer).fake_quant
+    scale, zero = fq.scale, fq.zero_point
+    assert bool((zero == 0).all())
+    q = layer.weight / scale[:, None]
+    torch.testing.assert_close(q, q.round(), rtol=0, atol=1e-4)
+    assert q.abs().max() <= 128
+    before = layer.input_fake_quant.fake_quant.scale.clone()
+    with torch.no_grad():
+        model(tokens(b=2, n=16, seed=7) * 0 + 3)
+    assert torch.equal(layer.input_fake_quant.fake_quant.scale, before)
+
+
+def test_the_int8_export_is_about_4x_smaller_and_reloads_to_the_same_weights(tmp_path):
+    config = small_config(use_quantization=True, d_model=32)
+    model = make_model(config, 2000)
+    model.train()
+    model(torch.randint(2000, (2, 16)))
+    exported = export_model(model, tmp_path / "m.pt", int8_scales=quantization.int8_scales(model))
+    # Under 4x: per-channel float32 scales (1/d of a matrix's bytes) and the float32 norms,
+    # biases and position embedding.
+    assert exported["dense_bytes"] / exported["bytes"] > 3.0
+    state = load_export(exported["path"])
+    effective = effective_state_dict(model)
+    for key in ("lm_head.weight", "token_embedding.weight", "blocks.0.moe.experts.0.0.weight"):
+        torch.testing.assert_close(state[key], effective[key].float(), rtol=1e-5, atol=1e-6)
+
+
+def test_int8_inference_through_torchs_kernels_stays_close_to_float(tmp_path):
+    corpus = synthetic_corpus()
+    config = small_config(use_quantization=True, epochs=1)
+    result = run_training(config, corpus, tmp_path)
+    figures = result.methods["use_quantization"]
+    float_ppl, int8_ppl = figures["float_inference"]["perplexity"], figures["int8_inference"]["perplexity"]
+    assert math.isfinite(int8_ppl) and abs(int8_ppl / float_ppl - 1) < 0.1
+    assert figures["int8_inference"]["tokens_per_second"] > 0
+    model = quantization.quantize_for_inference(quantization.float_copy(make_model(config, VOCAB)))
+    assert "DynamicQuantizedLinear" in repr(model.lm_head) and "QuantizedEmbedding" in repr(model.token_embedding)
+
+
+def test_group_int4_experts_use_16_levels_per_group():
+    model = make_model(small_config(use_quantization=True, quantization_int4_experts=True,
+                                    quantization_group_size=8), VOCAB)
+    weight = model.blocks[0].moe.experts[0][0].weight  # (32, 16): two groups of 8 per row
+    for group in weight.detach().view(32, 2, 8).flatten(0, 1):
+        assert group.unique().numel() <= 16

@@ -1,0 +1,78 @@
+"""Koopman and physics-informed: the block states they read, the least-squares fit, the Koopman
+evaluation mode, the energy-conservation term and its learnable weight."""
+
+import pytest
+import torch
+
+from helpers_methods import VOCAB, run_training, small_config, synthetic_corpus, tokens
+from resnetbk.bench.train import make_model
+from resnetbk.causality import probe_causality
+from resnetbk.flops import FlopsTracer
+from resnetbk.methods.koopman import KoopmanModels, koopman_mode
+from resnetbk.methods.physics_informed import Energies
+
+
+def test_the_streaming_least_squares_fit_recovers_a_linear_map():
+    gen = torch.Generator().manual_seed(0)
+    truth = torch.randn(4, 4, generator=gen) / 2
+    models = KoopmanModels(1, 8, 4)
+    for _ in range(5):
+        z = torch.randn(300, 4, generator=gen)
+        models.refit([(z, z @ truth.t())], decay=0.9, rows=10_000, eps=1e-8)
+    torch.testing.assert_close(models.operator[0], truth, rtol=1e-4, atol=1e-4)
+    assert models.residuals([(z, z @ truth.t())])[0] < 1e-4
+
+
+def test_koopman_mode_replaces_the_later_blocks_and_stays_causal():
+    config = small_config(use_koopman=True, koopman_start_block=1)
+    model = make_model(config, VOCAB).eval()
+    x = tokens(b=2, n=16)
+    with torch.no_grad():
+        normal = model(x)
+        tracer = FlopsTracer()
+        with koopman_mode(model, 1), tracer:
+            replaced = model(x)
+    assert not torch.allclose(normal, replaced)
+    by_component = tracer.report()["by_component"]
+    assert not any(c.startswith(("blocks.1.", "blocks.2.")) for c in by_component)
+    assert any(c.startswith("koopman.lift.1") for c in by_component)
+    with koopman_mode(model, 1):
+        assert probe_causality(model, VOCAB, 16).causal
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), normal)  # restored afterwards
+
+
+def test_a_koopman_run_trains_the_lifts_fits_k_and_reports_both_modes(tmp_path):
+    result = run_training(small_config(use_koopman=True, epochs=1), synthetic_corpus(), tmp_path)
+    figures = result.methods["use_koopman"]
+    assert figures["koopman_mode"]["perplexity"] > 0 and figures["normal"]["perplexity"] > 0
+    assert figures["koopman_mode"]["forward_flops_per_token"] < figures["normal"]["forward_flops_per_token"]
+    assert "koopman" in result.epoch_aux_losses
+    assert len(figures["fit_relative_residual_last_step"]) == 3
+
+
+def test_energy_conservation_is_zero_for_equal_energies_and_trains_its_weight():
+    energies = Energies(8, 16, 0.1)
+    h = torch.randn(2, 5, 8)
+    assert energies.conservation_loss([(h, h), (h, h)]).item() == 0.0
+    loss = energies.conservation_loss([(h, h + 1), (h + 1, 3 * h)])
+    assert loss.item() > 0
+    s = energies.log_inverse_weight
+    (torch.exp(-s) * loss + s).backward()
+    assert s.grad is not None and energies.kinetic[0].weight.grad.abs().sum() > 0
+    assert torch.exp(-s).item() == pytest.approx(0.1)
+
+
+def test_a_physics_informed_run_adds_the_energy_term(tmp_path):
+    result = run_training(small_config(use_physics_informed=True, epochs=2), synthetic_corpus(), tmp_path)
+    assert "energy" in result.epoch_aux_losses and len(result.epoch_aux_losses["energy"]) == 2
+    assert len(result.methods["use_physics_informed"]["loss_weight"]) == 2
+
+
+@pytest.mark.parametrize("field,value,flag", [
+    ("koopman_dim", 0, "use_koopman"), ("koopman_decay", 0.0, "use_koopman"), ("koopman_start_block", 3, "use_koopman"),
+    ("physics_hidden", 0, "use_physics_informed"), ("physics_weight_init", 0.0, "use_physics_informed"),
+])
+def test_bad_hyperparameters_are_named(field, value, flag):
+    with pytest.raises(ValueError, match=field):
+        small_config(**{flag: True, field: value})
