@@ -75,11 +75,10 @@ class ActiveLearning(Method):
         losses = window_losses(state, tracer)
         keep = self.windows_per_epoch(self.config, losses.numel())
         hardest = torch.argsort(losses, descending=True, stable=True)[:keep]
-        dropped = torch.ones(losses.numel(), dtype=torch.bool)
-        dropped[hardest] = False
-        # Keep the epoch's shuffled order among the kept windows.
         chosen = torch.zeros(losses.numel(), dtype=torch.bool)
         chosen[hardest] = True
+        dropped = ~chosen
+        # Keep the epoch's shuffled order among the kept windows.
         state.window_order = state.window_order[chosen[state.window_order]]
         report = tracer.report()
         figures = state.figures.setdefault(self.flag, {"fraction": self.config.active_learning_fraction, "epochs": []})

@@ -29,7 +29,7 @@ import torch
 
 from .. import data as wt2
 from .base import Method, check_number
-from .curves import describe_steps, steps_to_baseline
+from .curves import assess_steps
 
 ORDERS = ("none", "unigram")
 LENGTH_STEP = 8
@@ -109,11 +109,4 @@ class Curriculum(Method):
 
     @classmethod
     def assess(cls, row):
-        figures = steps_to_baseline(row)
-        own = describe_steps(figures)
-        if figures is None:
-            return own, "not measured (no validation curve)"
-        if not figures["reached"]:
-            return own, "not borne out: never reached the baseline's perplexity"
-        ratio = figures["steps_ratio"]
-        return own, ("held" if ratio <= 0.7 else f"not borne out: {100 * (1 - ratio):.0f}% fewer steps (claimed 30%)")
+        return assess_steps(row, held_at=0.7, claim="30% fewer")

@@ -50,6 +50,19 @@ def describe_steps(figures: Optional[dict]) -> str:
             f"{figures['time_ratio']:.2f}x the training time)")
 
 
+def assess_steps(row: dict, held_at: float, claim: str) -> tuple:
+    """The ablation's ``(own figure, verdict)`` for a claim of fewer training steps: held when the
+    row reaches the baseline's best perplexity in at most ``held_at`` times its steps."""
+    figures = steps_to_baseline(row)
+    own = describe_steps(figures)
+    if figures is None:
+        return own, "not measured (no validation curve)"
+    if not figures["reached"]:
+        return own, "not borne out: never reached the baseline's perplexity"
+    ratio = figures["steps_ratio"]
+    return own, ("held" if ratio <= held_at else f"not borne out: {ratio:.2f}x the baseline's steps (claimed {claim})")
+
+
 def interpolate(curve: list, key: str, value: float) -> Optional[float]:
     """The curve's perplexity at ``key`` (``tokens``, ``train_time``, ...) = ``value``, linear
     between points; None outside the curve."""

@@ -93,6 +93,13 @@ def export_model(model, path: str | Path, *, int8_scales: Optional[dict] = None,
                       "(resnetbk.methods.export)"}
 
 
+def describe_export(export: dict) -> tuple:
+    """``(dense / exported size ratio, the sizes in words)`` of an ``export_model`` figure."""
+    ratio = export["dense_bytes"] / export["bytes"]
+    return ratio, (f"export {export['bytes'] / 2**20:.2f} MiB on disk against {export['dense_bytes'] / 2**20:.2f} MiB "
+                   f"dense float32 ({ratio:.2f}x smaller)")
+
+
 def load_export(path: str | Path, like: Optional[dict] = None) -> dict:
     """The float state dict of an export (removed experts as zeros, shaped as in ``like``)."""
     doc = torch.load(path, map_location="cpu", weights_only=True)

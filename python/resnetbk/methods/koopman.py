@@ -162,8 +162,9 @@ class Koopman(Method):
         own = (f"Koopman mode ppl {k['perplexity']:.1f} vs {n['perplexity']:.1f} normal (blocks "
                f"{figures['replaced_blocks']} replaced; forward FLOPs {k['forward_flops_per_token'] / n['forward_flops_per_token']:.2f}x); "
                f"training backward FLOPs {row['backward_flops_ratio']:.2f}x, tokens/s {row['tokens_per_second_ratio']:.2f}x")
-        held = row["backward_flops_ratio"] <= 0.01
-        return own, ("held" if held else f"not borne out: the gradient costs {row['backward_flops_ratio']:.2f}x the "
-                     "baseline's (claimed 0.01x); the Koopman mode is no substitute for the blocks" if
-                     k["perplexity"] > 1.1 * n["perplexity"] else
-                     f"not borne out: the gradient costs {row['backward_flops_ratio']:.2f}x the baseline's (claimed 0.01x)")
+        if row["backward_flops_ratio"] <= 0.01:
+            return own, "held"
+        verdict = f"not borne out: the gradient costs {row['backward_flops_ratio']:.2f}x the baseline's (claimed 0.01x)"
+        if k["perplexity"] > 1.1 * n["perplexity"]:
+            verdict += "; the Koopman mode is no substitute for the blocks"
+        return own, verdict

@@ -32,7 +32,7 @@ from torch import nn
 
 from .base import Method, check_number
 from .block_states import track_block_states
-from .curves import describe_steps, steps_to_baseline
+from .curves import assess_steps
 
 
 class Energies(nn.Module):
@@ -91,11 +91,4 @@ class PhysicsInformed(Method):
 
     @classmethod
     def assess(cls, row):
-        figures = steps_to_baseline(row)
-        own = describe_steps(figures)
-        if figures is None:
-            return own, "not measured (no validation curve)"
-        if not figures["reached"]:
-            return own, "not borne out: never reached the baseline's perplexity"
-        ratio = figures["steps_ratio"]
-        return own, ("held" if ratio <= 0.1 else f"not borne out: {1 / ratio:.2f}x fewer steps (claimed 10x)")
+        return assess_steps(row, held_at=0.1, claim="10x fewer")

@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .base import Method, check_number
+from .export import describe_export
 
 
 class WeightMask(nn.Module):
@@ -196,11 +197,10 @@ class Pruning(Method):
         export = figures.get("export")
         if not export:
             return "-", "not measured"
-        ratio = export["dense_bytes"] / export["bytes"]
+        ratio, size = describe_export(export)
         own = (f"sparsity {100 * figures['sparsity_of_pruned_matrices']:.0f}% of the pruned matrices, "
                f"{figures['nonzero_parameters']:,} of {figures['parameters']:,} parameters non-zero, "
-               f"{len(figures['experts_removed'])} expert(s) removed; export {export['bytes'] / 2**20:.2f} MiB on disk "
-               f"against {export['dense_bytes'] / 2**20:.2f} MiB dense ({ratio:.2f}x smaller)")
+               f"{len(figures['experts_removed'])} expert(s) removed; {size}")
         held = ratio >= 4 * 0.95
         return own, ("held" if held else f"not borne out: {ratio:.2f}x smaller (claimed 4x)") + (
             f"; test perplexity {row['test_perplexity_change_percent']:+.1f}%")

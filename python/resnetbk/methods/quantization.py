@@ -42,6 +42,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .base import Method
+from .export import describe_export
 
 _QCONFIG_BACKEND = "fbgemm"
 
@@ -164,9 +165,7 @@ class Quantization(Method):
         export = figures.get("export")
         if not export:
             return "-", "not measured"
-        ratio = export["dense_bytes"] / export["bytes"]
-        own = (f"export {export['bytes'] / 2**20:.2f} MiB on disk against {export['dense_bytes'] / 2**20:.2f} MiB "
-               f"float32 ({ratio:.2f}x smaller)")
+        ratio, own = describe_export(export)
         inference = figures.get("int8_inference")
         if inference:
             own += (f"; INT8 inference ppl {inference['perplexity']:.1f} vs float {figures['float_inference']['perplexity']:.1f}, "
