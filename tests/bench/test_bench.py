@@ -315,3 +315,21 @@ def test_plain_progress_lines_when_not_a_terminal(capsys):
     bar.update(1)
     err = capsys.readouterr().err
     assert "model epoch 1/1: step 1/4, loss 7.000, tok_s 5,000, ETA" in err
+
+
+def test_the_benchmark_trains_and_compares_the_peers(tmp_path, tiny_data):
+    out = tmp_path / "out"
+    code = cli_main(["--preset", "smoke", "--data-dir", str(tiny_data), "--output-dir", str(out), "--quiet",
+                     "--device", "cpu", "--threads", "1", "--epochs", "1", "--models", "resnet_bk_baseline,lstm,mamba"])
+    assert code == 0
+    counts = {}
+    for name in ("lstm", "mamba"):
+        doc = json.loads((out / f"{name}_results.json").read_text())
+        assert doc["causal"] is True and math.isfinite(doc["test_perplexity"]) and doc["steps"] > 0
+        assert doc["flops_breakdown"]["unknown_ops"] == {} and doc["backward_flops"] > doc["forward_flops"] > 0
+        assert doc["config"]["architecture"] == name
+        counts[name] = doc["non_embedding_parameters"]
+        assert (out / f"comparison_resnet_bk_baseline_vs_{name}.json").exists()
+    reference = json.loads((out / "resnet_bk_baseline_results.json").read_text())["non_embedding_parameters"]
+    assert all(abs(c / reference - 1) < 0.10 for c in counts.values()), (counts, reference)
+    assert "| lstm |" in (out / "report.md").read_text()

@@ -7,7 +7,7 @@ from resnetbk.causality import probe_causality
 from resnetbk.models import ModelOptions, build_model
 
 
-@pytest.mark.parametrize("arch", ("transformer", "resnet_bk"))
+@pytest.mark.parametrize("arch", ("transformer", "resnet_bk", "lstm", "mamba"))
 def test_any_length_up_to_n_seq(arch):
     model = build_model(ModelOptions(arch, 100, 16, 2, 12))
     for n in (1, 5, 12):
@@ -36,7 +36,7 @@ def test_router_gets_a_gradient():
     assert model.blocks[0].bk.bk_scale.grad is not None
 
 
-@pytest.mark.parametrize("arch", ("transformer", "resnet_bk"))
+@pytest.mark.parametrize("arch", ("transformer", "resnet_bk", "lstm", "mamba"))
 def test_causal_models_pass_the_probe(arch):
     torch.manual_seed(0)
     model = build_model(ModelOptions(arch, 200, 32, 2, 24))

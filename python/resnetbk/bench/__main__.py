@@ -1,6 +1,7 @@
 """Command line: ``python -m resnetbk.bench [options]``.
 
-Runs the three benchmark models (transformer_baseline, resnet_bk_baseline, resnet_bk_full) on
+Runs the benchmark models (by default the original benchmark's three: transformer_baseline,
+resnet_bk_baseline, resnet_bk_full; ``--models`` adds the peers ``lstm`` and ``mamba``) on
 WikiText-2 and writes ``<model>_results.json``, ``<model>_steps.csv``, ``comparison_*.json``,
 ``summary.json``, ``training_curves.png`` and ``report.md`` into ``--output-dir`` (with ``--seeds``,
 each seed's runs in ``seed_<s>/`` and the means over seeds at the top). Subcommands: ``ablation``
@@ -20,7 +21,7 @@ from pathlib import Path
 from .. import data as wt2
 from .. import methods
 from . import distributed
-from .config import MODEL_NAMES, PRESETS, BenchmarkConfig, load_config_file, model_config
+from .config import DEFAULT_MODELS, MODEL_NAMES, PRESETS, BenchmarkConfig, load_config_file, model_config
 from .report import RUN_INFO, main_table, write_report
 from .results import write_json_atomic
 from .runner import WikiText2Benchmark, write_comparisons
@@ -45,8 +46,9 @@ def parse_args(argv=None, *, prog: str = "python -m resnetbk.bench", description
                    help="quick: ~10 min for all three models on 2 CPU cores (default); original: the original "
                         "benchmark's exact configuration; smoke: seconds on tiny data")
     if models:
-        p.add_argument("--models", default=",".join(MODEL_NAMES),
-                       help=f"comma-separated, from {', '.join(MODEL_NAMES)}")
+        p.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                       help=f"comma-separated, from {', '.join(MODEL_NAMES)} (default: the original benchmark's "
+                            "three; lstm and mamba are the peers, matched in non-embedding parameters)")
     p.add_argument("--output-dir", default=default_output)
     p.add_argument("--config", help="JSON or YAML file of BenchmarkConfig fields (unknown keys are an error)")
     p.add_argument("--data-dir", help=f"folder with wiki.{{train,valid,test}}.tokens (else ${wt2.DATA_ENV}, else the hub)")

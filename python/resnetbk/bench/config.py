@@ -21,7 +21,11 @@ from ..models.options import INITS
 
 OPTIMIZATION_FLAGS = methods.FLAGS
 IMPLEMENTED_FLAGS = methods.IMPLEMENTED
-MODEL_NAMES = ("transformer_baseline", "resnet_bk_baseline", "resnet_bk_full")
+#: The original benchmark's three models, then the peers people pick instead (models.recurrent).
+MODEL_NAMES = ("transformer_baseline", "resnet_bk_baseline", "resnet_bk_full", "lstm", "mamba")
+#: What ``--models`` runs when not given: the original benchmark's three.
+DEFAULT_MODELS = MODEL_NAMES[:3]
+MAMBA_KERNELS = ("auto", "mambapy", "mamba_ssm")
 DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -55,6 +59,15 @@ class _CoreConfig:
     bk_mode: str = "causal"
     potential_limit: float = 3.0
     load_balance_weight: float = 0.01
+    #: The LSTM's cell width; 0: matched to ResNet-BK's non-embedding parameters (models.recurrent).
+    lstm_hidden: int = 0
+    #: Mamba's inner width; 0: matched to ResNet-BK's non-embedding parameters.
+    mamba_inner: int = 0
+    mamba_d_state: int = 16
+    mamba_layers_per_block: int = 2
+    #: Mamba's selective scan: "mambapy" (pure PyTorch, any device), "mamba_ssm" (its CUDA kernel),
+    #: "auto" (mamba_ssm on CUDA where it is installed, else mambapy).
+    mamba_kernel: str = "auto"
     # Optimisation schedule.
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1
@@ -94,7 +107,8 @@ class _CoreConfig:
 
     def _validate_numbers(self) -> None:
         positive = ("d_model", "n_layers", "n_seq", "batch_size", "epochs", "n_heads", "num_experts", "bk_channels",
-                    "eval_batch_size", "max_consecutive_skips", "method_eval_tokens", "flops_trace_interval")
+                    "eval_batch_size", "max_consecutive_skips", "method_eval_tokens", "flops_trace_interval",
+                    "mamba_d_state", "mamba_layers_per_block")
         for name in positive:
             _check_int(self, name, low=1)
         for name in ("lr", "grad_clip", "potential_limit"):
@@ -110,6 +124,8 @@ class _CoreConfig:
         if not 0 < self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio: expected a number in (0, 1], got {self.min_lr_ratio!r}")
         _check_int(self, "warmup_steps", low=0)
+        _check_int(self, "lstm_hidden", low=0)
+        _check_int(self, "mamba_inner", low=0)
         for name, low in (("max_steps", 1), ("max_train_tokens", 2), ("threads", 1), ("valid_curve_interval", 1)):
             _check_int(self, name, low=low, optional=True)
         if self.data_fraction is not None and not (isinstance(self.data_fraction, (int, float)) and 0 < self.data_fraction <= 1):
@@ -117,7 +133,8 @@ class _CoreConfig:
 
     def _validate_choices(self) -> None:
         for name, allowed in (("architecture", ARCHITECTURES), ("bk_mode", ("causal", "bidirectional")), ("init", INITS),
-                              ("amp_dtype", ("bfloat16", "float16")), ("device", DEVICES)):
+                              ("amp_dtype", ("bfloat16", "float16")), ("device", DEVICES),
+                              ("mamba_kernel", MAMBA_KERNELS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {getattr(self, name)!r}")
         if self.architecture == "transformer" and self.d_model % self.n_heads:
@@ -164,11 +181,27 @@ def model_options(config, vocab_size: int) -> ModelOptions:
         n_seq=config.n_seq, dropout=config.dropout, tie_embeddings=config.tie_embeddings, head_bias=config.head_bias,
         init=config.init, n_heads=config.n_heads,
         num_experts=config.num_experts, bk_channels=config.bk_channels, bk_mode=config.bk_mode,
-        potential_limit=config.potential_limit, bk_grad="autograd",
+        potential_limit=config.potential_limit, bk_grad="autograd", lstm_hidden=config.lstm_hidden,
+        mamba_d_state=config.mamba_d_state, mamba_inner=config.mamba_inner,
+        mamba_layers_per_block=config.mamba_layers_per_block, mamba_cuda=_mamba_cuda(config),
     )
     for method in methods.enabled(config):
         options = method.configure_model(options, config)
     return options
+
+
+def _mamba_cuda(config) -> bool:
+    """Whether Mamba's scan runs through mamba-ssm's CUDA kernel (``mamba_kernel``)."""
+    if config.architecture != "mamba" or config.mamba_kernel == "mambapy":
+        return False
+    from ..models.recurrent import mamba_cuda_available
+
+    if config.mamba_kernel == "mamba_ssm":
+        if not mamba_cuda_available():
+            raise ValueError("mamba_kernel: 'mamba_ssm' needs a CUDA device and the mamba-ssm package "
+                             "(pip install mamba-ssm); use 'mambapy' or 'auto'")
+        return True
+    return config.device != "cpu" and mamba_cuda_available()
 
 
 def _check_int(config, name: str, *, low: int, optional: bool = False) -> None:
@@ -216,6 +249,8 @@ def model_config(model_name: str, base):
         # Every implemented method (the others raise NotImplementedError).
         return base.replace(model_name=model_name, architecture="resnet_bk",
                             **{flag: flag in IMPLEMENTED_FLAGS for flag in OPTIMIZATION_FLAGS})
+    if model_name in ("lstm", "mamba"):
+        return base.replace(model_name=model_name, architecture=model_name, **no_methods)
     raise ValueError(f"--models: expected names from {MODEL_NAMES}, got {model_name!r}")
 
 

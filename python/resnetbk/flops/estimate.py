@@ -182,6 +182,10 @@ def _resnet_bk_block(ops: _Ops, s: StepShape, i: int) -> None:
 
 def step_ops(s: StepShape) -> list:
     """The engine records of one training step (forward, backward, AdamW update)."""
+    blocks = {"transformer": _transformer_block, "resnet_bk": _resnet_bk_block}
+    if s.options.architecture not in blocks:
+        raise ValueError(f"architecture: the closed-form estimate covers {tuple(blocks)}, not "
+                         f"{s.options.architecture!r}; measure it with the execution tracer (flops.FlopsTracer)")
     ops = _Ops()
     t, d, v = s.batch * s.seq, s.options.d_model, s.options.vocab_size
     ops.elementwise("forward", "model (top level)", "add", t * d)  # token + position embeddings
@@ -189,7 +193,7 @@ def step_ops(s: StepShape) -> list:
     ops.dropout("dropout", t * d, s.options.dropout > 0)
     ops.op("backward", "token_embedding", "aten.embedding_dense_backward", [(t, d)])
     ops.op("backward", "position_embedding", "aten.embedding_dense_backward", [(s.seq, d)])
-    block = {"transformer": _transformer_block, "resnet_bk": _resnet_bk_block}[s.options.architecture]
+    block = blocks[s.options.architecture]
     for i in range(s.options.n_layers):
         block(ops, s, i)
     ops.layer_norm("final_norm", t, d)

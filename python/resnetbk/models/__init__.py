@@ -4,24 +4,59 @@ from __future__ import annotations
 
 from .common import LanguageModel
 from .options import ARCHITECTURES, ModelOptions
+from .recurrent import LSTMBlock, MambaBlock, lstm_layer_parameters, mamba_layer_parameters, matched_lstm_hidden, matched_mamba_inner
 from .resnet_bk import ResNetBKBlock
 from .transformer import TransformerBlock
 
 
 def build_model(options: ModelOptions) -> LanguageModel:
-    """A ``LanguageModel`` of ``options.architecture`` (``"transformer"`` or ``"resnet_bk"``)."""
+    """A ``LanguageModel`` of ``options.architecture`` (one of ``ARCHITECTURES``)."""
     if not isinstance(options, ModelOptions):
         raise TypeError(f"options: expected a ModelOptions, got {type(options).__name__}")
     o = options
     if o.architecture == "transformer":
         blocks = [TransformerBlock(o.d_model, o.n_heads, o.dropout) for _ in range(o.n_layers)]
+    elif o.architecture == "lstm":
+        hidden = lstm_hidden(o)
+        blocks = [LSTMBlock(o.d_model, hidden, o.dropout) for _ in range(o.n_layers)]
+    elif o.architecture == "mamba":
+        blocks = [MambaBlock(o.d_model, o.mamba_d_state, mamba_inner(o), o.mamba_layers_per_block)
+                  for _ in range(o.n_layers)]
     else:
         blocks = [
             ResNetBKBlock(o.d_model, o.num_experts, o.dropout, o.bk_channels, o.bk_mode, o.potential_limit, o.bk_grad,
                           o.sparse_bk, o.sparse_bk_target)
             for _ in range(o.n_layers)
         ]
-    return LanguageModel(o, blocks)
+    model = LanguageModel(o, blocks)
+    if o.architecture == "mamba" and o.mamba_cuda:
+        for block in model.blocks:
+            block.use_cuda_kernels(True)
+    return model
 
 
-__all__ = ["ARCHITECTURES", "LanguageModel", "ModelOptions", "build_model"]
+def _resnet_bk_block_parameters(options: ModelOptions) -> int:
+    reference = ResNetBKBlock(options.d_model, options.num_experts, options.dropout, options.bk_channels,
+                              options.bk_mode, options.potential_limit, options.bk_grad)
+    return sum(p.numel() for p in reference.parameters())
+
+
+def lstm_hidden(options: ModelOptions) -> int:
+    """``options.lstm_hidden``, or (0) the cell width that matches ResNet-BK's non-embedding
+    parameters per block at the same width and depth."""
+    if options.lstm_hidden:
+        return options.lstm_hidden
+    return matched_lstm_hidden(options.d_model, _resnet_bk_block_parameters(options))
+
+
+def mamba_inner(options: ModelOptions) -> int:
+    """``options.mamba_inner``, or (0) the inner width that matches ResNet-BK's non-embedding
+    parameters per block (``mamba_layers_per_block`` Mamba layers per block)."""
+    if options.mamba_inner:
+        return options.mamba_inner
+    return matched_mamba_inner(options.d_model, options.mamba_d_state, options.mamba_layers_per_block,
+                               _resnet_bk_block_parameters(options))
+
+
+__all__ = ["ARCHITECTURES", "LanguageModel", "ModelOptions", "build_model", "lstm_hidden", "lstm_layer_parameters",
+           "mamba_inner", "mamba_layer_parameters"]

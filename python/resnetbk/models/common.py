@@ -29,7 +29,8 @@ class LanguageModel(nn.Module):
         self.options = options
         self.n_seq = options.n_seq
         self.token_embedding = nn.Embedding(options.vocab_size, d_model)
-        self.position_embedding = nn.Embedding(options.n_seq, d_model)
+        # The recurrent models know position from their state.
+        self.position_embedding = nn.Embedding(options.n_seq, d_model) if options.position_embedding else None
         self.dropout = nn.Dropout(options.dropout)
         self.blocks = nn.ModuleList(blocks)
         self.stage_ranges = options.stage_ranges()
@@ -44,8 +45,9 @@ class LanguageModel(nn.Module):
             self.lm_head.weight = self.token_embedding.weight
         if options.init == "normal":  # else the modules keep torch's own initialisation
             self.apply(_init_weights)
-        if self.depth is not None:
-            self.depth.reset_parameters_after_init()
+        for module in [self.depth, *self.blocks]:
+            if hasattr(module, "reset_parameters_after_init"):  # inits the model-wide one must not override
+                module.reset_parameters_after_init()
 
     def forward(self, tokens: Tensor, targets: Optional[Tensor] = None, *, features_only: bool = False,
                 fused_head: bool = True):
@@ -74,8 +76,10 @@ class LanguageModel(nn.Module):
         n = tokens.shape[1]
         if not 1 <= n <= self.n_seq:
             raise ValueError(f"tokens: length {n} is outside 1..n_seq = {self.n_seq}")
-        positions = torch.arange(n, device=tokens.device)
-        x = self.dropout(self.token_embedding(tokens) + self.position_embedding(positions))
+        x = self.token_embedding(tokens)
+        if self.position_embedding is not None:
+            x = x + self.position_embedding(torch.arange(n, device=tokens.device))
+        x = self.dropout(x)
         stages = [(self._stage(first, stop, shortened), stop - first) for first, stop, shortened in self.stage_ranges]
         if self.depth is not None:
             x = self.depth(x, stages)
@@ -112,7 +116,8 @@ class LanguageModel(nn.Module):
         """Total trainable parameters (shared ones once) and those outside the embeddings and head."""
         unique = {id(p): p for p in self.parameters()}
         total = sum(p.numel() for p in unique.values())
-        embedding = {id(self.token_embedding.weight), id(self.position_embedding.weight), id(self.lm_head.weight)}
+        embedding = {id(m.weight) for m in (self.token_embedding, self.position_embedding, self.lm_head)
+                     if m is not None}
         non_embedding = sum(p.numel() for i, p in unique.items() if i not in embedding)
         return {"total": total, "non_embedding": non_embedding}
 

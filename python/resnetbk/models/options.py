@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-ARCHITECTURES = ("transformer", "resnet_bk")
+ARCHITECTURES = ("transformer", "resnet_bk", "lstm", "mamba")
+#: Architectures that carry position in their recurrent state: no position embedding.
+RECURRENT = ("lstm", "mamba")
 BK_GRADS = ("exact", "autograd")
 #: "normal": every Linear and Embedding weight normal(0, 0.02), biases zero (GPT-2's scheme);
 #: "torch": PyTorch's own defaults (Linear: Kaiming-uniform; Embedding: normal(0, 1)).
@@ -34,6 +36,15 @@ class ModelOptions:
     potential_limit: float = 3.0
     #: "exact": the BK-Core's O(N) analytic backward; "autograd": autograd through the torch implementation.
     bk_grad: str = "exact"
+    #: LSTM cell width; 0: matched to ResNet-BK's non-embedding parameter count (models.recurrent).
+    lstm_hidden: int = 0
+    mamba_d_state: int = 16  # the selective scan's state size per channel (the Mamba paper's N)
+    #: Mamba's inner width; 0: matched to ResNet-BK's non-embedding parameters (models.recurrent).
+    mamba_inner: int = 0
+    #: Mamba layers per block: 2 matches a block's parameters (the Mamba paper's convention).
+    mamba_layers_per_block: int = 2
+    #: The scan through mamba-ssm's CUDA kernel (CUDA and the mamba-ssm package needed).
+    mamba_cuda: bool = False
     # Set by the optimization methods (resnetbk.methods), ResNet-BK only.
     act: bool = False  # per-token adaptive computation time over the blocks
     act_threshold: float = 0.99  # a token halts once its cumulative halting probability reaches this
@@ -55,12 +66,25 @@ class ModelOptions:
             if used:
                 raise ValueError(f"{', '.join(used)}: only ResNet-BK supports these options, got architecture "
                                  f"{self.architecture!r}")
+        for name in ("mamba_d_state", "mamba_layers_per_block"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        for name in ("lstm_hidden", "mamba_inner"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name}: expected 0 (matched) or a positive integer, got {value!r}")
         if self.multi_scale and self.n_layers < 3:
             raise ValueError(f"multi_scale: needs n_layers >= 3 (full-resolution blocks around shortened middle "
                              f"blocks), got n_layers = {self.n_layers}")
 
     def replace(self, **changes) -> ModelOptions:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def position_embedding(self) -> bool:
+        """Whether the model adds a learned position embedding (not the recurrent ones)."""
+        return self.architecture not in RECURRENT
 
     @property
     def per_token_depth(self) -> bool:

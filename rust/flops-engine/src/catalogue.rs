@@ -88,6 +88,9 @@ fn elementwise_cost(base: &str) -> Option<u64> {
         "_fused_moving_avg_obs_fq_helper" => 9,
         "gelu" => 5,
         "gelu_backward" => 11,
+        // x sigmoid(x); its gradient grad s (1 + x (1 - s)) recomputes s.
+        "silu" => 5,
+        "silu_backward" => 9,
         _ => return None,
     })
 }
@@ -125,6 +128,19 @@ pub fn optimizer_cost(kind: &str, weight_decay: bool) -> Option<u64> {
         ("sgd", wd) => 2 + if wd { 2 } else { 0 },
         _ => return None,
     })
+}
+
+/// FLOPs of one LSTM layer over a sequence (forward) from its input `(.., I)` and recurrent
+/// weight `(4H, H)`: the gate pre-activations `2 T (4H)(I + H)` as matmul, and per cell element
+/// 30 elementwise FLOPs (two bias adds and the sum of the two products over 4H, three sigmoids,
+/// two tanh, `c = f c + i g`, `h = o tanh c`). The backward is priced at twice both (gradients
+/// for the inputs and the weights; the gate derivatives, which reuse saved activations, at
+/// 2x the forward's elementwise work: an estimate, the fused kernels do not expose it).
+fn lstm_layer(input: &[usize], w_hh: &[usize], backward: bool) -> Option<Vec<(Category, u64)>> {
+    let (i, h) = (*input.last()? as u64, *w_hh.get(1)? as u64);
+    let tokens = numel(input) / i.max(1);
+    let scale = if backward { 2 } else { 1 };
+    Some(vec![(Category::Matmul, scale * 2 * tokens * 4 * h * (i + h)), (Category::Elementwise, scale * 30 * tokens * h)])
 }
 
 /// Prices one op: `Some(parts)` with the FLOPs per category, or `None` for an unknown op.
@@ -202,6 +218,27 @@ pub fn price(op: &Op) -> Option<Vec<(Category, u64)>> {
             vec![(Category::Loss, numel(target))]
         }
         "embedding_dense_backward" => vec![(Category::Embedding, first_input(op))],
+        // One LSTM layer: oneDNN (CPU) and cuDNN (CUDA) kernels; tensor inputs start with the
+        // sequence, then the weights `(4H, I)` and `(4H, H)`.
+        "mkldnn_rnn_layer" | "_cudnn_rnn" => lstm_layer(ins.first()?, ins.get(2)?, false)?,
+        "mkldnn_rnn_layer_backward" | "_cudnn_rnn_backward" => lstm_layer(ins.first()?, ins.get(2)?, true)?,
+        // Convolution as FlopCounterMode prices it: 2 x output elements x (input channels per
+        // group x kernel size); the backward computes the input's and the weight's gradients
+        // (2x), plus the bias gradient's sum over the output.
+        "convolution" => {
+            let per_output = numel(ins.get(1)?.get(1..)?);
+            let out = first_output(op);
+            let mut parts = vec![(Category::Matmul, 2 * out * per_output)];
+            if ins.len() > 2 {
+                parts.push((Category::Elementwise, out));
+            }
+            parts
+        }
+        "convolution_backward" => {
+            let (grad_out, weight) = (numel(ins.first()?), ins.get(2)?);
+            let per_output = numel(weight.get(1..)?);
+            vec![(Category::Matmul, 4 * grad_out * per_output), (Category::Reduction, grad_out)]
+        }
         "sum" | "mean" | "amax" | "amin" | "max" | "min" | "argmax" | "argmin" | "prod" | "linalg_vector_norm"
         | "norm" | "any" | "all" => vec![(Category::Reduction, first_input(op) * complex.min(2))],
         "index_add" => vec![(Category::Routing, numel(ins.get(2)?))],

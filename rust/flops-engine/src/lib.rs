@@ -150,11 +150,25 @@ mod tests {
     #[test]
     fn the_methods_training_aids_are_priced_per_element() {
         let cases = [("aten.softplus", 3), ("aten.softplus_backward", 5), ("aten.mse_loss", 3), ("aten.round", 1),
-                     ("aten._fused_moving_avg_obs_fq_helper", 9)];
+                     ("aten._fused_moving_avg_obs_fq_helper", 9), ("aten.silu", 5), ("aten.silu_backward", 9)];
         for (name, per) in cases {
             let p = price(&op(name, vec![vec![4, 8]], vec![vec![4, 8]])).unwrap();
             assert_eq!(p, vec![(Category::Elementwise, per * 32)], "{name}");
         }
+    }
+
+    #[test]
+    fn the_peers_layers_are_priced_from_their_shapes() {
+        // An LSTM layer over 2 x 5 tokens, input 3, cell 4: gates 2 T 4H (I + H), 30 per cell element.
+        let lstm = op("aten.mkldnn_rnn_layer", vec![vec![2, 5, 3], vec![16, 3], vec![16, 4], vec![16], vec![16]], vec![]);
+        assert_eq!(price(&lstm).unwrap(), vec![(Category::Matmul, 2 * 10 * 16 * 7), (Category::Elementwise, 30 * 10 * 4)]);
+        let back = op("aten._cudnn_rnn_backward", vec![vec![2, 5, 3], vec![16, 3], vec![16, 4]], vec![]);
+        assert_eq!(price(&back).unwrap(), vec![(Category::Matmul, 4 * 10 * 16 * 7), (Category::Elementwise, 60 * 10 * 4)]);
+        // Mamba's depthwise causal conv: 6 channels, kernel 4, 2 x 6 x 9 outputs, with a bias.
+        let conv = op("aten.convolution", vec![vec![2, 6, 6], vec![6, 1, 4], vec![6]], vec![vec![2, 6, 9]]);
+        assert_eq!(price(&conv).unwrap(), vec![(Category::Matmul, 2 * 108 * 4), (Category::Elementwise, 108)]);
+        let conv_back = op("aten.convolution_backward", vec![vec![2, 6, 9], vec![2, 6, 6], vec![6, 1, 4]], vec![]);
+        assert_eq!(price(&conv_back).unwrap(), vec![(Category::Matmul, 4 * 108 * 4), (Category::Reduction, 108)]);
     }
 
     #[test]
