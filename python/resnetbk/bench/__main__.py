@@ -6,9 +6,10 @@ WikiText-2 and writes ``<model>_results.json``, ``<model>_steps.csv``, ``compari
 ``summary.json``, ``training_curves.png`` and ``report.md`` into ``--output-dir`` (with ``--seeds``,
 each seed's runs in ``seed_<s>/`` and the means over seeds at the top). Subcommands: ``ablation``
 (each optimization method against the ResNet-BK baseline; ``python -m resnetbk.bench ablation
---help``), ``report DIR`` (rewrite ``report.md`` of a results folder) and ``flops`` (the
-sequence-length FLOPs sweep). Settings apply in this order: the dataclass defaults, ``--preset``,
-``--config FILE``, then the other flags.
+--help``), ``report DIR`` (rewrite ``report.md`` of a results folder), ``scaling`` (time,
+memory and FLOPs per token against the sequence length, measured) and ``flops`` (the closed-form
+FLOPs sweep). Settings apply in this order: the dataclass defaults, ``--preset``, ``--config
+FILE``, then the other flags.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def run_info(argv: list, started: str, finished: str | None = None) -> dict:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    subcommands = {"flops": "flops_sweep", "ablation": "ablation", "report": "report"}
+    subcommands = {"flops": "flops_sweep", "ablation": "ablation", "report": "report", "scaling": "scaling"}
     if argv[:1] and argv[0] in subcommands:
         import importlib
 

@@ -80,13 +80,17 @@ class LanguageModel(nn.Module):
         if self.position_embedding is not None:
             x = x + self.position_embedding(torch.arange(n, device=tokens.device))
         x = self.dropout(x)
+        return self.final_norm(self.blocks_forward(x))
+
+    def blocks_forward(self, x: Tensor) -> Tensor:
+        """The blocks alone on embedded inputs ``(B, N, d)`` (no embedding, final norm or head): the
+        sequence mixers' share of the work, which the scaling study times on its own."""
         stages = [(self._stage(first, stop, shortened), stop - first) for first, stop, shortened in self.stage_ranges]
         if self.depth is not None:
-            x = self.depth(x, stages)
-        else:
-            for stage, _ in stages:
-                x = stage(x, None)
-        return self.final_norm(x)
+            return self.depth(x, stages)
+        for stage, _ in stages:
+            x = stage(x, None)
+        return x
 
     def _stage(self, first: int, stop: int, shortened: bool):
         if shortened:
