@@ -71,6 +71,31 @@ def test_config_file_and_cli_errors(tmp_path, capsys, tiny_data):
     assert "missing: wiki.train.tokens" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name, text, where", [
+    ("broken.yaml", "d_model: 16\nepochs: [1, 2\n", "line 3, column 1: not valid YAML"),
+    ("broken.json", '{"d_model": 16,\n "epochs": }', "line 2, column 12: not valid JSON"),
+])
+def test_a_malformed_config_file_is_one_line_naming_file_line_and_column(tmp_path, capsys, name, text, where):
+    path = tmp_path / name
+    path.write_text(text)
+    assert cli_main(["--config", str(path), "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and where in err, err
+
+
+def test_json_results_get_the_umask_mode_not_the_temporary_files(tmp_path):
+    import os
+
+    from resnetbk.bench.results import write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+
+
 def test_smoke_run_writes_every_file_with_the_documented_schema(tmp_path, tiny_data):
     out = tmp_path / "out"
     code = cli_main(["--preset", "smoke", "--data-dir", str(tiny_data), "--output-dir", str(out), "--quiet",
@@ -287,11 +312,14 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a missing GPU")
 def test_cli_reports_a_missing_gpu_without_a_traceback(tmp_path, capsys, tiny_data):
-    code = cli_main(["--preset", "smoke", "--models", "transformer_baseline", "--data-dir", str(tiny_data),
-                     "--output-dir", str(tmp_path), "--device", "cuda", "--quiet"])
+    # Checked before any data is read (this data folder does not exist) and before any output.
+    out = tmp_path / "out"
+    code = cli_main(["--preset", "smoke", "--models", "transformer_baseline", "--data-dir", str(tmp_path / "none"),
+                     "--output-dir", str(out), "--device", "cuda", "--quiet"])
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 2 and not out.exists()
     assert "error: device: 'cuda' was asked for but torch sees no CUDA device" in err and "Traceback" not in err
+    assert "--resume" not in err
 
 
 def test_cli_reports_a_failure_inside_the_worker_process(tmp_path, capsys, tiny_data):

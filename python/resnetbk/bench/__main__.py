@@ -26,6 +26,7 @@ from .config import DEFAULT_MODELS, MODEL_NAMES, PRESETS, BenchmarkConfig, load_
 from .report import RUN_INFO, main_table, write_report
 from .results import write_json_atomic
 from .runner import WikiText2Benchmark, write_comparisons
+from .train import resolve_device
 
 
 def methods_help() -> str:
@@ -141,6 +142,8 @@ def main(argv=None) -> int:
     try:
         seeds = parse_seeds(args)
         configs = build_configs(args)
+        for config in configs:  # before the data: a missing GPU is known at once
+            resolve_device(config.device)
         corpus = wt2.load_corpus(configs[0].data_dir)
     except (ValueError, NotImplementedError, wt2.DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -157,7 +160,9 @@ def main(argv=None) -> int:
             bench.run_all([c if seed is None else c.replace(seed=seed) for c in configs])
     except (RuntimeError, ValueError, KeyboardInterrupt) as exc:
         print(f"error: {exc or 'interrupted'}", file=sys.stderr)
-        print(f"Completed epochs are checkpointed under {output}/; rerun with --resume to continue.", file=sys.stderr)
+        if any(output.glob("**/runs/*/checkpoint.pt")):
+            print(f"Completed epochs are checkpointed under {output}/; rerun with --resume to continue.",
+                  file=sys.stderr)
         return 1
     if not main_rank:
         return 0
