@@ -4,9 +4,10 @@ What it does: every forward (training and evaluation) runs in ``torch.autocast``
 ``amp_dtype``; the BK-Core itself stays float32 (its inputs are cast up), float16 uses a
 GradScaler (CUDA only).
 
-Measured effect (``results/ablation_quick``: quick preset, 2 epochs, one CPU thread): 1.09x tokens/s and 1.33x peak memory against float32
-on this AMD EPYC CPU (perplexity +0.1%): the claim (2x speed, half the memory) is not borne out
-here. On CPUs without fast bf16 matmuls it can be slower, not faster; GPUs not measured yet.
+Measured effect (``results/ablation_quick``: quick preset, 150 steps, 2 CPU threads): 1.16x
+tokens/s and 1.51x peak memory against float32 on this AMD EPYC CPU (perplexity -0.3%): the
+claim (2x speed, half the memory) is not borne out here. On CPUs without fast bf16 matmuls it
+can be slower, not faster; GPUs not measured yet.
 
 Paper: Micikevicius et al. 2018, "Mixed Precision Training"; bf16: Kalamkar et al. 2019.
 """

@@ -9,9 +9,9 @@ work.
 
 Records: the forward FLOPs per token of an evaluation, and the middle blocks' share.
 
-Measured effect (``results/ablation_quick``: quick preset, 2 epochs, one CPU thread): the middle blocks' forward FLOPs per step 2.01x
-lower (the claim held for them); the whole step 1.00x FLOPs and 1.09x tokens/s, since the LM
-head dominates; test perplexity +1.6%.
+Measured effect (``results/ablation_quick``: quick preset, 150 steps, 2 CPU threads): the
+middle blocks' forward FLOPs per step 2.01x lower (the claim held for them); the whole step
+1.00x FLOPs, since the LM head dominates; test perplexity +1.1%.
 
 Paper: Nawrot et al. 2021, "Hierarchical Transformers Are More Efficient Language Models"
 (hourglass: shift-then-pool shortening, linear upsampling, residual).
