@@ -268,6 +268,7 @@ PRESETS = {
     "original": dict(),
     # About 10 minutes for all three models on 2 CPU cores; full valid/test evaluation.
     "quick": dict(epochs=1, max_train_tokens=614_400, warmup_steps=15, lr=2e-3),
-    # Seconds on tiny data (tests); full evaluation of whatever data it is given.
+    # A tiny model trained on 2,000 tokens (the tests' preset): seconds on tiny data; it still evaluates
+    # the full validation and test splits it is given (about 3 minutes on WikiText-2 with 2 cores).
     "smoke": dict(d_model=16, n_layers=3, n_seq=16, batch_size=4, epochs=2, max_train_tokens=2_000, eval_batch_size=8),
 }

@@ -141,7 +141,9 @@ def render(folder: str | Path) -> str:
     lines += [f"| optimization methods of {name} | {_methods(results[0])} |" for name, results in runs.items()]
     lines += ["", "## Quality", "",
               "Validation and test perplexity of the same weights (the best-validation epoch's); a model that "
-              "fails the causality probe has no language-model perplexity.", ""]
+              "fails the causality probe has no language-model perplexity. In the JSON files the original "
+              "benchmark's field names are kept: `final_perplexity` is the test perplexity, `best_perplexity` "
+              "the best validation perplexity.", ""]
     lines += quality_table(summaries, runs) + [""] + requirement_line(summaries)
     lines += ["", "## Cost", "",
               f"tokens/s: {first.throughput_method or 'training tokens / training time'}. Peak memory: "
@@ -176,8 +178,8 @@ def main_table(folder: str | Path) -> str:
         rows.append(f"{name:22s} {str(causal):>6s} {_fmt(s['best_valid_perplexity'], '.2f'):>16s} "
                     f"{_fmt(s['test_perplexity'], '.2f'):>16s} {_fmt(s['tokens_per_second'], ',.0f'):>16s} "
                     f"{_fmt(s['peak_memory_above_baseline_mb'], ',.0f'):>9s} {_fmt(s['parameters'], ',.0f'):>10s}")
-    rows.append("valid ppl: best validation perplexity; test ppl: the same weights on the test split; "
-                "peak MiB: training's peak memory above the post-data baseline")
+    rows.append("valid ppl: best validation perplexity (best_perplexity in the JSON); test ppl: the same weights "
+                "on the test split (final_perplexity); peak MiB: training's peak memory above the post-data baseline")
     return "\n".join(rows)
 
 

@@ -1,6 +1,6 @@
 """The original benchmark's "hybrid analytic gradient", kept as an explicitly named approximation.
 
-It is NOT a gradient of anything (DESIGN.md section 3). It exists so that its effect can be
+It is NOT a gradient of anything (docs/design.md section 3). It exists so that its effect can be
 measured against the exact gradient. For diag only, with upstream ``gamma = dL/dRe G + i dL/dIm G``:
 
     diagonal_term    = -Re(gamma * G^2)            (the Jacobian's diagonal, without the conjugate)

@@ -20,7 +20,7 @@ class AnalyticGradient(Method):
     flag = "use_analytic_gradient"
     claim = "50x backward pass"
     acts_on = "the BK-Core's backward pass"
-    paper = "exact adjoint of the ratio-form recursion (reverse-mode differentiation; DESIGN.md section 3)"
+    paper = "exact adjoint of the ratio-form recursion (reverse-mode differentiation; docs/design.md section 3)"
     default = True
 
     @classmethod
