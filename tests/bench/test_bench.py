@@ -331,8 +331,66 @@ def test_cli_reports_a_failure_inside_the_worker_process(tmp_path, capsys, tiny_
     err = capsys.readouterr().err
     assert code == 1
     assert "resnet_bk_baseline: training failed in its worker process: ValueError" in err
-    assert "reads future tokens" in err and "--resume" in err
+    assert "reads future tokens" in err and "--resume" not in err  # nothing was checkpointed
     assert (tmp_path / "out" / "runs" / "resnet_bk_baseline" / "error.txt").is_file()
+
+
+def _children(pid: int) -> list:
+    from pathlib import Path
+
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+@pytest.mark.parametrize("whole_group", [False, True], ids=["parent-only", "ctrl-c"])
+def test_an_interrupt_stops_parent_and_worker_and_keeps_the_checkpoint(tmp_path, tiny_data, whole_group):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    checkpoint = out / "runs" / "resnet_bk_baseline" / "checkpoint.pt"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "resnetbk.bench", "--preset", "smoke", "--models",
+                             "resnet_bk_baseline", "--epochs", "500", "--data-dir", str(tiny_data), "--output-dir",
+                             str(out), "--device", "cpu", "--threads", "1", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not checkpoint.is_file() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert checkpoint.is_file(), proc.stderr.read() if proc.poll() is not None else "no checkpoint in 300 s"
+        workers = _children(proc.pid)
+        assert workers, "the model trains in a worker process"
+        if whole_group:
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C at a terminal does
+        else:
+            os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "interrupted: resnet_bk_baseline: interrupted after epoch" in err and "--resume" in err, err
+    assert "Traceback" not in err and "leaked semaphore" not in err, err
+    assert not any(_alive(w) for w in workers), "the worker kept running"
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)  # intact, loadable
+    assert state["progress"]["epoch"] >= 1
 
 
 def test_plain_progress_lines_when_not_a_terminal(capsys):

@@ -25,7 +25,7 @@ from . import distributed
 from .config import DEFAULT_MODELS, MODEL_NAMES, PRESETS, BenchmarkConfig, load_config_file, model_config
 from .report import RUN_INFO, main_table, write_report
 from .results import write_json_atomic
-from .runner import WikiText2Benchmark, write_comparisons
+from .runner import Interrupted, WikiText2Benchmark, write_comparisons
 from .train import resolve_device
 
 
@@ -159,8 +159,14 @@ def main(argv=None) -> int:
             folder = output if seed is None else output / f"seed_{seed}"
             bench = WikiText2Benchmark(folder, resume=args.resume, quiet=args.quiet, tensorboard=args.tensorboard)
             bench.run_all([c if seed is None else c.replace(seed=seed) for c in configs])
-    except (RuntimeError, ValueError, KeyboardInterrupt) as exc:
-        print(f"error: {exc or 'interrupted'}", file=sys.stderr)
+    except Interrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130  # the shell's code for a SIGINT
+    except KeyboardInterrupt:  # between models (comparisons, figure): every finished model is saved
+        print(f"interrupted; finished models' results are in {output}/ (rerun with --resume to go on)", file=sys.stderr)
+        return 130
+    except (RuntimeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         if any(output.glob("**/runs/*/checkpoint.pt")):
             print(f"Completed epochs are checkpointed under {output}/; rerun with --resume to continue.",
                   file=sys.stderr)

@@ -196,7 +196,7 @@ def plot(rows: list, path: Path) -> None:
 
 def main(argv=None) -> int:
     from .__main__ import build_base_config, parse_args
-    from .runner import WikiText2Benchmark
+    from .runner import Interrupted, WikiText2Benchmark
 
     args = parse_args(argv, prog="python -m resnetbk.bench ablation", default_output="benchmark_results/ablation",
                       description=__doc__, models=False)
@@ -214,8 +214,12 @@ def main(argv=None) -> int:
         for name, config in rows:
             print(f"== ablation row {name} ({config.model_name})", flush=True)
             results[name] = bench.run_benchmark(config)
-    except (RuntimeError, ValueError, KeyboardInterrupt) as exc:
-        print(f"error: {exc or 'interrupted'}", file=sys.stderr)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        print(f"interrupted: {exc or 'between rows'}; finished rows are kept under {bench.output_dir}/, "
+              "rerun with --resume to continue", file=sys.stderr)
+        return 130
+    except (RuntimeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         print(f"Finished rows are kept under {bench.output_dir}/; rerun with --resume to continue.", file=sys.stderr)
         return 1
     if base.threads is not None:

@@ -5,14 +5,62 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import os
+import signal
 import traceback
 from pathlib import Path
+from typing import Optional
 
 from . import distributed, plots
 from .config import BenchmarkConfig
 from .results import BenchmarkResults, compare_results, write_json_atomic
 from .summary import compare_summaries, load_runs, summarize
-from .train import resolve_device, run_and_save
+from .train import CHECKPOINT, resolve_device, run_and_save
+
+
+class Interrupted(Exception):
+    """Training was interrupted (Ctrl-C, SIGINT); says how far the model got and how to go on."""
+
+    def __init__(self, model_name: str, epochs_done: Optional[int]):
+        self.model_name, self.epochs_done = model_name, epochs_done
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        if self.epochs_done:
+            return (f"{self.model_name}: interrupted after epoch {self.epochs_done} (checkpointed); "
+                    "rerun with --resume to continue from there")
+        return f"{self.model_name}: interrupted before its first epoch finished (no checkpoint yet); rerun to start again"
+
+
+def checkpointed_epochs(run_dir: Path) -> Optional[int]:
+    """The epochs the checkpoint in ``run_dir`` holds (None: no readable checkpoint)."""
+    import torch
+
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        return None
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False)["progress"]["epoch"])
+    except Exception:  # noqa: BLE001 (a damaged checkpoint: --resume will say what is wrong)
+        return None
+
+
+def _stop_worker(process, grace_s: float = 30.0) -> None:
+    """Stop a worker cleanly: SIGINT first (it unwinds, its finally blocks and the resource
+    tracker's clean-up run), then SIGTERM, then SIGKILL."""
+    process.join(5)  # a Ctrl-C at the terminal reached the worker too: let it finish unwinding
+    if process.is_alive():
+        try:
+            os.kill(process.pid, signal.SIGINT)
+        except ProcessLookupError:
+            return
+        process.join(grace_s)
+    if process.is_alive():
+        process.terminate()
+        process.join(10)
+    if process.is_alive():
+        process.kill()
+        process.join()
 
 
 def _worker(config, data_dir, run_dir, result_path, error_path, resume, quiet, tensorboard):
@@ -55,13 +103,23 @@ class WikiText2Benchmark:
                       self.tensorboard),
             )
             process.start()
-            process.join()
+            try:
+                process.join()
+            except KeyboardInterrupt:  # the parent alone was interrupted, or the worker too (Ctrl-C)
+                _stop_worker(process)
+                raise Interrupted(config.model_name, checkpointed_epochs(run_dir)) from None
+            if process.exitcode == -signal.SIGINT or (
+                    error_path.is_file() and error_path.read_text().startswith("KeyboardInterrupt")):
+                raise Interrupted(config.model_name, checkpointed_epochs(run_dir))
             if process.exitcode != 0:
                 detail = error_path.read_text() if error_path.is_file() else f"exit code {process.exitcode}"
                 raise RuntimeError(f"{config.model_name}: training failed in its worker process: {detail}")
         else:
-            run_and_save(config, config.data_dir, str(run_dir), str(result_path), self.resume, self.quiet,
-                         self.tensorboard)
+            try:
+                run_and_save(config, config.data_dir, str(run_dir), str(result_path), self.resume, self.quiet,
+                             self.tensorboard)
+            except KeyboardInterrupt:
+                raise Interrupted(config.model_name, checkpointed_epochs(run_dir)) from None
         return BenchmarkResults.load(result_path)
 
     def compare_results(self, a: BenchmarkResults, b: BenchmarkResults) -> dict:
