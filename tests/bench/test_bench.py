@@ -403,6 +403,22 @@ def test_plain_progress_lines_when_not_a_terminal(capsys):
     assert "model epoch 1/1: step 1/4, loss 7.000, tok_s 5,000, ETA" in err
 
 
+def test_evaluation_shows_progress_in_a_log(tmp_path, tiny_data, capsys, monkeypatch):
+    """Evaluating a full split takes minutes on a CPU: it reports progress like training does."""
+    import resnetbk.bench.train as train_module
+
+    original = train_module.PlainProgress.__init__
+
+    def every_update(self, total, desc, interval=60.0, unit="step"):
+        original(self, total, desc, 0.0, unit)
+
+    monkeypatch.setattr(train_module.PlainProgress, "__init__", every_update)
+    train(smoke_config(tiny_data, epochs=1, model_name="resnet_bk_baseline"), wt2.load_corpus(str(tiny_data)),
+          tmp_path / "run", quiet=False, log=lambda *_: None)
+    err = capsys.readouterr().err
+    assert "resnet_bk_baseline validation: window 1/" in err and "resnet_bk_baseline test: window 1/" in err
+
+
 def test_the_benchmark_trains_and_compares_the_peers(tmp_path, tiny_data):
     out = tmp_path / "out"
     code = cli_main(["--preset", "smoke", "--data-dir", str(tiny_data), "--output-dir", str(out), "--quiet",

@@ -123,22 +123,22 @@ def save_checkpoint(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def _progress(total: int, desc: str, quiet: bool):
+def _progress(total: int, desc: str, quiet: bool, unit: str = "step"):
     """A tqdm bar on a terminal; plain periodic lines when stderr is a file or a pipe (logs)."""
     if quiet or not distributed.is_main_process():
         return None
     if not sys.stderr.isatty():
-        return PlainProgress(total, desc)
+        return PlainProgress(total, desc, unit=unit)
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, unit=unit)
 
 
 class PlainProgress:
     """Progress as one plain line every ``interval`` seconds: steps done, the figures, the ETA."""
 
-    def __init__(self, total: int, desc: str, interval: float = 60.0):
-        self.total, self.desc, self.interval = total, desc, interval
+    def __init__(self, total: int, desc: str, interval: float = 60.0, unit: str = "step"):
+        self.total, self.desc, self.interval, self.unit = total, desc, interval, unit
         self.done, self.postfix = 0, {}
         self.start = self.last = time.perf_counter()
 
@@ -152,7 +152,8 @@ class PlainProgress:
             self.last = now
             eta = (now - self.start) / self.done * (self.total - self.done)
             figures = ", ".join(f"{k} {v}" for k, v in self.postfix.items())
-            print(f"{self.desc}: step {self.done}/{self.total}, {figures}, ETA {eta / 60:.1f} min",
+            figures = f", {figures}" if figures else ""
+            print(f"{self.desc}: {self.unit} {self.done}/{self.total}{figures}, ETA {eta / 60:.1f} min",
                   file=sys.stderr, flush=True)
 
     def close(self) -> None:
@@ -214,6 +215,7 @@ class TrainState:
     step_record: dict = field(default_factory=dict)  # the last step's loss, gradient norm, terms
     memory: Optional[PeakMemory] = None  # started once the data is loaded
     run_dir: Optional[Path] = None  # where the checkpoint (and an exported model) go
+    quiet: bool = True  # no progress output (train() sets it from its caller)
 
     @property
     def figures(self) -> dict:
@@ -222,9 +224,27 @@ class TrainState:
     def forward_context(self):
         return self.methods.forward_context(self.device)
 
-    def evaluate(self, tokens, *, max_tokens=None, tracer=None, on_batch=None) -> tuple[float, int]:
-        return evaluate(self.model, tokens, self.config, self.device, context=self.forward_context,
-                        max_tokens=max_tokens, tracer=tracer, on_batch=on_batch)
+    def evaluate(self, tokens, *, max_tokens=None, tracer=None, on_batch=None, label=None) -> tuple[float, int]:
+        """``evaluate`` with the methods' forward context; with ``label``, a progress bar (or plain
+        lines in a log) over the windows, since a full split takes minutes on a CPU."""
+        bar = None
+        if label is not None:
+            length = -(-max(len(tokens) - 1, 1) // self.config.eval_batch_size)  # as wt2.streams cuts it
+            bar = _progress(-(-length // self.config.n_seq), f"{self.config.model_name} {label}", self.quiet,
+                            unit="window")
+        if bar is not None:
+            inner = on_batch
+
+            def on_batch(positions):
+                bar.update(1)
+                if inner is not None:
+                    inner(positions)
+        try:
+            return evaluate(self.model, tokens, self.config, self.device, context=self.forward_context,
+                            max_tokens=max_tokens, tracer=tracer, on_batch=on_batch)
+        finally:
+            if bar is not None:
+                bar.close()
 
 
 def train(config, corpus: wt2.Corpus, run_dir: str | Path, *, resume: bool = False, quiet: bool = False,
@@ -235,7 +255,7 @@ def train(config, corpus: wt2.Corpus, run_dir: str | Path, *, resume: bool = Fal
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     state = set_up(config, corpus, run_dir / CHECKPOINT, resume, log)
-    state.run_dir = run_dir
+    state.run_dir, state.quiet = run_dir, quiet
     if not state.world.is_main:
         log = lambda *_: None  # noqa: E731 - rank 0 speaks for the run
     config, progress, methods = state.config, state.progress, state.methods
@@ -459,7 +479,7 @@ def end_epoch(state: TrainState, losses: EpochLosses, checkpoint_path: Path, log
     if losses.traced_steps:
         progress.flops = merge_reports(progress.flops, losses.tracer.report())
         progress.traced_steps += losses.traced_steps
-    valid_nll, _ = state.evaluate(state.corpus.valid)
+    valid_nll, _ = state.evaluate(state.corpus.valid, label="validation")
     state.epoch_valid_perplexity = valid_ppl = math.exp(valid_nll)
     train_loss = losses.nll / losses.tokens if losses.tokens else math.nan
     progress.epoch_losses.append(train_loss)
@@ -493,7 +513,7 @@ def finish(state: TrainState, log) -> BenchmarkResults:
     if not probe.causal:
         log(f"[{config.model_name}] the causality probe FAILED: {probe.summary()}. Its perplexities are not "
             "language-model perplexities and are reported under noncausal_perplexities only.")
-    test_nll = state.evaluate(state.corpus.test)[0] if config.evaluate_test else math.nan
+    test_nll = state.evaluate(state.corpus.test, label="test")[0] if config.evaluate_test else math.nan
     state.methods.fire(Event.EVALUATION, state)
     state.methods.fire(Event.EXPORT, state)
     size_mb, size_method = model.size_mb(), "parameter and buffer bytes in memory"
