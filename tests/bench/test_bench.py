@@ -23,7 +23,7 @@ RESULT_FIELDS = {
     "skipped_steps", "stopped_early", "vocab_size", "parameters", "non_embedding_parameters", "causal",
     "perplexity_is_lm", "causality_probe", "peak_memory_method", "dataset", "device", "versions", "git_revision",
     "flops_breakdown", "epoch_aux_losses", "methods", "schema_version", "peak_memory_above_baseline_mb",
-    "throughput_method", "noncausal_perplexities", "valid_curve", "model_size_method",
+    "throughput_method", "noncausal_perplexities", "valid_curve", "model_size_method", "context_reach",
 }
 
 
@@ -105,7 +105,7 @@ def test_smoke_run_writes_every_file_with_the_documented_schema(tmp_path, tiny_d
     for name in names:
         doc = json.loads((out / f"{name}_results.json").read_text())
         assert set(doc) == RESULT_FIELDS
-        assert doc["model_name"] == name and doc["schema_version"] == 4
+        assert doc["model_name"] == name and doc["schema_version"] == 5
         assert doc["causal"] is True and doc["perplexity_is_lm"] is True
         assert len(doc["epoch_losses"]) == len(doc["epoch_perplexities"]) == len(doc["epoch_times"]) == 2
         assert doc["test_perplexity"] > 1 and doc["test_perplexity"] == doc["final_perplexity"]
@@ -144,6 +144,8 @@ def test_smoke_run_writes_every_file_with_the_documented_schema(tmp_path, tiny_d
                 assert flag in doc["methods"], flag
             assert {"ponder", "sparsity", "exit", "exit_confidence", "koopman", "energy"} <= set(doc["epoch_aux_losses"])
             assert "size on disk" in doc["model_size_method"]
+        reach = doc["context_reach"]
+        assert len(reach["relative"]) == len(reach["gradient_norm"]) == 16 and reach["relative"][0] == 1.0
     for a, b in (("transformer_baseline", "resnet_bk_baseline"), ("transformer_baseline", "resnet_bk_full"),
                  ("resnet_bk_baseline", "resnet_bk_full")):
         comparison = json.loads((out / f"comparison_{a}_vs_{b}.json").read_text())
@@ -151,6 +153,7 @@ def test_smoke_run_writes_every_file_with_the_documented_schema(tmp_path, tiny_d
     assert (out / "training_curves.png").stat().st_size > 10_000
     report = (out / "report.md").read_text()
     assert "| transformer_baseline | yes |" in report and "one seed: unknown" in report
+    assert "## Context reach" in report and "| resnet_bk_baseline | " in report.split("## Context reach")[1]
     assert json.loads((out / "run_info.json").read_text())["command"].startswith("python -m resnetbk.bench --preset smoke")
 
 

@@ -96,6 +96,25 @@ def flops_lines(runs: dict) -> list:
     return lines
 
 
+def context_reach_lines(runs: dict) -> list:
+    """Each model's loss sensitivity to inputs d positions back, relative to d = 0 (first seed)."""
+    from ..context_reach import shown_distances
+
+    measured = {name: results[0].context_reach for name, results in runs.items() if results[0].context_reach}
+    if not measured:
+        return ["Not measured (results of schema version 4 or older)."]
+    n_seq = max(len(r["relative"]) for r in measured.values())
+    distances = shown_distances(n_seq)
+    lines = ["How far back each model looks: the norm of the gradient of the loss at a validation window's "
+             "last position with respect to the embedded input d positions earlier, relative to d = 0 "
+             "(mean over the first sequences of the validation split; first seed).", "",
+             "| model | " + " | ".join(f"d = {d}" for d in distances) + " |", "|---|" + "---|" * len(distances)]
+    for name, reach in measured.items():
+        values = [reach["relative"][d] if d < len(reach["relative"]) else None for d in distances]
+        lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.1e}" for v in values) + " |")
+    return lines
+
+
 def requirement_line(summaries: dict) -> list:
     """The original benchmark's requirement: ResNet-BK within 30% of the Transformer's perplexity."""
     reference = summaries.get("transformer_baseline")
@@ -153,6 +172,7 @@ def render(folder: str | Path) -> str:
               "Differences of the means; \"larger than 2 std\" compares the test-perplexity difference with twice "
               "the standard deviation of the difference over seeds.", ""]
     lines += comparison_lines(comparisons)
+    lines += ["", "## Context reach", ""] + context_reach_lines(runs)
     lines += ["", "## FLOPs by component", ""] + flops_lines(runs)
     figures = [p for p in (folder / "training_curves.png", seed_folders(folder)[0] / "training_curves.png") if p.is_file()]
     if figures:

@@ -1,6 +1,6 @@
 """``BenchmarkResults``: what a run measured, as a stable JSON document.
 
-Schema (``schema_version`` 3): every field below, JSON-typed; durations in seconds, memory in
+Schema (``schema_version`` 5): every field below, JSON-typed; durations in seconds, memory in
 MiB, perplexities as ``exp(mean NLL)`` per token. ``final_perplexity`` is the test perplexity of
 the best-validation weights; ``best_perplexity`` the best validation perplexity;
 ``epoch_perplexities`` the validation perplexity after each epoch; ``epoch_losses`` the mean
@@ -27,6 +27,10 @@ perplexity on the first ``method_eval_tokens`` validation tokens, with the step,
 tokens and the training time so far (``[{step, tokens, train_time, perplexity}]``); and
 ``model_size_method``: with quantization or pruning on, ``model_size_mb`` is the size on disk of
 the exported model (``runs/<model>/exported_model.pt``), otherwise the parameter and buffer bytes.
+
+Schema version 5 added ``context_reach`` (``resnetbk.context_reach``): the sensitivity of the
+loss at a validation window's last position to the embedded input ``d`` positions back, for
+every ``d`` (``gradient_norm``, and ``relative`` to ``d = 0``); null in files of older versions.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from typing import Optional
 
 from .config import reject_unknown_fields
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 @dataclass
@@ -94,6 +98,7 @@ class BenchmarkResults:
     epoch_aux_losses: dict = field(default_factory=dict)
     methods: dict = field(default_factory=dict)
     valid_curve: list = field(default_factory=list)
+    context_reach: Optional[dict] = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:

@@ -24,6 +24,7 @@ import torch
 
 from .. import data as wt2
 from ..causality import probe_causality
+from ..context_reach import context_reach
 from ..flops import FlopsTracer, component_summary, merge_reports
 from ..methods import ActiveMethods, Event
 from ..methods import enabled as enabled_methods
@@ -514,6 +515,7 @@ def finish(state: TrainState, log) -> BenchmarkResults:
         log(f"[{config.model_name}] the causality probe FAILED: {probe.summary()}. Its perplexities are not "
             "language-model perplexities and are reported under noncausal_perplexities only.")
     test_nll = state.evaluate(state.corpus.test, label="test")[0] if config.evaluate_test else math.nan
+    reach = context_reach(model, state.corpus.valid, config.n_seq, device=device, context=state.forward_context)
     state.methods.fire(Event.EVALUATION, state)
     state.methods.fire(Event.EXPORT, state)
     size_mb, size_method = model.size_mb(), "parameter and buffer bytes in memory"
@@ -553,7 +555,7 @@ def finish(state: TrainState, log) -> BenchmarkResults:
         causal=probe.causal, perplexity_is_lm=probe.causal, causality_probe=probe.summary(),
         noncausal_perplexities=noncausal, peak_memory_method=memory["method"], dataset=state.corpus.describe(),
         device=str(device), versions=versions, git_revision=git, epoch_aux_losses=progress.epoch_aux_losses,
-        methods=progress.figures, valid_curve=progress.valid_curve, **perplexities, **flops,
+        methods=progress.figures, valid_curve=progress.valid_curve, context_reach=reach, **perplexities, **flops,
     )
 
 
