@@ -143,3 +143,9 @@ def test_group_int4_experts_use_16_levels_per_group():
     weight = model.blocks[0].moe.experts[0][0].weight  # (32, 16): two groups of 8 per row
     for group in weight.detach().view(32, 2, 8).flatten(0, 1):
         assert group.unique().numel() <= 16
+
+
+def test_parameter_counts_see_through_the_compression_parametrizations():
+    plain = make_model(small_config(), 60).parameter_counts()
+    compressed = make_model(small_config(use_pruning=True, use_quantization=True), 60).parameter_counts()
+    assert compressed == plain

@@ -120,7 +120,7 @@ class LanguageModel(nn.Module):
         """Total trainable parameters (shared ones once) and those outside the embeddings and head."""
         unique = {id(p): p for p in self.parameters()}
         total = sum(p.numel() for p in unique.values())
-        embedding = {id(m.weight) for m in (self.token_embedding, self.position_embedding, self.lm_head)
+        embedding = {id(_stored_weight(m)) for m in (self.token_embedding, self.position_embedding, self.lm_head)
                      if m is not None}
         non_embedding = sum(p.numel() for i, p in unique.items() if i not in embedding)
         return {"total": total, "non_embedding": non_embedding}
@@ -131,6 +131,15 @@ class LanguageModel(nn.Module):
         nbytes = sum(p.numel() * p.element_size() for p in unique.values())
         nbytes += sum(b.numel() * b.element_size() for b in self.buffers())
         return nbytes / 2**20
+
+
+def _stored_weight(module: nn.Module):
+    """The parameter behind ``module.weight``: under a parametrization (pruning's mask,
+    quantization's fake-quant) ``weight`` is computed and the parameter is ``original``."""
+    parametrizations = getattr(module, "parametrizations", None)
+    if parametrizations is not None and "weight" in parametrizations:
+        return parametrizations.weight.original
+    return module.weight
 
 
 def _init_weights(module: nn.Module) -> None:
