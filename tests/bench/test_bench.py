@@ -391,6 +391,10 @@ def test_an_interrupt_stops_parent_and_worker_and_keeps_the_checkpoint(tmp_path,
     assert proc.returncode == 130, err
     assert "interrupted: resnet_bk_baseline: interrupted after epoch" in err and "--resume" in err, err
     assert "Traceback" not in err and "leaked semaphore" not in err, err
+    # (The children include multiprocessing's resource tracker, which exits just after the parent.)
+    deadline = time.monotonic() + 15
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert not any(_alive(w) for w in workers), "the worker kept running"
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)  # intact, loadable
     assert state["progress"]["epoch"] >= 1
