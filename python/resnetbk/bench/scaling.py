@@ -239,8 +239,9 @@ def describe_cell(cell: dict) -> str:
     head = f"{cell['model']:>22s} {cell['scope']:>10s} N={cell['seq_len']:>6,d}"
     if cell["status"] != "ok":
         return f"{head}: {cell['status']} ({cell.get('detail', '')})"
+    peak = "?" if cell["peak_mb"] is None else f"{cell['peak_mb']:.1f}"  # None: the mark could not be reset
     return (f"{head}: {cell['train_tokens_per_s']:>10,.0f} tokens/s training, "
-            f"{cell['peak_mb']:>8.1f} MiB peak, {cell['train_flops_per_token']:.3e} FLOPs/token")
+            f"{peak:>8s} MiB peak, {cell['train_flops_per_token']:.3e} FLOPs/token")
 
 
 def _cell(cells, model, scope, n):
@@ -303,7 +304,7 @@ def targets(cells) -> list:
     for c in cells:
         if c["model"] == CANDIDATE and c["scope"] == "end_to_end" and c["seq_len"] >= 2048 and _ok(c):
             reference = _cell(cells, REFERENCE, "end_to_end", c["seq_len"])
-            if _ok(reference):
+            if _ok(reference) and None not in (c["peak_mb"], reference["peak_mb"]):
                 lower.append(c["peak_mb"] < reference["peak_mb"])
     rows.append(("lower end-to-end peak memory than the Transformer at every N >= 2,048",
                  f"lower at {sum(lower)} of {len(lower)} lengths both measured" if lower else "not measured",
@@ -327,7 +328,8 @@ def format_markdown(cells, settings: dict, context: str) -> str:
             for m in models:
                 c = _cell(cells, m, scope, n)
                 if _ok(c):
-                    row += [f"{c['train_tokens_per_s']:,.0f}", f"{c['peak_mb']:,.0f}", f"{c['train_flops_per_token']:.3g}"]
+                    peak = "?" if c["peak_mb"] is None else f"{c['peak_mb']:,.0f}"
+                    row += [f"{c['train_tokens_per_s']:,.0f}", peak, f"{c['train_flops_per_token']:.3g}"]
                 else:
                     row += [c["status"] if c else "-", "", ""]
             out.append("| " + " | ".join(row) + " |")
@@ -363,7 +365,8 @@ def plot(cells, path: Path) -> None:
             label = f"{model} ({scope.replace('_', ' ')})"
             axes[0].plot(lens, [c["train_s_per_token"] * 1e6 for _, c in points], style, marker=markers[i % 8], label=label)
             if scope == "end_to_end":
-                axes[1].plot(lens, [max(c["peak_mb"], 1e-3) for _, c in points], style, marker=markers[i % 8], label=model)
+                axes[1].plot(lens, [max(c["peak_mb"] or 0.0, 1e-3) for _, c in points], style, marker=markers[i % 8],
+                             label=model)
     axes[0].set(xscale="log", yscale="log", xlabel="sequence length N", ylabel="training step, microseconds per token",
                 title="time per token")
     axes[1].set(xscale="log", yscale="log", xlabel="sequence length N", ylabel="peak MiB above the step's start",
