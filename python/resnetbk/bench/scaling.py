@@ -10,8 +10,9 @@ tokens of the WikiText-2 vocabulary size:
   forward alone;
 
 each as seconds per token (the median of the timed repeats after one warm-up step), peak memory
-above the process's resident set before the step (CPU: the resident high-water mark, reset;
-CUDA: max allocated) and FLOPs per token from the execution trace of one step. Dropout is off,
+of the process's first training step above the resident set before it (CPU: the resident
+high-water mark, reset; CUDA: max allocated; later steps reuse the allocator's freed blocks and
+would show nothing) and FLOPs per token from the execution trace of one step. Dropout is off,
 so that attention runs its fused kernel: the study measures the architectures' cost, not a
 regulariser's. ResNet-BK runs with its exact O(N) gradient (``use_analytic_gradient``): autograd
 through the torch implementation, the baseline's default, grows as O(N log N).
@@ -153,11 +154,16 @@ def measure_cell(model_name: str, seq_len: int, scope: str, settings: dict) -> d
                 model(inputs, targets, fused_head=True)
 
     budget = settings["budget_s"]
+    # Memory first: after a step, the allocator keeps the freed blocks and the resident set no
+    # longer grows, so a later step would show a peak near zero (or below it).
+    start = time.perf_counter()
+    peak_mb = _peak_above(train_step, device)
+    if time.perf_counter() - start > budget:
+        return {"status": "over budget", "detail": f"one training step took over {budget:g} s", "batch": batch}
     train_s, train_runs = _timed(train_step, device, settings["repeats"], budget)
     if train_s is None:
         return {"status": "over budget", "detail": f"one training step took over {budget:g} s", "batch": batch}
     forward_s, _ = _timed(forward, device, settings["repeats"], budget)
-    peak_mb = _peak_above(train_step, device)
     flops = _flops(train_step)
     return {
         "status": "ok", "batch": batch, "tokens": tokens, "timed_steps": train_runs,
