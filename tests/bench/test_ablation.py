@@ -16,9 +16,16 @@ def test_rows_are_the_baseline_each_implemented_method_alone_and_all_together():
     assert names == ["baseline", *methods.IMPLEMENTED, "all"]
     for name, config in rows:
         on = [f for f in methods.FLAGS if getattr(config, f)]
-        expected = {"baseline": [], "all": list(methods.IMPLEMENTED)}.get(name, [name])
+        expected = {"baseline": [], "all": list(methods.ORIGINAL_IMPLEMENTED)}.get(name, [name])
         assert on == expected, name
         assert config.seed == rows[0][1].seed and config.max_train_tokens == rows[0][1].max_train_tokens
+
+
+def test_rows_picks_some_rows_and_names_an_unknown_one():
+    rows = ablation_configs(BenchmarkConfig(**PRESETS["smoke"]), ["use_spectral_z"])
+    assert [name for name, _ in rows] == ["baseline", "use_spectral_z"]
+    with pytest.raises(ValueError, match="--rows: expected implemented method flags.*got use_nothing"):
+        ablation_configs(BenchmarkConfig(**PRESETS["smoke"]), ["use_nothing"])
 
 
 @pytest.fixture(scope="module")

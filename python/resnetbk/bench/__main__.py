@@ -31,9 +31,10 @@ from .train import resolve_device
 
 def methods_help() -> str:
     """The optimization flags, from the method registry: claim, status, what each acts on."""
-    lines = ["optimization methods (config flags; resnet_bk_full turns on every implemented one):"]
+    lines = ["optimization methods (config flags; resnet_bk_full turns on every implemented one of the original "
+             "benchmark's twelve; 'ours' marks this package's own):"]
     for m in methods.REGISTRY:
-        status = "implemented" if m.implemented else "not implemented yet"
+        status = ("implemented" if m.implemented else "not implemented yet") + ("" if m.original else ", ours")
         extra = f"; hyper-parameters: {', '.join(f'{k}={v}' for k, v in m.hyperparameters.items())}" if (
             m.hyperparameters) else ""
         lines.append(f"  {m.flag:22s} claim: {m.claim}; {status}; acts on {m.acts_on}{extra}")
@@ -41,7 +42,8 @@ def methods_help() -> str:
 
 
 def parse_args(argv=None, *, prog: str = "python -m resnetbk.bench", description: str = __doc__,
-               default_output: str = "benchmark_results/wikitext2", models: bool = True) -> argparse.Namespace:
+               default_output: str = "benchmark_results/wikitext2", models: bool = True,
+               ablation_rows: bool = False) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=prog, description=description, epilog=methods_help(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick",
@@ -52,6 +54,9 @@ def parse_args(argv=None, *, prog: str = "python -m resnetbk.bench", description
         p.add_argument("--models", default=",".join(DEFAULT_MODELS),
                        help=f"comma-separated, from {', '.join(MODEL_NAMES)} (default: the original benchmark's "
                             "three; lstm and mamba are the peers, matched in non-embedding parameters)")
+    if ablation_rows:
+        p.add_argument("--rows", help="comma-separated method flags (e.g. use_spectral_z) and/or 'all': only these "
+                                      "rows besides the baseline (default: every implemented method, then all)")
     p.add_argument("--output-dir", default=default_output)
     p.add_argument("--config", help="JSON or YAML file of BenchmarkConfig fields (unknown keys are an error)")
     p.add_argument("--data-dir", help=f"folder with wiki.{{train,valid,test}}.tokens (else ${wt2.DATA_ENV}, else the hub)")

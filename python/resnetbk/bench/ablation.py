@@ -1,7 +1,8 @@
 """``python -m resnetbk.bench ablation``: what each optimization method really does.
 
-Rows: the ResNet-BK baseline (no method), each implemented method alone, and all of them
-together (``resnet_bk_full``), with the same data, budget and seed. Each row gives the flag, the
+Rows: the ResNet-BK baseline (no method), each implemented method alone (the original
+benchmark's twelve, then this package's own), and the original twelve together
+(``resnet_bk_full``), with the same data, budget and seed; ``--rows`` picks some of them. Each row gives the flag, the
 original benchmark's claim, and what was measured against the baseline: validation and test
 perplexity and their change, training tokens/s, forward and backward FLOPs per step, peak
 memory and model size (as ratios), the method's own figure, and a verdict on the claim in words.
@@ -36,16 +37,24 @@ ALL = "all"
 VALID_CURVE_INTERVAL = 10
 
 
-def ablation_configs(base) -> list:
-    """``(row name, config)``: the baseline, each implemented method alone, all together."""
+def ablation_configs(base, only=None) -> list:
+    """``(row name, config)``: the baseline, each implemented method alone, all of the original
+    twelve together; with ``only`` (flags and/or ``"all"``), the baseline and those rows."""
     none = {flag: False for flag in OPTIMIZATION_FLAGS}
     if base.valid_curve_interval is None:
         base = base.replace(valid_curve_interval=VALID_CURVE_INTERVAL)
+    if only is not None:
+        unknown = [name for name in only if name not in methods.IMPLEMENTED and name != ALL]
+        if unknown or not only:
+            raise ValueError(f"--rows: expected implemented method flags or 'all' ({', '.join(methods.IMPLEMENTED)}, "
+                             f"all), got {', '.join(unknown) or 'nothing'}")
     baseline = model_config("resnet_bk_baseline", base).replace(model_name="ablation_baseline", **none)
     rows = [(BASELINE, baseline)]
     for flag in methods.IMPLEMENTED:
-        rows.append((flag, baseline.replace(model_name=f"ablation_{flag}", **{flag: True})))
-    rows.append((ALL, model_config("resnet_bk_full", base).replace(model_name="ablation_all")))
+        if only is None or flag in only:
+            rows.append((flag, baseline.replace(model_name=f"ablation_{flag}", **{flag: True})))
+    if only is None or ALL in only:
+        rows.append((ALL, model_config("resnet_bk_full", base).replace(model_name="ablation_all")))
     return rows
 
 
@@ -142,6 +151,7 @@ def build_rows(results: dict, bk_op: dict) -> list:
             # Steps, time, tokens and compute to a perplexity (methods.curves).
             "valid_curve": r.valid_curve, "baseline_valid_curve": base.valid_curve,
             "flops_per_step": r.total_flops_per_step, "baseline_flops_per_step": base.total_flops_per_step,
+            "context_reach": r.context_reach, "baseline_context_reach": base.context_reach,
         }
         if name in methods.BY_FLAG:
             row["own_figure"], row["verdict"] = methods.BY_FLAG[name].assess(row)
@@ -149,6 +159,9 @@ def build_rows(results: dict, bk_op: dict) -> list:
             row["own_figure"] = "; ".join(f"{flag}: {methods.BY_FLAG[flag].assess({**row, 'figures': r.methods.get(flag, {})})[0]}"
                                           for flag in row["flags"] if r.methods.get(flag))
             row["verdict"] = "reference" if name == BASELINE else "see each method's row"
+        # Lists per position and per step: kept in the runs' own results, not repeated per row.
+        for key in ("context_reach", "baseline_context_reach"):
+            row.pop(key)
         rows.append(row)
     return rows
 
@@ -199,10 +212,11 @@ def main(argv=None) -> int:
     from .runner import Interrupted, WikiText2Benchmark
 
     args = parse_args(argv, prog="python -m resnetbk.bench ablation", default_output="benchmark_results/ablation",
-                      description=__doc__, models=False)
+                      description=__doc__, models=False, ablation_rows=True)
     try:
         base = build_base_config(args)
-        rows = ablation_configs(base)
+        only = None if args.rows is None else [name.strip() for name in args.rows.split(",") if name.strip()]
+        rows = ablation_configs(base, only)
         if args.amp:
             raise ValueError("--amp: the ablation has its own mixed-precision row; leave --amp off")
     except (ValueError, NotImplementedError) as exc:

@@ -1,8 +1,9 @@
-"""The optimization methods of the original benchmark, one module each, in one registry.
+"""The optimization methods, one module each, in one registry.
 
-``REGISTRY`` lists them in the original benchmark's order. Everything else derives from it:
-the config's flag and hyper-parameter fields, which flags are implemented, what
-``resnet_bk_full`` turns on, the CLI help, the ablation's rows and the tests' parametrisation.
+``REGISTRY`` lists the original benchmark's twelve in its order, then this package's own
+(``original = False``: ``use_spectral_z``). Everything else derives from it: the config's flag
+and hyper-parameter fields, which flags are implemented, what ``resnet_bk_full`` turns on (the
+original twelve), the CLI help, the ablation's rows and the tests' parametrisation.
 Adding a method: its module, its tests, and one line here.
 """
 
@@ -23,14 +24,19 @@ from .physics_informed import PhysicsInformed
 from .pruning import Pruning
 from .quantization import Quantization
 from .sparse_bk import SparseBK
+from .spectral_z import SpectralZ
 
 REGISTRY: tuple = (
     AnalyticGradient, Koopman, PhysicsInformed, Quantization, Pruning, MixedPrecision, ACT, MultiScale, SparseBK,
     EarlyExit, Curriculum, ActiveLearning,
+    SpectralZ,
 )
 BY_FLAG = {m.flag: m for m in REGISTRY}
 FLAGS = tuple(BY_FLAG)
 IMPLEMENTED = tuple(m.flag for m in REGISTRY if m.implemented)
+#: The original benchmark's twelve flags, and those of them implemented (what resnet_bk_full turns on).
+ORIGINAL_FLAGS = tuple(m.flag for m in REGISTRY if m.original)
+ORIGINAL_IMPLEMENTED = tuple(f for f in IMPLEMENTED if f in ORIGINAL_FLAGS)
 
 
 def enabled(config) -> list:
@@ -82,4 +88,5 @@ class ActiveMethods:
             yield
 
 
-__all__ = ["BY_FLAG", "FLAGS", "IMPLEMENTED", "REGISTRY", "ActiveMethods", "Event", "Method", "enabled", "validate"]
+__all__ = ["BY_FLAG", "FLAGS", "IMPLEMENTED", "ORIGINAL_FLAGS", "ORIGINAL_IMPLEMENTED", "REGISTRY", "ActiveMethods",
+           "Event", "Method", "enabled", "validate"]

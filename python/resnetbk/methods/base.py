@@ -41,6 +41,8 @@ class Method:
     acts_on: ClassVar[str]
     paper: ClassVar[str]
     implemented: ClassVar[bool] = True
+    #: True for the original benchmark's twelve (``claim`` quoted from it); False for this package's own.
+    original: ClassVar[bool] = True
     default: ClassVar[bool] = False  # the flag's default in the config
     architectures: ClassVar[tuple] = ("resnet_bk",)
     hyperparameters: ClassVar[dict] = {}  # config field -> default value

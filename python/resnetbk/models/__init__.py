@@ -25,7 +25,7 @@ def build_model(options: ModelOptions) -> LanguageModel:
     else:
         blocks = [
             ResNetBKBlock(o.d_model, o.num_experts, o.dropout, o.bk_channels, o.bk_mode, o.potential_limit, o.bk_grad,
-                          o.sparse_bk, o.sparse_bk_target)
+                          o.sparse_bk, o.sparse_bk_target, o.spectral_z, o.eta_min, o.eta_max)
             for _ in range(o.n_layers)
         ]
     model = LanguageModel(o, blocks)

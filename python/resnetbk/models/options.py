@@ -53,6 +53,9 @@ class ModelOptions:
     sparse_bk: bool = False  # a learned per-position gate on the BK-Core's potential and read-out
     sparse_bk_target: float = 0.5  # the sparsity the gate is pulled towards
     early_exit: bool = False  # an exit (sharing the LM head) and a confidence head after every block
+    spectral_z: bool = False  # a learnable z = E + i*eta per BK-Core channel instead of z = i
+    eta_min: float = 1e-3  # the spectral channels' eta starts log-spaced over [eta_min, eta_max]
+    eta_max: float = 1.0
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -62,7 +65,8 @@ class ModelOptions:
         if self.bk_grad not in BK_GRADS:
             raise ValueError(f"bk_grad: expected one of {BK_GRADS}, got {self.bk_grad!r}")
         if self.architecture != "resnet_bk":
-            used = [name for name in ("act", "multi_scale", "sparse_bk", "early_exit") if getattr(self, name)]
+            used = [name for name in ("act", "multi_scale", "sparse_bk", "early_exit", "spectral_z")
+                    if getattr(self, name)]
             if used:
                 raise ValueError(f"{', '.join(used)}: only ResNet-BK supports these options, got architecture "
                                  f"{self.architecture!r}")
@@ -74,6 +78,8 @@ class ModelOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name}: expected 0 (matched) or a positive integer, got {value!r}")
+        if self.spectral_z and not 0 < self.eta_min <= self.eta_max:
+            raise ValueError(f"eta_min, eta_max: expected 0 < eta_min <= eta_max, got {self.eta_min!r}, {self.eta_max!r}")
         if self.multi_scale and self.n_layers < 3:
             raise ValueError(f"multi_scale: needs n_layers >= 3 (full-resolution blocks around shortened middle "
                              f"blocks), got n_layers = {self.n_layers}")

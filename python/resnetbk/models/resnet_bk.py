@@ -5,6 +5,14 @@ Each block: LayerNorm -> mixture-of-experts feed-forward -> potential ``v = v_pr
 ``G = bk_core(H, z = i)`` -> ``(Re G, Im G)`` -> ``output_proj`` scaled by a learnable
 ``bk_scale``, added to the feed-forward output; the sum is the block's residual update.
 
+With ``spectral`` (the ``use_spectral_z`` method) every channel has its own learnable
+``z = E + i*eta`` instead of the fixed ``z = i``: ``E`` starts at 0 (fixed z's real part), ``eta``
+is learnt on a log scale and starts log-spaced over ``[eta_min, eta_max]``. Why it matters: the
+causal recursion ``g_k = 1/(a_k - z - g_{k-1})`` forgets the past at the rate
+``|dg_k/dg_{k-1}| = |g_k|^2``, about 0.25 a step at ``z = i``; a small ``eta`` lets ``|g_k|``
+approach 1, so a channel can remember far back, while ``Im(a_k - z - g_{k-1}) <= -eta`` keeps
+``|g_k| <= 1/eta`` (bounded, no overflow).
+
 Two options serve the optimization methods:
 
 * ``active`` (a bool per position, or None): only active positions get the feed-forward work
@@ -17,6 +25,7 @@ Two options serve the optimization methods:
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -27,6 +36,9 @@ from ..core import bk_core
 
 #: The Laplacian's diagonal and off-diagonal entries (H0).
 LAPLACIAN_DIAG, LAPLACIAN_OFF = -2.0, 1.0
+#: The smallest eta a learnt spectral parameter may reach: keeps ``|G| <= 1/eta`` at most 1e4,
+#: well inside float32 for the forward and the adjoint.
+ETA_FLOOR = 1e-4
 
 
 def scatter_rows(rows: Tensor, values: Tensor, total: int, like: Tensor) -> Tensor:
@@ -83,7 +95,8 @@ class BKMixer(nn.Module):
     """The BK-Core mixer: ``channels`` independent tridiagonal systems driven by the block's input."""
 
     def __init__(self, d_model: int, channels: int, mode: str, potential_limit: float, grad: str = "exact",
-                 sparse: bool = False, sparse_target: float = 0.5):
+                 sparse: bool = False, sparse_target: float = 0.5, spectral: bool = False,
+                 eta_min: float = 1e-3, eta_max: float = 1.0):
         super().__init__()
         self.mode = mode
         self.potential_limit = potential_limit
@@ -91,6 +104,11 @@ class BKMixer(nn.Module):
         self.v_proj = nn.Linear(d_model, channels)
         self.output_proj = nn.Linear(2 * channels, d_model)
         self.bk_scale = nn.Parameter(torch.ones(()))
+        # Spectral parameters: z = E + i*eta per channel (see the module's doc); None: z = i.
+        self.energy = self.log_eta = None
+        if spectral:
+            self.energy = nn.Parameter(torch.zeros(channels))
+            self.log_eta = nn.Parameter(torch.linspace(math.log(eta_min), math.log(eta_max), channels))
         # Sparse BK-Core: a gate from each position's own state; 1 = compute, 0 = skip.
         self.gate = nn.Linear(d_model, 1) if sparse else None
         self.sparse_target = sparse_target
@@ -101,6 +119,13 @@ class BKMixer(nn.Module):
     def realised_sparsity(self) -> float | None:
         """Fraction of positions gated off in the last forward."""
         return None if self._kept_fraction is None else 1.0 - float(self._kept_fraction)
+
+    def spectral_z(self) -> Tensor | complex:
+        """The shift ``z``: ``(channels,)`` complex with spectral parameters, else ``1j``."""
+        if self.energy is None:
+            return 1j
+        eta = self.log_eta.exp().clamp(min=ETA_FLOOR)
+        return torch.complex(self.energy, eta)
 
     def _potential(self, h: Tensor) -> Tensor:
         # A soft clamp (tanh) bounds the potential yet keeps its gradient everywhere.
@@ -130,7 +155,7 @@ class BKMixer(nn.Module):
             diag = diag.float()
         upper = torch.full((n - 1,), LAPLACIAN_OFF, device=h.device, dtype=diag.dtype)
         mask = None if read is None else read.view(b, 1, n).expand_as(diag)
-        g = bk_core(diag, upper, None, 1j, mode=self.mode, grad=self.grad, backend="auto", mask=mask)
+        g = bk_core(diag, upper, None, self.spectral_z(), mode=self.mode, grad=self.grad, backend="auto", mask=mask)
         features = torch.cat([g.real, g.imag], dim=1).transpose(1, 2).reshape(b * n, -1).to(h.dtype)  # (BN, 2C)
         if read is None:
             return (self.bk_scale * self.output_proj(features)).view(b, n, d)
@@ -146,11 +171,13 @@ class ResNetBKBlock(nn.Module):
     the Transformer drops each of its branches (the same regularisation where the parts match)."""
 
     def __init__(self, d_model: int, num_experts: int, dropout: float, channels: int, mode: str,
-                 potential_limit: float, grad: str = "exact", sparse: bool = False, sparse_target: float = 0.5):
+                 potential_limit: float, grad: str = "exact", sparse: bool = False, sparse_target: float = 0.5,
+                 spectral: bool = False, eta_min: float = 1e-3, eta_max: float = 1.0):
         super().__init__()
         self.norm = nn.LayerNorm(d_model)
         self.moe = MoEFeedForward(d_model, num_experts)
-        self.bk = BKMixer(d_model, channels, mode, potential_limit, grad, sparse, sparse_target)
+        self.bk = BKMixer(d_model, channels, mode, potential_limit, grad, sparse, sparse_target, spectral, eta_min,
+                          eta_max)
         self.resid_dropout = nn.Dropout(dropout)
 
     @property

@@ -1,0 +1,76 @@
+"""``use_spectral_z``: a learnable spectral shift ``z = E + i*eta`` for every BK-Core channel.
+
+Not one of the original benchmark's twelve: this package's own method (issue 11), measured the
+same way, and left out of ``resnet_bk_full`` (which turns on the original twelve).
+
+What it does: every block's mixer runs ``spectral_channels`` BK-Core channels (0 keeps
+``bk_channels``), each with its own ``z``: ``E`` learnable from 0 (the fixed ``z = i``'s real
+part), ``eta`` learnable on a log scale from values log-spaced over ``[eta_min, eta_max]``.
+Why: with ``z = i`` the causal recursion forgets about 4x per position (``|dg_k/dg_{k-1}| =
+|g_k|^2``, about 0.25), so ResNet-BK is a near-local model; a channel with a small ``eta`` can
+carry its state much further, as state-space models do with their learnt step sizes. The
+resolvent stays causal and bounded (``|G| <= 1/eta``; ``eta`` is floored at
+``resnetbk.models.resnet_bk.ETA_FLOOR``), and the exact O(N) gradient covers ``z``.
+
+Records: each block's learnt ``E`` and ``eta`` per channel at evaluation. The ablation compares
+the context reach (``resnetbk.context_reach``) with the baseline's.
+
+Measured effect: see ``results/`` (README's method table) once measured; until then none is claimed.
+
+Paper: the idea of learnt, log-spaced time scales comes from the state-space models: Gu et al.
+2022, "Efficiently Modeling Long Sequences with Structured State Spaces" (S4), and Gu and Dao
+2023, "Mamba" (input-independent log-spaced initialisation of the step size).
+"""
+
+from .base import Method, check_number
+
+#: The context-reach distances the ablation's verdict compares (relative sensitivity).
+REACH_DISTANCES = (8, 32)
+
+
+class SpectralZ(Method):
+    flag = "use_spectral_z"
+    original = False
+    claim = "ours: longer context reach and lower perplexity than the fixed z = i"
+    acts_on = "the BK-Core mixer's spectral shift z, per channel"
+    paper = "Gu et al. 2022 (S4) and Gu and Dao 2023 (Mamba): learnt, log-spaced time scales"
+    hyperparameters = {"spectral_channels": 8, "eta_min": 1e-3, "eta_max": 1.0}
+
+    @classmethod
+    def validate(cls, config) -> None:
+        channels = config.spectral_channels
+        if not isinstance(channels, int) or isinstance(channels, bool) or channels < 0:
+            raise ValueError(f"spectral_channels: expected 0 (keep bk_channels) or a positive integer, got {channels!r}")
+        check_number(config, "eta_min", low=0.0, low_open=True)
+        check_number(config, "eta_max", low=config.eta_min)
+
+    @classmethod
+    def configure_model(cls, options, config):
+        channels = config.spectral_channels or options.bk_channels
+        return options.replace(spectral_z=True, bk_channels=channels, eta_min=config.eta_min, eta_max=config.eta_max)
+
+    def on_evaluation(self, state) -> None:
+        blocks = []
+        for block in state.model.blocks:
+            z = block.bk.spectral_z()
+            blocks.append({"energy": z.real.tolist(), "eta": z.imag.tolist()})
+        state.figures[self.flag] = {"learnt_z_by_block": blocks}
+
+    @classmethod
+    def assess(cls, row):
+        reach, base = row.get("context_reach"), row.get("baseline_context_reach")
+        change = row["test_perplexity_change_percent"]
+        if not reach or not base:
+            return f"test perplexity {change:+.1f}%", "not measured (no context reach in the results)"
+        ratios = []
+        for d in REACH_DISTANCES:
+            if d < len(reach["relative"]) and d < len(base["relative"]) and base["relative"][d] > 0:
+                ratios.append((d, reach["relative"][d] / base["relative"][d]))
+        own = "; ".join(f"reach at d = {d} {ratio:.3g}x the baseline's" for d, ratio in ratios)
+        own = f"{own}; test perplexity {change:+.1f}%" if own else f"test perplexity {change:+.1f}%"
+        further = bool(ratios) and all(ratio > 1 for _, ratio in ratios)
+        if further and change < 0:
+            return own, "held"
+        if further:
+            return own, "reach held, perplexity not: it looks further back but predicts no better"
+        return own, "not borne out: no longer context reach than the fixed z = i"
