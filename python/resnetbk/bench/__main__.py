@@ -7,8 +7,9 @@ WikiText-2 and writes ``<model>_results.json``, ``<model>_steps.csv``, ``compari
 each seed's runs in ``seed_<s>/`` and the means over seeds at the top). Subcommands: ``ablation``
 (each optimization method against the ResNet-BK baseline; ``python -m resnetbk.bench ablation
 --help``), ``report DIR`` (rewrite ``report.md`` of a results folder), ``scaling`` (time,
-memory and FLOPs per token against the sequence length, measured) and ``flops`` (the closed-form
-FLOPs sweep). Settings apply in this order: the dataclass defaults, ``--preset``, ``--config
+memory and FLOPs per token against the sequence length, measured), ``reproduce`` (PyTorch's
+word_language_model example's published runs, trained through this harness) and ``flops`` (the
+closed-form FLOPs sweep). Settings apply in this order: the dataclass defaults, ``--preset``, ``--config
 FILE``, then the other flags.
 """
 
@@ -139,7 +140,8 @@ def run_info(argv: list, started: str, finished: str | None = None) -> dict:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    subcommands = {"flops": "flops_sweep", "ablation": "ablation", "report": "report", "scaling": "scaling"}
+    subcommands = {"flops": "flops_sweep", "ablation": "ablation", "report": "report", "scaling": "scaling",
+                   "reproduce": "reproduce"}
     if argv[:1] and argv[0] in subcommands:
         import importlib
 

@@ -17,7 +17,7 @@ from typing import Optional
 
 from .. import methods
 from ..models import ARCHITECTURES, ModelOptions
-from ..models.options import INITS
+from ..models.options import INITS, TRANSFORMER_STYLES
 
 OPTIMIZATION_FLAGS = methods.FLAGS
 IMPLEMENTED_FLAGS = methods.IMPLEMENTED
@@ -26,6 +26,8 @@ MODEL_NAMES = ("transformer_baseline", "resnet_bk_baseline", "resnet_bk_full", "
 #: What ``--models`` runs when not given: the original benchmark's three.
 DEFAULT_MODELS = MODEL_NAMES[:3]
 MAMBA_KERNELS = ("auto", "mambapy", "mamba_ssm")
+OPTIMIZERS = ("adamw", "sgd")
+LR_SCHEDULES = ("cosine", "plateau")
 DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -54,6 +56,11 @@ class _CoreConfig:
     head_bias: bool = False
     init: str = "normal"  # "normal": N(0, 0.02) weights (GPT-2); "torch": PyTorch's default initialisation
     n_heads: int = 4
+    #: "pre_norm" (this package's Transformer) or "word_language_model" (PyTorch's example's: post-norm,
+    #: ReLU MLP of width d_ff, sinusoidal positions); see models.options.TRANSFORMER_STYLES.
+    transformer_style: str = "pre_norm"
+    d_ff: int = 0  # that example's MLP width (0: 4 * d_model)
+    final_norm: bool = True  # a LayerNorm before the LM head
     num_experts: int = 4
     bk_channels: int = 1
     bk_mode: str = "causal"
@@ -69,6 +76,17 @@ class _CoreConfig:
     #: "auto" (mamba_ssm on CUDA where it is installed, else mambapy).
     mamba_kernel: str = "auto"
     # Optimisation schedule.
+    #: "adamw" (weight decay per parameter_groups) or "sgd" (plain, no momentum: the word_language_model example's).
+    optimizer: str = "adamw"
+    #: "cosine": linear warmup, then a cosine to lr * min_lr_ratio over the run; "plateau": lr constant
+    #: within an epoch and multiplied by plateau_factor after an epoch whose validation loss did not improve.
+    lr_schedule: str = "cosine"
+    plateau_factor: float = 0.25
+    #: Shuffle the order of the training windows every epoch; false: in text order (as batchify).
+    shuffle_windows: bool = True
+    #: LSTM only, with shuffle_windows false: each window starts from the state the previous one ended
+    #: with (detached; truncated backpropagation through time), in training and evaluation.
+    carry_state: bool = False
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1
     decay_norms_biases_embeddings: bool = False
@@ -124,6 +142,9 @@ class _CoreConfig:
         if not 0 < self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio: expected a number in (0, 1], got {self.min_lr_ratio!r}")
         _check_int(self, "warmup_steps", low=0)
+        _check_int(self, "d_ff", low=0)
+        if not (isinstance(self.plateau_factor, (int, float)) and 0 < self.plateau_factor < 1):
+            raise ValueError(f"plateau_factor: expected a number in (0, 1), got {self.plateau_factor!r}")
         _check_int(self, "lstm_hidden", low=0)
         _check_int(self, "mamba_inner", low=0)
         for name, low in (("max_steps", 1), ("max_train_tokens", 2), ("threads", 1), ("valid_curve_interval", 1)):
@@ -134,9 +155,19 @@ class _CoreConfig:
     def _validate_choices(self) -> None:
         for name, allowed in (("architecture", ARCHITECTURES), ("bk_mode", ("causal", "bidirectional")), ("init", INITS),
                               ("amp_dtype", ("bfloat16", "float16")), ("device", DEVICES),
-                              ("mamba_kernel", MAMBA_KERNELS)):
+                              ("mamba_kernel", MAMBA_KERNELS), ("optimizer", OPTIMIZERS),
+                              ("lr_schedule", LR_SCHEDULES), ("transformer_style", TRANSFORMER_STYLES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {getattr(self, name)!r}")
+        if self.carry_state and self.architecture != "lstm":
+            raise ValueError(f"carry_state: only the LSTM carries its state across windows, got architecture "
+                             f"{self.architecture!r}; set it to false")
+        if self.carry_state and self.shuffle_windows:
+            raise ValueError("carry_state: needs windows in text order (shuffle_windows: false), else the carried "
+                             "state belongs to another part of the text")
+        if self.lr_schedule == "plateau" and self.warmup_steps:
+            raise ValueError(f"warmup_steps: only the 'cosine' schedule warms up, got {self.warmup_steps} with "
+                             "lr_schedule 'plateau'; set it to 0")
         if self.architecture == "transformer" and self.d_model % self.n_heads:
             raise ValueError(f"n_heads: d_model = {self.d_model} must be divisible by n_heads = {self.n_heads}")
 
@@ -179,7 +210,8 @@ def model_options(config, vocab_size: int) -> ModelOptions:
     options = ModelOptions(
         architecture=config.architecture, vocab_size=vocab_size, d_model=config.d_model, n_layers=config.n_layers,
         n_seq=config.n_seq, dropout=config.dropout, tie_embeddings=config.tie_embeddings, head_bias=config.head_bias,
-        init=config.init, n_heads=config.n_heads,
+        init=config.init, n_heads=config.n_heads, transformer_style=config.transformer_style, d_ff=config.d_ff,
+        final_norm=config.final_norm,
         num_experts=config.num_experts, bk_channels=config.bk_channels, bk_mode=config.bk_mode,
         potential_limit=config.potential_limit, bk_grad="autograd", lstm_hidden=config.lstm_hidden,
         mamba_d_state=config.mamba_d_state, mamba_inner=config.mamba_inner,

@@ -5,6 +5,8 @@ with optional linear warmup, gradient clipping, window order shuffled by a seede
 epoch. Validation perplexity after every epoch (eval mode, token-weighted over the whole split);
 test perplexity once, from the best-validation weights. A step whose loss or gradient is not
 finite is skipped and counted; too many in a row stop the run, which keeps what it measured.
+The reproduction of PyTorch's word_language_model example (``bench.reproduce``) swaps in plain
+SGD, the plateau schedule, text order and an LSTM state carried across windows.
 """
 
 from __future__ import annotations
@@ -66,9 +68,27 @@ def parameter_groups(model: torch.nn.Module, decay_norms_biases_embeddings: bool
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(model: torch.nn.Module, config) -> torch.optim.AdamW:
-    return torch.optim.AdamW(parameter_groups(model, config.decay_norms_biases_embeddings, config.weight_decay),
-                             lr=config.lr)
+def make_optimizer(model: torch.nn.Module, config) -> torch.optim.Optimizer:
+    """``config.optimizer``: AdamW, or plain SGD (no momentum), over ``parameter_groups``."""
+    groups = parameter_groups(model, config.decay_norms_biases_embeddings, config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config, total_steps: int):
+    """``config.lr_schedule``: "cosine" is stepped after every optimizer step; "plateau" after every
+    epoch with the validation loss (lr times ``plateau_factor`` when it did not improve; no
+    threshold: an epoch that is not strictly better counts, as in the word_language_model example)."""
+    if config.lr_schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=config.plateau_factor,
+                                                          patience=0, threshold=0.0)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, config.warmup_steps, config.min_lr_ratio))
+
+
+def _per_step(scheduler) -> bool:
+    return not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
 
 def lr_factor(step: int, total_steps: int, warmup: int, min_ratio: float) -> float:
@@ -91,14 +111,17 @@ def evaluate(model, tokens: torch.Tensor, config, device: torch.device, *, conte
     inputs, targets = wt2.streams(tokens, config.eval_batch_size)
     total, count = 0.0, 0
     traced = tracer if tracer is not None else nullcontext()
-    for x, y in wt2.windows(inputs, targets, config.n_seq):
-        x, y = x.contiguous(), y.contiguous()  # torch's quantized embedding needs contiguous ids
-        with traced, context():
-            nll_sum, _ = model(x.to(device), y.to(device), fused_head=config.fused_head)
-            total += nll_sum.item()
-        count += int((y != wt2.IGNORE_INDEX).sum())
-        if on_batch is not None:
-            on_batch(x.numel())
+    # A carried LSTM state runs through the split in text order, from a fresh state; the
+    # training stream's state comes back afterwards.
+    with model.state_carry(config.carry_state):
+        for x, y in wt2.windows(inputs, targets, config.n_seq):
+            x, y = x.contiguous(), y.contiguous()  # torch's quantized embedding needs contiguous ids
+            with traced, context():
+                nll_sum, _ = model(x.to(device), y.to(device), fused_head=config.fused_head)
+                total += nll_sum.item()
+            count += int((y != wt2.IGNORE_INDEX).sum())
+            if on_batch is not None:
+                on_batch(x.numel())
     model.train()
     return total / max(count, 1), count
 
@@ -264,8 +287,9 @@ def train(config, corpus: wt2.Corpus, run_dir: str | Path, *, resume: bool = Fal
                 if steps_csv is not None and state.world.is_main else None)
     try:
         while progress.epoch < config.epochs and progress.stopped_early is None and progress.step < state.total_steps:
-            state.window_order = torch.randperm(
-                state.steps_per_epoch, generator=torch.Generator().manual_seed(config.seed * 1000 + progress.epoch))
+            state.window_order = (torch.randperm(state.steps_per_epoch, generator=torch.Generator().manual_seed(
+                config.seed * 1000 + progress.epoch)) if config.shuffle_windows else torch.arange(state.steps_per_epoch))
+            state.model.reset_state()  # a carried state starts each epoch fresh
             epoch = EpochLosses()
             # A method's per-epoch work (active learning's scoring pass) is training time.
             start = time.perf_counter()
@@ -365,9 +389,8 @@ def set_up(config, corpus: wt2.Corpus, checkpoint_path: Path, resume: bool, log)
     state.total_steps = planned * config.epochs
     if config.max_steps is not None:
         state.total_steps = min(state.total_steps, config.max_steps)
-    state.scheduler = torch.optim.lr_scheduler.LambdaLR(
-        state.optimizer, lambda s: lr_factor(s, state.total_steps, config.warmup_steps, config.min_lr_ratio)
-    )
+    state.scheduler = make_scheduler(state.optimizer, config, state.total_steps)
+    model.set_state_carry(config.carry_state)  # for the run (evaluation and the probes set their own)
     state.scaler = torch.amp.GradScaler(
         "cuda", enabled=config.use_mixed_precision and config.amp_dtype == "float16")
     if resume and checkpoint_path.is_file():
@@ -452,7 +475,8 @@ def train_step(state: TrainState, tracer: Optional[FlopsTracer], losses: EpochLo
         else:
             state.scaler.step(state.optimizer)
         state.scaler.update()
-        state.scheduler.step()
+        if _per_step(state.scheduler):
+            state.scheduler.step()
         methods.fire(Event.AFTER_OPTIMIZER_STEP, state)
         losses.consecutive_skips = 0
         (step_nll,) = world.sum([nll_sum.item()])
@@ -482,6 +506,8 @@ def end_epoch(state: TrainState, losses: EpochLosses, checkpoint_path: Path, log
         progress.traced_steps += losses.traced_steps
     valid_nll, _ = state.evaluate(state.corpus.valid, label="validation")
     state.epoch_valid_perplexity = valid_ppl = math.exp(valid_nll)
+    if not _per_step(state.scheduler):
+        state.scheduler.step(valid_nll)
     train_loss = losses.nll / losses.tokens if losses.tokens else math.nan
     progress.epoch_losses.append(train_loss)
     progress.epoch_perplexities.append(valid_ppl)
@@ -510,12 +536,14 @@ def finish(state: TrainState, log) -> BenchmarkResults:
     config, progress, model, device = state.config, state.progress, state.model, state.device
     if progress.best_model is not None:
         model.load_state_dict(progress.best_model)
-    probe = probe_causality(model, state.corpus.vocab_size, config.n_seq, device=device)
+    with model.state_carry(False):  # the probes compare single windows, each from a fresh state
+        probe = probe_causality(model, state.corpus.vocab_size, config.n_seq, device=device)
     if not probe.causal:
         log(f"[{config.model_name}] the causality probe FAILED: {probe.summary()}. Its perplexities are not "
             "language-model perplexities and are reported under noncausal_perplexities only.")
     test_nll = state.evaluate(state.corpus.test, label="test")[0] if config.evaluate_test else math.nan
-    reach = context_reach(model, state.corpus.valid, config.n_seq, device=device, context=state.forward_context)
+    with model.state_carry(False):
+        reach = context_reach(model, state.corpus.valid, config.n_seq, device=device, context=state.forward_context)
     state.methods.fire(Event.EVALUATION, state)
     state.methods.fire(Event.EXPORT, state)
     size_mb, size_method = model.size_mb(), "parameter and buffer bytes in memory"

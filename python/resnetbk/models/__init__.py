@@ -6,7 +6,7 @@ from .common import LanguageModel
 from .options import ARCHITECTURES, ModelOptions
 from .recurrent import LSTMBlock, MambaBlock, lstm_layer_parameters, mamba_layer_parameters, matched_lstm_hidden, matched_mamba_inner
 from .resnet_bk import ResNetBKBlock
-from .transformer import TransformerBlock
+from .transformer import PostNormTransformerBlock, TransformerBlock
 
 
 def build_model(options: ModelOptions) -> LanguageModel:
@@ -14,7 +14,10 @@ def build_model(options: ModelOptions) -> LanguageModel:
     if not isinstance(options, ModelOptions):
         raise TypeError(f"options: expected a ModelOptions, got {type(options).__name__}")
     o = options
-    if o.architecture == "transformer":
+    if o.word_lm_transformer:
+        blocks = [PostNormTransformerBlock(o.d_model, o.n_heads, o.d_ff or 4 * o.d_model, o.dropout)
+                  for _ in range(o.n_layers)]
+    elif o.architecture == "transformer":
         blocks = [TransformerBlock(o.d_model, o.n_heads, o.dropout) for _ in range(o.n_layers)]
     elif o.architecture == "lstm":
         hidden = lstm_hidden(o)

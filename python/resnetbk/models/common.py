@@ -8,6 +8,8 @@ and decides, per position, where to stop.
 
 from __future__ import annotations
 
+import contextlib
+import math
 from typing import Optional
 
 import torch
@@ -18,6 +20,7 @@ from .depth import PerTokenDepth
 from .head import IGNORE_INDEX, LMHead
 from .multi_scale import ShortenedGroup
 from .options import ModelOptions
+from .transformer import sinusoidal_positions
 
 
 class LanguageModel(nn.Module):
@@ -31,6 +34,10 @@ class LanguageModel(nn.Module):
         self.token_embedding = nn.Embedding(options.vocab_size, d_model)
         # The recurrent models know position from their state.
         self.position_embedding = nn.Embedding(options.n_seq, d_model) if options.position_embedding else None
+        # The word_language_model Transformer: fixed sinusoidal positions, embeddings times sqrt(d).
+        self.embedding_scale = math.sqrt(d_model) if options.word_lm_transformer else 1.0
+        self.register_buffer("fixed_positions", sinusoidal_positions(options.n_seq, d_model)
+                             if options.word_lm_transformer else None, persistent=False)
         self.dropout = nn.Dropout(options.dropout)
         self.blocks = nn.ModuleList(blocks)
         self.stage_ranges = options.stage_ranges()
@@ -39,12 +46,18 @@ class LanguageModel(nn.Module):
                                     act_threshold=options.act_threshold, act_bias_init=options.act_bias_init,
                                     early_exit=options.early_exit)
                       if options.per_token_depth else None)
-        self.final_norm = nn.LayerNorm(d_model)
+        self.final_norm = nn.LayerNorm(d_model) if options.final_norm else nn.Identity()
         self.lm_head = LMHead(d_model, options.vocab_size, bias=options.head_bias)
         if options.tie_embeddings:
             self.lm_head.weight = self.token_embedding.weight
         if options.init == "normal":  # else the modules keep torch's own initialisation
             self.apply(_init_weights)
+        elif options.init == "uniform":
+            with torch.no_grad():
+                self.token_embedding.weight.uniform_(-0.1, 0.1)
+                self.lm_head.weight.uniform_(-0.1, 0.1)
+                if self.lm_head.bias is not None:
+                    self.lm_head.bias.zero_()
         for module in [self.depth, *self.blocks]:
             if hasattr(module, "reset_parameters_after_init"):  # inits the model-wide one must not override
                 module.reset_parameters_after_init()
@@ -77,8 +90,12 @@ class LanguageModel(nn.Module):
         if not 1 <= n <= self.n_seq:
             raise ValueError(f"tokens: length {n} is outside 1..n_seq = {self.n_seq}")
         x = self.token_embedding(tokens)
+        if self.embedding_scale != 1.0:
+            x = x * self.embedding_scale
         if self.position_embedding is not None:
             x = x + self.position_embedding(torch.arange(n, device=tokens.device))
+        if self.fixed_positions is not None:
+            x = x + self.fixed_positions[:n].to(x.dtype)
         x = self.dropout(x)
         return self.final_norm(self.blocks_forward(x))
 
@@ -97,6 +114,34 @@ class LanguageModel(nn.Module):
             return lambda x, active: self.shortened(x, self.blocks[first:stop], active)
         block = self.blocks[first]
         return lambda x, active: block(x) if active is None else block(x, active)
+
+    def _stateful_blocks(self) -> list:
+        return [block for block in self.blocks if hasattr(block, "carry")]
+
+    def reset_state(self) -> None:
+        """Forget the recurrent state carried from earlier windows (see ``state_carry``)."""
+        for block in self._stateful_blocks():
+            block.state = None
+
+    def set_state_carry(self, on: bool) -> None:
+        """The recurrent blocks (LSTM) carry their state from one call to the next (``on``), or
+        start every window fresh; either way from a fresh state now."""
+        for block in self._stateful_blocks():
+            block.carry, block.state = on, None
+
+    @contextlib.contextmanager
+    def state_carry(self, on: bool):
+        """Within: the recurrent blocks (LSTM) carry their state from one call to the next
+        (``on``) or start every window fresh; entered with a fresh state, and on leaving the
+        previous setting and state come back (an evaluation inside a training epoch does not
+        disturb the training stream's state). A model without recurrent blocks is unaffected."""
+        saved = [(block.carry, block.state) for block in self._stateful_blocks()]
+        self.set_state_carry(on)
+        try:
+            yield self
+        finally:
+            for block, (carry, state) in zip(self._stateful_blocks(), saved):
+                block.carry, block.state = carry, state
 
     def aux_losses(self) -> dict:
         """The auxiliary losses of the last forward, by name (unweighted): ``load_balance`` (the MoE

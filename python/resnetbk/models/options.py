@@ -14,8 +14,14 @@ ARCHITECTURES = ("transformer", "resnet_bk", "lstm", "mamba")
 RECURRENT = ("lstm", "mamba")
 BK_GRADS = ("exact", "autograd")
 #: "normal": every Linear and Embedding weight normal(0, 0.02), biases zero (GPT-2's scheme);
-#: "torch": PyTorch's own defaults (Linear: Kaiming-uniform; Embedding: normal(0, 1)).
-INITS = ("normal", "torch")
+#: "torch": PyTorch's own defaults (Linear: Kaiming-uniform; Embedding: normal(0, 1));
+#: "uniform": PyTorch's word_language_model example: token embedding and LM head uniform in
+#: +-0.1, the head's bias zero, everything else torch's defaults.
+INITS = ("normal", "torch", "uniform")
+#: "pre_norm": this package's Transformer (pre-norm, 4d GELU MLP, learned positions);
+#: "word_language_model": the example's (post-norm torch TransformerEncoderLayer, ReLU MLP of
+#: width d_ff, sinusoidal positions, embeddings scaled by sqrt(d)).
+TRANSFORMER_STYLES = ("pre_norm", "word_language_model")
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,9 @@ class ModelOptions:
     head_bias: bool = False  # a bias on the LM head
     init: str = "normal"  # see INITS
     n_heads: int = 4
+    transformer_style: str = "pre_norm"  # see TRANSFORMER_STYLES
+    d_ff: int = 0  # the word_language_model Transformer's MLP width (0: 4 * d_model)
+    final_norm: bool = True  # a LayerNorm before the LM head (the word_language_model example has none)
     num_experts: int = 4
     bk_channels: int = 1
     bk_mode: str = "causal"
@@ -58,12 +67,10 @@ class ModelOptions:
     eta_max: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture: expected one of {ARCHITECTURES}, got {self.architecture!r}")
-        if self.init not in INITS:
-            raise ValueError(f"init: expected one of {INITS}, got {self.init!r}")
-        if self.bk_grad not in BK_GRADS:
-            raise ValueError(f"bk_grad: expected one of {BK_GRADS}, got {self.bk_grad!r}")
+        for name, allowed in (("architecture", ARCHITECTURES), ("init", INITS),
+                              ("transformer_style", TRANSFORMER_STYLES), ("bk_grad", BK_GRADS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: expected one of {allowed}, got {getattr(self, name)!r}")
         if self.architecture != "resnet_bk":
             used = [name for name in ("act", "multi_scale", "sparse_bk", "early_exit", "spectral_z")
                     if getattr(self, name)]
@@ -74,7 +81,7 @@ class ModelOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-        for name in ("lstm_hidden", "mamba_inner"):
+        for name in ("lstm_hidden", "mamba_inner", "d_ff"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name}: expected 0 (matched) or a positive integer, got {value!r}")
@@ -89,8 +96,14 @@ class ModelOptions:
 
     @property
     def position_embedding(self) -> bool:
-        """Whether the model adds a learned position embedding (not the recurrent ones)."""
-        return self.architecture not in RECURRENT
+        """Whether the model adds a learned position embedding (not the recurrent ones, nor the
+        word_language_model Transformer, whose positions are sinusoidal)."""
+        return self.architecture not in RECURRENT and not self.word_lm_transformer
+
+    @property
+    def word_lm_transformer(self) -> bool:
+        """The word_language_model example's Transformer (``transformer_style``)."""
+        return self.architecture == "transformer" and self.transformer_style == "word_language_model"
 
     @property
     def per_token_depth(self) -> bool:

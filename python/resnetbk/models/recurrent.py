@@ -27,14 +27,29 @@ from torch import Tensor, nn
 
 
 class LSTMBlock(nn.Module):
+    """One LSTM layer (+ a linear map back to ``d_model`` when wider), then dropout.
+
+    By default every window starts from a zero state. With ``carry`` on (``LanguageModel.
+    state_carry``), each call starts from the previous call's final state, detached: truncated
+    backpropagation through time over consecutive windows, as PyTorch's word_language_model
+    example trains and evaluates."""
+
     def __init__(self, d_model: int, hidden: int, dropout: float):
         super().__init__()
         self.lstm = nn.LSTM(d_model, hidden, batch_first=True)
         self.projection = nn.Linear(hidden, d_model) if hidden != d_model else None
         self.dropout = nn.Dropout(dropout)
+        self.carry = False
+        self.state: tuple | None = None  # (h, c) after the last call, when carrying
 
     def forward(self, x: Tensor) -> Tensor:
-        out, _ = self.lstm(x)  # zero initial state: every window starts fresh
+        state = self.state if self.carry else None
+        if state is not None and state[0].shape[1] != x.shape[0]:
+            raise ValueError(f"LSTM state carried over from a batch of {state[0].shape[1]} rows, got {x.shape[0]}; "
+                             "reset it (LanguageModel.reset_state) when the batch changes")
+        out, final = self.lstm(x, state)
+        if self.carry:
+            self.state = tuple(t.detach() for t in final)
         if self.projection is not None:
             out = self.projection(out)
         return self.dropout(out)

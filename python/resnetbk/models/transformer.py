@@ -1,7 +1,14 @@
-"""The Transformer baseline: pre-norm blocks of causal multi-head self-attention and a 4d MLP."""
+"""The Transformer baseline: pre-norm blocks of causal multi-head self-attention and a 4d MLP.
+
+``PostNormTransformerBlock`` and ``sinusoidal_positions`` are PyTorch's word_language_model
+example's Transformer (for the reproduction of its published run, ``bench.reproduce``).
+"""
 
 from __future__ import annotations
 
+import math
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -37,3 +44,27 @@ class TransformerBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attention(self.norm1(x))
         return x + self.mlp(self.norm2(x))
+
+
+class PostNormTransformerBlock(nn.Module):
+    """torch's ``TransformerEncoderLayer`` (post-norm, ReLU MLP of width ``d_ff``, dropout in
+    attention and MLP) under a causal mask: the word_language_model example's layer."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float):
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(d_model, n_heads, d_ff, dropout, batch_first=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1], device=x.device, dtype=x.dtype)
+        return self.layer(x, src_mask=mask, is_causal=True)
+
+
+def sinusoidal_positions(n: int, d_model: int) -> Tensor:
+    """``(n, d_model)``: sin on even, cos on odd features, wavelengths 2*pi up to 10000*2*pi
+    (Vaswani et al. 2017)."""
+    position = torch.arange(n, dtype=torch.float32)[:, None]
+    frequency = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    table = torch.zeros(n, d_model)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency)[:, : d_model // 2]
+    return table
