@@ -141,3 +141,13 @@ def test_small_eta_channels_reach_further_back_than_fixed_z_before_any_training(
         reach[spectral] = context_reach(model, stream, n, batch=4, sequences=4)["relative"]
     assert reach[True][16] > 100 * reach[False][16]
     assert reach[True][32] > 100 * reach[False][32]
+
+
+@pytest.mark.parametrize("reach_ratio,change,verdict", [
+    (1e5, -0.0004, "reach held, perplexity not"), (1e5, -3.0, "held"), (0.5, -3.0, "not borne out")])
+def test_the_verdict_needs_both_a_longer_reach_and_a_real_perplexity_gain(reach_ratio, change, verdict):
+    base = {"relative": [1.0] + [1e-6] * 40}
+    reach = {"relative": [1.0] + [1e-6 * reach_ratio] * 40}
+    row = {"context_reach": reach, "baseline_context_reach": base, "test_perplexity_change_percent": change}
+    own, said = methods.BY_FLAG["use_spectral_z"].assess(row)
+    assert said.startswith(verdict) and "reach at d = 8" in own

@@ -26,6 +26,9 @@ from .base import Method, check_number
 
 #: The context-reach distances the ablation's verdict compares (relative sensitivity).
 REACH_DISTANCES = (8, 32)
+#: A test perplexity this many percent lower than the baseline's counts as a gain (smaller
+#: changes are within what a different seed moves).
+PERPLEXITY_GAIN_PERCENT = 1.0
 
 
 class SpectralZ(Method):
@@ -69,8 +72,9 @@ class SpectralZ(Method):
         own = "; ".join(f"reach at d = {d} {ratio:.3g}x the baseline's" for d, ratio in ratios)
         own = f"{own}; test perplexity {change:+.1f}%" if own else f"test perplexity {change:+.1f}%"
         further = bool(ratios) and all(ratio > 1 for _, ratio in ratios)
-        if further and change < 0:
+        if further and change <= -PERPLEXITY_GAIN_PERCENT:
             return own, "held"
         if further:
-            return own, "reach held, perplexity not: it looks further back but predicts no better"
+            return own, (f"reach held, perplexity not: it looks further back but predicts no better "
+                         f"({change:+.1f}%, a gain needs {-PERPLEXITY_GAIN_PERCENT:.0f}% or better)")
         return own, "not borne out: no longer context reach than the fixed z = i"
