@@ -3,6 +3,8 @@ crossover and target arithmetic."""
 
 import json
 
+import pytest
+
 from resnetbk.bench import scaling
 from resnetbk.bench.__main__ import main as cli_main
 
@@ -28,6 +30,26 @@ def test_a_small_study_measures_every_cell_and_writes_its_files(tmp_path):
     text = (out / "scaling.md").read_text()
     assert "Crossover (blocks)" in text and "## Targets" in text and "| 64 | 1 |" in text
     assert (out / "scaling.png").stat().st_size > 10_000
+    assert doc["complete"] is True
+
+
+def test_an_interrupted_study_keeps_the_cells_it_measured(tmp_path, monkeypatch):
+    calls = []
+
+    def measured_then_interrupted(model, n, scope, settings):
+        calls.append((model, n, scope))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return {"status": "over budget", "detail": "stand-in"}
+
+    monkeypatch.setattr(scaling, "run_cell", measured_then_interrupted)
+    out = tmp_path / "scaling"
+    with pytest.raises(KeyboardInterrupt):
+        cli_main(["scaling", "--seq-lens", "16", "--models", "transformer_baseline,resnet_bk_baseline",
+                  "--output-dir", str(out), *SMALL])
+    doc = json.loads((out / "scaling.json").read_text())
+    assert doc["complete"] is False and [(c["model"], c["scope"]) for c in doc["cells"]] == [
+        ("transformer_baseline", "blocks"), ("transformer_baseline", "end_to_end")]
 
 
 def test_a_model_over_its_budget_stops_there_and_the_study_goes_on(tmp_path):

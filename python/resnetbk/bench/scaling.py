@@ -219,8 +219,9 @@ def run_cell(model_name: str, seq_len: int, scope: str, settings: dict) -> dict:
 # ---------------------------------------------------------------- the study
 
 
-def run_study(models, seq_lens, settings: dict, *, log=print) -> list:
-    """Every cell, longest-first failures carried forward: a model stopped at N is not run beyond."""
+def run_study(models, seq_lens, settings: dict, *, log=print, on_cell=None) -> list:
+    """Every cell, longest-first failures carried forward: a model stopped at N is not run beyond.
+    ``on_cell(cells)`` runs after each measured cell (the CLI saves the cells so far)."""
     cells = []
     for model_name in models:
         for scope in SCOPES:
@@ -236,6 +237,8 @@ def run_study(models, seq_lens, settings: dict, *, log=print) -> list:
                         "wall_s": round(time.perf_counter() - started, 1)}
                 cells.append(cell)
                 log(describe_cell(cell))
+                if on_cell is not None:
+                    on_cell(cells)
                 if cell["status"] != "ok":
                     stopped = cell
     return cells
@@ -440,7 +443,11 @@ def main(argv=None) -> int:
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    cells = run_study(models, seq_lens, settings, log=lambda line: print(line, flush=True))
+    # After every cell the cells so far go to scaling.json ("complete": false): an interrupted
+    # study keeps what it measured.
+    cells = run_study(models, seq_lens, settings, log=lambda line: print(line, flush=True),
+                      on_cell=lambda cells: write_json_atomic(output / "scaling.json", {
+                          "complete": False, "started": started, "settings": settings, "cells": cells}))
     from .__main__ import run_info
 
     info = run_info(["scaling", *(sys.argv[1:] if argv is None else argv)], started,
@@ -450,7 +457,7 @@ def main(argv=None) -> int:
                f"{args.n_layers} layers, vocabulary {args.vocab_size:,}, dropout off, ResNet-BK with its exact O(N) "
                f"gradient, device {args.device}; median of up "
                f"to {args.repeats} timed steps after a warm-up, {args.budget_s:g} s budget per cell.")
-    write_json_atomic(output / "scaling.json", {"run_info": info, "settings": settings, "cells": cells,
+    write_json_atomic(output / "scaling.json", {"complete": True, "run_info": info, "settings": settings, "cells": cells,
                                                 "crossover": {s: crossover(cells, s) for s in SCOPES}})
     (output / "scaling.md").write_text(format_markdown(cells, settings, context))
     plot(cells, output / "scaling.png")
