@@ -368,11 +368,13 @@ def test_an_interrupt_stops_parent_and_worker_and_keeps_the_checkpoint(tmp_path,
     out = tmp_path / "out"
     checkpoint = out / "runs" / "resnet_bk_baseline" / "checkpoint.pt"
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    # A shell's background job (`cmd &`) starts with SIGINT ignored, and Python then never turns
+    # it into KeyboardInterrupt: give the run the default disposition a terminal's job has.
     proc = subprocess.Popen([sys.executable, "-m", "resnetbk.bench", "--preset", "smoke", "--models",
                              "resnet_bk_baseline", "--epochs", "500", "--data-dir", str(tiny_data), "--output-dir",
                              str(out), "--device", "cpu", "--threads", "1", "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while not checkpoint.is_file() and time.monotonic() < deadline and proc.poll() is None:
@@ -388,6 +390,7 @@ def test_an_interrupt_stops_parent_and_worker_and_keeps_the_checkpoint(tmp_path,
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()  # reap it and close its pipes
     assert proc.returncode == 130, err
     assert "interrupted: resnet_bk_baseline: interrupted after epoch" in err and "--resume" in err, err
     assert "Traceback" not in err and "leaked semaphore" not in err, err
