@@ -108,3 +108,10 @@ def check_number(config: Any, name: str, *, low: float, high: float = float("inf
     if too_low or too_high:
         lo, hi = "(" if low_open else "[", ")" if high_open else "]"
         raise ValueError(f"{name}: expected a number in {lo}{low}, {high}{hi}, got {value!r}")
+
+
+def check_int(config: Any, name: str, *, low: int, expected: str) -> None:
+    """An int (not a bool) of at least ``low``; else a ValueError naming the field and ``expected``."""
+    value = getattr(config, name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")

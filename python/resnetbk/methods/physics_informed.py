@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Method, check_number
+from .base import Method, check_int, check_number
 from .block_states import track_block_states
 from .curves import assess_steps
 
@@ -68,9 +68,7 @@ class PhysicsInformed(Method):
 
     @classmethod
     def validate(cls, config) -> None:
-        value = config.physics_hidden
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"physics_hidden: expected a positive integer, got {value!r}")
+        check_int(config, "physics_hidden", low=1, expected="a positive integer")
         check_number(config, "physics_weight_init", low=0.0, low_open=True)
 
     @classmethod

@@ -26,7 +26,7 @@ Paper: the idea of learnt, log-spaced time scales comes from the state-space mod
 2023, "Mamba" (input-independent log-spaced initialisation of the step size).
 """
 
-from .base import Method, check_number
+from .base import Method, check_int, check_number
 
 #: The context-reach distances the ablation's verdict compares (relative sensitivity).
 REACH_DISTANCES = (8, 32)
@@ -45,9 +45,7 @@ class SpectralZ(Method):
 
     @classmethod
     def validate(cls, config) -> None:
-        channels = config.spectral_channels
-        if not isinstance(channels, int) or isinstance(channels, bool) or channels < 0:
-            raise ValueError(f"spectral_channels: expected 0 (keep bk_channels) or a positive integer, got {channels!r}")
+        check_int(config, "spectral_channels", low=0, expected="0 (keep bk_channels) or a positive integer")
         check_number(config, "eta_min", low=0.0, low_open=True)
         check_number(config, "eta_max", low=config.eta_min)
 
