@@ -31,6 +31,17 @@ def record(case, impl, phase, benchmark):
     MEDIANS[(case, impl, phase)] = benchmark.stats.stats.median
 
 
+def _comparisons(width, impls):
+    """The ratios a case's summary states: rust over the others, triton against one attention layer."""
+    if "triton" in impls and "attention_layer" in impls:
+        yield (f"    triton / one attention layer of width {width}: {impls['triton'] / impls['attention_layer']:.2f}x "
+               "the time (target: at most 1 at 32 x 128)")
+    if "rust" in impls:
+        for other in ("torch", "torch_sweep", "torch_scan", "autograd", "seed_autograd", "seed_hybrid"):
+            if other in impls:
+                yield f"    speed-up of rust over {other}: {impls[other] / impls['rust']:,.1f}x"
+
+
 def pytest_terminal_summary(terminalreporter):
     import sys
 
@@ -56,10 +67,8 @@ def pytest_terminal_summary(terminalreporter):
         for impl, t in sorted(impls.items(), key=lambda kv: kv[1]):
             rate = b * n / t / 1e6 / (THREADS if DEVICE == "cpu" else 1)
             write(f"    {impl:22s} {t * 1e3:12.3f} ms {rate:12.2f} M el/s")
-        if "rust" in impls:
-            for other in ("torch", "torch_sweep", "torch_scan", "autograd", "seed_autograd", "seed_hybrid"):
-                if other in impls:
-                    write(f"    speed-up of rust over {other}: {impls[other] / impls['rust']:,.1f}x")
+        for line in _comparisons(b, impls):
+            write(line)
     ten_k = MEDIANS.get(((1, 10_000), "rust, 1 thread", "linearity"))
     million = MEDIANS.get(((1, 1_000_000), "rust, 1 thread", "linearity"))
     if ten_k and million:

@@ -9,6 +9,10 @@ Implementations: the Rust backend through ``bk_core`` (custom op, autograd, and 
 arrays: the difference is the per-call overhead), the torch backend (its own choice, and the
 sweep and the parallel scan forced), grad="autograd" through the torch implementation, and the
 original-style Python loop with autograd or with the original benchmark's hybrid backward.
+On CUDA also the Triton kernels (``backend="triton"``) and, as the yardstick the GPU target is
+set against, one causal attention layer of the same width (``attention_layer``: d_model = B
+channels over N positions, one sequence, one head, QKV and output projections, torch's fused
+scaled_dot_product_attention).
 
 RESNETBK_BENCH_MODE=bidirectional times the bidirectional mode (default: causal).
 """
@@ -34,6 +38,7 @@ IMPLS = {
     "torch_sweep": dict(backend="torch_sweep", grad="exact"),
     "torch_scan": dict(backend="torch_scan", grad="exact"),
     "autograd": dict(backend="torch", grad="autograd"),
+    "triton": dict(backend="triton", grad="exact"),
 }
 MODE = os.environ.get("RESNETBK_BENCH_MODE", "causal")
 # Python loops over N take minutes at these lengths; the speed-ups are measured below them.
@@ -62,6 +67,19 @@ def _step(fn, v, backward):
         _sync()
 
     return run
+
+
+def _attention_layer(width):
+    """One causal attention layer of ``width`` channels: ``(1, N, width) -> (1, N, width)``."""
+    qkv = torch.nn.Linear(width, 3 * width, device=DEVICE)
+    proj = torch.nn.Linear(width, width, device=DEVICE)
+
+    def layer(x):
+        q, k, v = qkv(x).unsqueeze(1).chunk(3, dim=-1)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return torch.complex(proj(y.squeeze(1)), torch.zeros((), device=DEVICE))  # complex: the shared step takes .real
+
+    return layer
 
 
 def _kernels_only(b, n, backward):
@@ -95,6 +113,8 @@ def _skip_reason(impl, b, n):
         return "the original-style loop is written for the causal mode"
     if impl.startswith("rust") and DEVICE != "cpu":
         return "the Rust backend is CPU only"
+    if impl in ("triton", "attention_layer") and DEVICE != "cuda":
+        return f"{impl} is measured on CUDA (the Triton kernels run on CPU only in Triton's slow interpreter)"
     loop = impl in ("torch_sweep", "seed_autograd", "seed_hybrid") or (impl in ("torch", "autograd") and n < 64)
     if loop and (n > MAX_LOOP_LENGTH or b * n > MAX_LOOP_ELEMENTS):
         return f"a Python loop over N = {n:,} takes minutes; this implementation is measured at smaller N"
@@ -104,7 +124,7 @@ def _skip_reason(impl, b, n):
 
 
 @pytest.mark.parametrize("phase", ["forward", "forward+backward"])
-@pytest.mark.parametrize("impl", list(IMPLS) + ["rust_kernels", "seed_autograd", "seed_hybrid"])
+@pytest.mark.parametrize("impl", list(IMPLS) + ["rust_kernels", "seed_autograd", "seed_hybrid", "attention_layer"])
 @pytest.mark.parametrize("case", CASES, ids=[f"{b}x{n}" for b, n in CASES])
 def test_bk_core_speed(benchmark, case, impl, phase):
     b, n = case
@@ -121,6 +141,10 @@ def test_bk_core_speed(benchmark, case, impl, phase):
         record(case, impl, phase, benchmark)
         return
     v, upper = _inputs(b, n, backward)
+    if impl == "attention_layer":
+        _run(benchmark, _step(_attention_layer(b), v.t().unsqueeze(0), backward))
+        record(case, impl, phase, benchmark)
+        return
     if impl == "seed_autograd":
         fn = seed_style_forward
     elif impl == "seed_hybrid":

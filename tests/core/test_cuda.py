@@ -1,4 +1,4 @@
-"""The CUDA path (the torch backend on CUDA tensors) against the CPU backends and the dense oracle.
+"""The CUDA path (the torch and Triton backends on CUDA tensors) against the CPU backends and the dense oracle.
 
 Skipped where no GPU is present; run on a GPU machine with ``python -m pytest tests/test_cuda.py``.
 """
@@ -11,7 +11,7 @@ from resnetbk import bk_core, dense_resolvent_diag
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-CUDA_BACKENDS = ("torch", "torch_sweep", "torch_scan")
+CUDA_BACKENDS = ("torch", "torch_sweep", "torch_scan", "triton")
 
 
 @pytest.mark.parametrize("backend", CUDA_BACKENDS)

@@ -99,8 +99,9 @@ def bk_core(
         mode: ``"causal"`` (site k sees positions ``<= k`` only: the resolvent of the leading
             ``(k+1)`` block) or ``"bidirectional"`` (the full window's resolvent; reads the future).
         backend: ``"rust"`` (CPU), ``"torch"`` (any device; sweep or parallel scan chosen by
-            size and device), ``"auto"`` (rust on CPU, torch elsewhere); ``"torch_sweep"``/``"torch_scan"``
-            force the torch algorithm.
+            size and device), ``"triton"`` (CUDA: Triton kernels; CPU only in Triton's interpreter),
+            ``"auto"`` (rust on CPU, triton on CUDA where installed, torch elsewhere);
+            ``"torch_sweep"``/``"torch_scan"`` force the torch algorithm.
         grad: ``"exact"`` (the O(N) vector-Jacobian product for diag, upper, lower and z),
             ``"autograd"`` (autograd through the pure-torch implementation; the baseline), or
             ``"hybrid"`` (the original benchmark's approximation for diag only; NOT a gradient, see
@@ -139,8 +140,8 @@ def bk_core(
         raise ValueError(f"hybrid_blend: only meaningful with grad='hybrid', got grad={grad!r}")
 
     if grad == "autograd":
-        if backend == "rust":
-            raise ValueError("backend='rust' has no autograd graph; grad='autograd' needs backend='torch' or 'auto'")
+        if backend in ("rust", "triton"):
+            raise ValueError(f"backend={backend!r} has no autograd graph; grad='autograd' needs backend='torch' or 'auto'")
         out = torch_backend.forward(diag, ops.couplings(upper, lower), z, mode, backends.REGISTRY[backend].method)
         return out if mask is None else out.masked_fill(~mask, 0)
     if grad == "hybrid":

@@ -15,12 +15,14 @@ select right after they scatter outputs and gather upstream gradients, but canno
 arithmetic either: their rows run 16 at a time in SIMD lock-step. The gradients stay exact for the masked function
 (upstream gradients at masked positions are ignored).
 
-To add a backend (a GPU kernel, say): write a class with ``name``, ``devices``, ``forward``
-and ``backward``, add it to ``REGISTRY`` and, if it should be picked by default, to ``choose``.
+To add a backend: write a class with ``name``, ``devices``, ``forward`` and ``backward``, add it
+to ``REGISTRY`` and, if it should be picked by default, to ``choose`` (as ``"triton"`` is on CUDA).
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Optional
 
 import torch
@@ -75,17 +77,51 @@ class TorchBackend:
         return grad_diag, grad_kap * lower, grad_kap * upper, grad_z
 
 
+class TritonBackend(TorchBackend):
+    """The torch backend's algorithm with its two sequential primitives as Triton kernels
+    (``triton_kernels``): CUDA tensors, or CPU tensors in Triton's interpreter (TRITON_INTERPRET=1)."""
+
+    def __init__(self):
+        super().__init__("triton", "triton")
+
+    @property
+    def devices(self):
+        return ("cpu", "cuda") if triton_interpreted() else ("cuda",)
+
+
+def triton_available() -> bool:
+    """Whether the ``triton`` package imports (it ships with torch's CUDA builds for Linux)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def triton_interpreted() -> bool:
+    """Whether the Triton kernels run in Triton's CPU interpreter (decided when they are first imported)."""
+    kernels = sys.modules.get(f"{__package__}.triton_kernels")
+    if kernels is not None:
+        return kernels.INTERPRETED
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 REGISTRY = {
     b.name: b
     for b in (RustBackend(), TorchBackend("torch", "auto"), TorchBackend("torch_sweep", "sweep"),
-              TorchBackend("torch_scan", "scan"))
+              TorchBackend("torch_scan", "scan"), TritonBackend())
 }
 NAMES = tuple(REGISTRY)
 
 
 def choose(device: torch.device, grad: str) -> str:
-    """The backend ``"auto"`` means: Rust on CPU, torch elsewhere (and for autograd through torch)."""
-    return "rust" if device.type == "cpu" and grad != "autograd" else "torch"
+    """The backend ``"auto"`` means: Rust on CPU; Triton on CUDA where triton is installed; torch
+    otherwise (and always for autograd, which differentiates the torch implementation)."""
+    if grad == "autograd":
+        return "torch"
+    if device.type == "cpu":
+        return "rust"
+    return "triton" if device.type == "cuda" and triton_available() else "torch"
 
 
 def get(name: str, device: torch.device):
@@ -93,7 +129,12 @@ def get(name: str, device: torch.device):
     if name not in REGISTRY:
         raise ValueError(f"backend: expected one of {NAMES}, got {name!r}")
     backend = REGISTRY[name]
+    if name == "triton" and not triton_available():
+        raise ValueError("backend='triton' needs the triton package (it ships with torch's CUDA builds for Linux; "
+                         "`pip install triton`), or use backend='torch'")
     if backend.devices is not None and device.type not in backend.devices:
+        hint = " (or set TRITON_INTERPRET=1 before the first use to run the kernels in Triton's CPU interpreter)" \
+            if name == "triton" else ""
         raise ValueError(f"backend={name!r} runs on {'/'.join(d.upper() for d in backend.devices)} tensors only, got tensors on "
-                         f"{device}; use backend='torch' or 'auto'")
+                         f"{device}; use backend='torch' or 'auto'{hint}")
     return backend

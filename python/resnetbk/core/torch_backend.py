@@ -2,8 +2,10 @@
 
 Forward and exact backward are vectorised over rows. Along the sequence they run either as
 sequential sweeps (N small steps: best for short rows, and for many rows on CPU) or as
-log-depth parallel scans (best for long rows, and on GPUs); ``method="auto"`` picks by the
-length, the number of rows and the device (see ``_use_scan``).
+log-depth parallel scans (best for long rows); ``method="auto"`` picks by the length, the
+number of rows and the device (see ``_use_scan``). ``method="triton"`` runs the same two
+sequential primitives (the ratio recursion and the linear recurrence) as Triton kernels
+(``triton_kernels``): the ``"triton"`` backend, the default on CUDA.
 
 The backward is the exact adjoint derived in ``rust/bk-core/src/sweep.rs``, written here as two
 linear recurrences:
@@ -22,7 +24,7 @@ from torch.nn.functional import pad
 from .reference import combine_bidirectional, left_ratios_sweep, shifted_diagonal
 from .scan import left_ratios_scan, linear_recurrence_scan, linear_recurrence_sweep
 
-METHODS = ("auto", "sweep", "scan")
+METHODS = ("auto", "sweep", "scan", "triton")
 
 #: ``method="auto"`` never scans rows shorter than this.
 SCAN_MIN_LENGTH = 64
@@ -47,31 +49,38 @@ def _use_scan(shape, device, method: str) -> bool:
     return rows * math.log2(n) < CPU_SWEEP_STEP_IN_SCAN_ELEMENTS
 
 
-def _left_ratios(s: Tensor, kap: Tensor, scan: bool) -> Tensor:
-    return left_ratios_scan(s, kap) if scan else left_ratios_sweep(s, kap)
+def _primitives(shape, device, method: str):
+    """The two sequential primitives ``(left_ratios(s, kap), linear_recurrence(e, m))`` for ``method``."""
+    if method == "triton":
+        from . import triton_kernels  # imported on first use: triton is only needed here
+
+        return triton_kernels.left_ratios, triton_kernels.linear_recurrence
+    if _use_scan(shape, device, method):
+        return left_ratios_scan, linear_recurrence_scan
+    return left_ratios_sweep, linear_recurrence_sweep
 
 
-def _right_ratios(s: Tensor, kap: Tensor, scan: bool) -> Tensor:
+def _right_ratios(s: Tensor, kap: Tensor, left_ratios) -> Tensor:
     """``gR_k = 1/(s_k - kap_k gR_{k+1})``: the left recursion on the reversed row."""
-    return _left_ratios(s.flip(-1), kap.flip(-1), scan).flip(-1)
+    return left_ratios(s.flip(-1), kap.flip(-1)).flip(-1)
 
 
 def forward(diag: Tensor, kap: Tensor, z: Tensor, mode: str, method: str = "auto") -> Tensor:
     """BK-Core forward. ``diag (..., N)`` real, ``kap (..., N-1)`` real, ``z (...)`` complex."""
-    scan = _use_scan(diag.shape, diag.device, method)
+    left_ratios, _ = _primitives(diag.shape, diag.device, method)
     s = shifted_diagonal(diag, z)
-    g_left = _left_ratios(s, kap, scan)
+    g_left = left_ratios(s, kap)
     if mode == "causal":
         return g_left
-    return combine_bidirectional(s, kap, g_left, _right_ratios(s, kap, scan))
+    return combine_bidirectional(s, kap, g_left, _right_ratios(s, kap, left_ratios))
 
 
 def forward_masked_bidirectional(diag: Tensor, kap: Tensor, z: Tensor, mask: Tensor, method: str = "auto") -> Tensor:
     """Bidirectional forward that reads out only where ``mask`` is true (0 elsewhere): both sweeps
     still run over every position, the per-site combination runs on the kept sites only."""
-    scan = _use_scan(diag.shape, diag.device, method)
+    left_ratios, _ = _primitives(diag.shape, diag.device, method)
     s = shifted_diagonal(diag, z)
-    g_left, g_right = _left_ratios(s, kap, scan), _right_ratios(s, kap, scan)
+    g_left, g_right = left_ratios(s, kap), _right_ratios(s, kap, left_ratios)
     from_left = pad(kap * g_left[..., :-1], (1, 0))
     from_right = pad(kap * g_right[..., 1:], (0, 1))
     out = s.new_zeros(s.shape)
@@ -86,11 +95,10 @@ def backward(
 
     ``grad`` is the upstream gradient ``dL/dRe G + i dL/dIm G`` of shape ``diag.shape``.
     """
-    scan = _use_scan(diag.shape, diag.device, method)
-    recurrence = linear_recurrence_scan if scan else linear_recurrence_sweep
+    left_ratios, recurrence = _primitives(diag.shape, diag.device, method)
     s = shifted_diagonal(diag, z)
     kap_c = kap.to(s.dtype)
-    g_left = _left_ratios(s, kap, scan)
+    g_left = left_ratios(s, kap)
     lam_out = grad.to(s.dtype).conj_physical()
 
     def reverse_recurrence(e: Tensor, m: Tensor) -> Tensor:
@@ -103,7 +111,7 @@ def backward(
         lam_s = -(g_left**2) * lam_gl
         lam_kap = -g_left[..., :-1] * lam_s[..., 1:]
     else:
-        g_right = _right_ratios(s, kap, scan)
+        g_right = _right_ratios(s, kap, left_ratios)
         g = combine_bidirectional(s, kap, g_left, g_right)
         lam_d = -(g**2) * lam_out
         lam_gl = reverse_recurrence(pad(-kap_c * lam_d[..., 1:], (0, 1)), m_left)
