@@ -31,6 +31,7 @@ def test_a_small_study_measures_every_cell_and_writes_its_files(tmp_path):
     assert "Crossover (blocks)" in text and "## Targets" in text and "| 64 | 1 |" in text
     assert (out / "scaling.png").stat().st_size > 10_000
     assert doc["complete"] is True
+    assert doc["run_info"]["versions"]["torch"] and "git_revision" in doc["run_info"]  # what a rerun needs
 
 
 def test_an_interrupted_study_keeps_the_cells_it_measured(tmp_path, monkeypatch):

@@ -449,10 +449,14 @@ def main(argv=None) -> int:
                       on_cell=lambda cells: write_json_atomic(output / "scaling.json", {
                           "complete": False, "started": started, "settings": settings, "cells": cells}))
     from .__main__ import run_info
+    from .train import environment
 
     info = run_info(["scaling", *(sys.argv[1:] if argv is None else argv)], started,
                     datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    context = (f"Command: `{info['command']}`; {info['machine']}; {started} to {info['finished']}. "
+    info["versions"], info["git_revision"] = environment()
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    context = (f"Command: `{info['command']}`; {info['machine']}; {started} to {info['finished']}; {versions}; "
+               f"git {info['git_revision'] or 'unknown'}. "
                f"{args.tokens_per_step:,} tokens per step (batch = tokens / N, at least 1), d_model {args.d_model}, "
                f"{args.n_layers} layers, vocabulary {args.vocab_size:,}, dropout off, ResNet-BK with its exact O(N) "
                f"gradient, device {args.device}; median of up "
