@@ -1,4 +1,4 @@
-"""The ``"torch"`` backend: pure torch ops on any device; this is the CUDA path.
+"""The ``"torch"`` backend: pure torch ops on any device (and, with ``method="triton"``, the Triton backend's algebra).
 
 Forward and exact backward are vectorised over rows. Along the sequence they run either as
 sequential sweeps (N small steps: best for short rows, and for many rows on CPU) or as
