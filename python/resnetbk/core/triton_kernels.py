@@ -57,6 +57,27 @@ def chunk_length(rows: int, n: int) -> int:
     return max(16, 1 << math.ceil(math.log2(math.sqrt(n))))
 
 
+# --- complex numbers as interleaved pairs --------------------------------------------------
+
+
+@triton.jit
+def _load_complex(ptr, index, mask, other_re):
+    """The complex number at ``index`` of an interleaved (real, imaginary) array (``other_re`` + 0i where masked)."""
+    return tl.load(ptr + index * 2, mask=mask, other=other_re), tl.load(ptr + index * 2 + 1, mask=mask, other=0.0)
+
+
+@triton.jit
+def _store_complex(ptr, index, re, im, mask):
+    tl.store(ptr + index * 2, re, mask=mask)
+    tl.store(ptr + index * 2 + 1, im, mask=mask)
+
+
+@triton.jit
+def _mul_add(a_re, a_im, x_re, x_im, b_re, b_im):
+    """``a x + b`` for complex ``a``, ``x``, ``b``."""
+    return a_re * x_re - a_im * x_im + b_re, a_re * x_im + a_im * x_re + b_im
+
+
 # --- the ratio recursion -------------------------------------------------------------------
 
 
@@ -67,23 +88,20 @@ def _ratios_run_kernel(s_ptr, kap_ptr, x_in_ptr, out_ptr, rows, n, chunk, BLOCK:
     c = tl.program_id(1)
     n_chunks = tl.num_programs(1)
     live = r < rows
-    x_re = tl.load(x_in_ptr + (r * n_chunks + c) * 2, mask=live, other=0.0)
-    x_im = tl.load(x_in_ptr + (r * n_chunks + c) * 2 + 1, mask=live, other=0.0)
+    x_re, x_im = _load_complex(x_in_ptr, r * n_chunks + c, live, 0.0)
     for j in range(0, chunk):
         k = c * chunk + j
         pos = r * 0 + k  # a vector, so that masks stay vectors of bool
         ok = live & (pos < n)
         has_prev = ok & (pos > 0)
-        s_re = tl.load(s_ptr + (r * n + k) * 2, mask=ok, other=1.0)
-        s_im = tl.load(s_ptr + (r * n + k) * 2 + 1, mask=ok, other=0.0)
+        s_re, s_im = _load_complex(s_ptr, r * n + k, ok, 1.0)
         kap = tl.load(kap_ptr + r * (n - 1) + k - 1, mask=has_prev, other=0.0)
         d_re = s_re - kap * x_re
         d_im = s_im - kap * x_im
         inv = 1.0 / (d_re * d_re + d_im * d_im)
         x_re = d_re * inv
         x_im = -d_im * inv
-        tl.store(out_ptr + (r * n + k) * 2, x_re, mask=ok)
-        tl.store(out_ptr + (r * n + k) * 2 + 1, x_im, mask=ok)
+        _store_complex(out_ptr, r * n + k, x_re, x_im, ok)
 
 
 @triton.jit
@@ -103,14 +121,11 @@ def _ratios_summary_kernel(s_ptr, kap_ptr, summary_ptr, rows, n, chunk, BLOCK: t
         pos = r * 0 + k  # a vector, so that masks stay vectors of bool
         ok = live & (pos < n)
         has_prev = ok & (pos > 0)
-        s_re = tl.load(s_ptr + (r * n + k) * 2, mask=ok, other=1.0)
-        s_im = tl.load(s_ptr + (r * n + k) * 2 + 1, mask=ok, other=0.0)
+        s_re, s_im = _load_complex(s_ptr, r * n + k, ok, 1.0)
         kap = tl.load(kap_ptr + r * (n - 1) + k - 1, mask=has_prev, other=0.0)
         # Past the row's end the step is the identity (s = 1, kap = 0 would not be): keep M.
-        new_p_re = -kap * a_re + s_re * p_re - s_im * p_im
-        new_p_im = -kap * a_im + s_re * p_im + s_im * p_re
-        new_q_re = -kap * b_re + s_re * q_re - s_im * q_im
-        new_q_im = -kap * b_im + s_re * q_im + s_im * q_re
+        new_p_re, new_p_im = _mul_add(s_re, s_im, p_re, p_im, -kap * a_re, -kap * a_im)
+        new_q_re, new_q_im = _mul_add(s_re, s_im, q_re, q_im, -kap * b_re, -kap * b_im)
         a_re = tl.where(ok, p_re, a_re)
         a_im = tl.where(ok, p_im, a_im)
         b_re = tl.where(ok, q_re, b_re)
@@ -125,15 +140,11 @@ def _ratios_summary_kernel(s_ptr, kap_ptr, summary_ptr, rows, n, chunk, BLOCK: t
         scale = 1.0 / big
         a_re, a_im, b_re, b_im = a_re * scale, a_im * scale, b_re * scale, b_im * scale
         p_re, p_im, q_re, q_im = p_re * scale, p_im * scale, q_re * scale, q_im * scale
-    base = summary_ptr + (r * n_chunks + c) * 8
-    tl.store(base + 0, a_re, mask=live)
-    tl.store(base + 1, a_im, mask=live)
-    tl.store(base + 2, b_re, mask=live)
-    tl.store(base + 3, b_im, mask=live)
-    tl.store(base + 4, p_re, mask=live)
-    tl.store(base + 5, p_im, mask=live)
-    tl.store(base + 6, q_re, mask=live)
-    tl.store(base + 7, q_im, mask=live)
+    entry = (r * n_chunks + c) * 4  # four complex entries per chunk
+    _store_complex(summary_ptr, entry, a_re, a_im, live)
+    _store_complex(summary_ptr, entry + 1, b_re, b_im, live)
+    _store_complex(summary_ptr, entry + 2, p_re, p_im, live)
+    _store_complex(summary_ptr, entry + 3, q_re, q_im, live)
 
 
 @triton.jit
@@ -144,21 +155,14 @@ def _ratios_prefix_kernel(summary_ptr, x_in_ptr, rows, n_chunks, BLOCK: tl.const
     x_re = (r * 0).to(x_in_ptr.dtype.element_ty)
     x_im = x_re
     for c in range(0, n_chunks):
-        tl.store(x_in_ptr + (r * n_chunks + c) * 2, x_re, mask=live)
-        tl.store(x_in_ptr + (r * n_chunks + c) * 2 + 1, x_im, mask=live)
-        base = summary_ptr + (r * n_chunks + c) * 8
-        a_re = tl.load(base + 0, mask=live, other=1.0)
-        a_im = tl.load(base + 1, mask=live, other=0.0)
-        b_re = tl.load(base + 2, mask=live, other=0.0)
-        b_im = tl.load(base + 3, mask=live, other=0.0)
-        p_re = tl.load(base + 4, mask=live, other=0.0)
-        p_im = tl.load(base + 5, mask=live, other=0.0)
-        q_re = tl.load(base + 6, mask=live, other=1.0)
-        q_im = tl.load(base + 7, mask=live, other=0.0)
-        num_re = a_re * x_re - a_im * x_im + b_re
-        num_im = a_re * x_im + a_im * x_re + b_im
-        den_re = p_re * x_re - p_im * x_im + q_re
-        den_im = p_re * x_im + p_im * x_re + q_im
+        _store_complex(x_in_ptr, r * n_chunks + c, x_re, x_im, live)
+        entry = (r * n_chunks + c) * 4
+        a_re, a_im = _load_complex(summary_ptr, entry, live, 1.0)
+        b_re, b_im = _load_complex(summary_ptr, entry + 1, live, 0.0)
+        p_re, p_im = _load_complex(summary_ptr, entry + 2, live, 0.0)
+        q_re, q_im = _load_complex(summary_ptr, entry + 3, live, 1.0)
+        num_re, num_im = _mul_add(a_re, a_im, x_re, x_im, b_re, b_im)
+        den_re, den_im = _mul_add(p_re, p_im, x_re, x_im, q_re, q_im)
         inv = 1.0 / (den_re * den_re + den_im * den_im)
         x_re, x_im = (num_re * den_re + num_im * den_im) * inv, (num_im * den_re - num_re * den_im) * inv
 
@@ -173,20 +177,16 @@ def _linear_run_kernel(e_ptr, m_ptr, x_in_ptr, out_ptr, rows, n, chunk, BLOCK: t
     c = tl.program_id(1)
     n_chunks = tl.num_programs(1)
     live = r < rows
-    x_re = tl.load(x_in_ptr + (r * n_chunks + c) * 2, mask=live, other=0.0)
-    x_im = tl.load(x_in_ptr + (r * n_chunks + c) * 2 + 1, mask=live, other=0.0)
+    x_re, x_im = _load_complex(x_in_ptr, r * n_chunks + c, live, 0.0)
     for j in range(0, chunk):
         k = c * chunk + j
         pos = r * 0 + k  # a vector, so that masks stay vectors of bool
         ok = live & (pos < n)
         has_prev = ok & (pos > 0)
-        e_re = tl.load(e_ptr + (r * n + k) * 2, mask=ok, other=0.0)
-        e_im = tl.load(e_ptr + (r * n + k) * 2 + 1, mask=ok, other=0.0)
-        m_re = tl.load(m_ptr + (r * n + k) * 2, mask=has_prev, other=0.0)  # m_0 is ignored
-        m_im = tl.load(m_ptr + (r * n + k) * 2 + 1, mask=has_prev, other=0.0)
-        x_re, x_im = e_re + m_re * x_re - m_im * x_im, e_im + m_re * x_im + m_im * x_re
-        tl.store(out_ptr + (r * n + k) * 2, x_re, mask=ok)
-        tl.store(out_ptr + (r * n + k) * 2 + 1, x_im, mask=ok)
+        e_re, e_im = _load_complex(e_ptr, r * n + k, ok, 0.0)
+        m_re, m_im = _load_complex(m_ptr, r * n + k, has_prev, 0.0)  # m_0 is ignored
+        x_re, x_im = _mul_add(m_re, m_im, x_re, x_im, e_re, e_im)
+        _store_complex(out_ptr, r * n + k, x_re, x_im, ok)
 
 
 @triton.jit
@@ -205,19 +205,14 @@ def _linear_summary_kernel(e_ptr, m_ptr, summary_ptr, rows, n, chunk, BLOCK: tl.
         pos = r * 0 + k  # a vector, so that masks stay vectors of bool
         ok = live & (pos < n)
         has_prev = ok & (pos > 0)
-        e_re = tl.load(e_ptr + (r * n + k) * 2, mask=ok, other=0.0)
-        e_im = tl.load(e_ptr + (r * n + k) * 2 + 1, mask=ok, other=0.0)
-        # Past the row's end the step is the identity map (e = 0, m = 1).
-        m_re = tl.load(m_ptr + (r * n + k) * 2, mask=has_prev, other=0.0)
-        m_re = tl.where(ok, m_re, 1.0)
-        m_im = tl.load(m_ptr + (r * n + k) * 2 + 1, mask=has_prev, other=0.0)
-        big_e_re, big_e_im = e_re + m_re * big_e_re - m_im * big_e_im, e_im + m_re * big_e_im + m_im * big_e_re
-        p_re, p_im = m_re * p_re - m_im * p_im, m_re * p_im + m_im * p_re
-    base = summary_ptr + (r * n_chunks + c) * 4
-    tl.store(base + 0, big_e_re, mask=live)
-    tl.store(base + 1, big_e_im, mask=live)
-    tl.store(base + 2, p_re, mask=live)
-    tl.store(base + 3, p_im, mask=live)
+        e_re, e_im = _load_complex(e_ptr, r * n + k, ok, 0.0)
+        m_re, m_im = _load_complex(m_ptr, r * n + k, has_prev, 0.0)
+        m_re = tl.where(ok, m_re, 1.0)  # past the row's end the step is the identity map (e = 0, m = 1)
+        big_e_re, big_e_im = _mul_add(m_re, m_im, big_e_re, big_e_im, e_re, e_im)
+        p_re, p_im = _mul_add(m_re, m_im, p_re, p_im, 0.0, 0.0)
+    entry = (r * n_chunks + c) * 2  # two complex entries per chunk
+    _store_complex(summary_ptr, entry, big_e_re, big_e_im, live)
+    _store_complex(summary_ptr, entry + 1, p_re, p_im, live)
 
 
 @triton.jit
@@ -228,14 +223,11 @@ def _linear_prefix_kernel(summary_ptr, x_in_ptr, rows, n_chunks, BLOCK: tl.const
     x_re = (r * 0).to(x_in_ptr.dtype.element_ty)
     x_im = x_re
     for c in range(0, n_chunks):
-        tl.store(x_in_ptr + (r * n_chunks + c) * 2, x_re, mask=live)
-        tl.store(x_in_ptr + (r * n_chunks + c) * 2 + 1, x_im, mask=live)
-        base = summary_ptr + (r * n_chunks + c) * 4
-        big_e_re = tl.load(base + 0, mask=live, other=0.0)
-        big_e_im = tl.load(base + 1, mask=live, other=0.0)
-        p_re = tl.load(base + 2, mask=live, other=0.0)
-        p_im = tl.load(base + 3, mask=live, other=0.0)
-        x_re, x_im = big_e_re + p_re * x_re - p_im * x_im, big_e_im + p_re * x_im + p_im * x_re
+        _store_complex(x_in_ptr, r * n_chunks + c, x_re, x_im, live)
+        entry = (r * n_chunks + c) * 2
+        big_e_re, big_e_im = _load_complex(summary_ptr, entry, live, 0.0)
+        p_re, p_im = _load_complex(summary_ptr, entry + 1, live, 0.0)
+        x_re, x_im = _mul_add(p_re, p_im, x_re, x_im, big_e_re, big_e_im)
 
 
 # --- drivers --------------------------------------------------------------------------------
