@@ -52,7 +52,8 @@ def test_unimplemented_flags_raise(flag):
         BenchmarkConfig(**{flag: True})
 
 
-def test_model_configs_follow_the_seed():
+def test_model_configs_follow_the_seed(monkeypatch):
+    monkeypatch.setattr("resnetbk.methods.mixed_precision.slow_bf16_reason", lambda: None)  # a CPU with native bf16
     base = BenchmarkConfig()
     assert model_config("transformer_baseline", base).architecture == "transformer"
     baseline, full = model_config("resnet_bk_baseline", base), model_config("resnet_bk_full", base)

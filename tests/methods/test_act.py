@@ -59,3 +59,15 @@ def test_a_methods_evaluation_names_components_and_separates_the_blocks_from_the
     assert figures["tokens"] == 399 and figures["mean_blocks_per_token"] == pytest.approx(2.0)
     assert 0 < figures["blocks_forward_flops_per_token"] < figures["forward_flops_per_token"]
     assert {"blocks.0.moe", "lm_head", "depth"} <= set(figures["forward_flops_per_token_by_component"])
+
+
+def test_a_method_evaluation_that_asks_for_no_block_figure_has_none(tmp_path):
+    """record_evaluation(blocks=False) must not report mean blocks per token (it once did, as 0.0)."""
+    from helpers_methods import run_training, small_config, synthetic_corpus
+
+    result = run_training(small_config(use_sparse_bk=True, epochs=1, max_steps=2), synthetic_corpus(), tmp_path)
+    evaluation = result.methods["use_sparse_bk"]["evaluation"]
+    assert "realised_sparsity" in evaluation and "blocks_forward_flops_per_token" in evaluation
+    assert "mean_blocks_per_token" not in evaluation
+    act = run_training(small_config(use_act=True, epochs=1, max_steps=2), synthetic_corpus(), tmp_path, name="act")
+    assert 1 <= act.methods["use_act"]["evaluation"]["mean_blocks_per_token"] <= 3

@@ -70,7 +70,10 @@ def parse_args(argv=None, *, prog: str = "python -m resnetbk.bench", description
     p.add_argument("--seeds", help="comma-separated seeds, e.g. 42,43,44: every model once per seed (results in "
                                     "seed_<s>/), every metric as mean and standard deviation")
     p.add_argument("--threads", type=int, help="torch and Rust threads per model")
-    p.add_argument("--amp", action="store_true", help="mixed precision: bf16 autocast (the BK-Core stays float32)")
+    p.add_argument("--amp", action="store_true", help="mixed precision: bf16 autocast (the BK-Core stays float32); "
+                                                       "an error on a CPU without native bf16 unless --allow-slow-bf16")
+    p.add_argument("--allow-slow-bf16", action="store_true",
+                   help="run bf16 autocast even on a CPU without native bf16 (about 20x slower matmuls), to measure it")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --output-dir")
     p.add_argument("--allow-noncausal", action="store_true", help="allow training a model that reads future tokens")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -90,6 +93,8 @@ def build_base_config(args: argparse.Namespace):
     fields.update({k: v for k, v in flags.items() if v is not None})
     if args.allow_noncausal:
         fields["allow_noncausal"] = True
+    if args.allow_slow_bf16:
+        fields["allow_slow_bf16"] = True
     return BenchmarkConfig.from_dict(fields)
 
 
@@ -103,6 +108,8 @@ def build_configs(args: argparse.Namespace) -> list:
         config = model_config(name, base)
         if args.amp:
             config = config.replace(use_mixed_precision=True)
+        if config.use_mixed_precision:  # before the data: a precision this CPU runs slowly is known at once
+            methods.BY_FLAG["use_mixed_precision"].check_fast(config)
         configs.append(config)
     return configs
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from .. import methods
+from ..methods.mixed_precision import slow_precision_reason
 from .config import OPTIMIZATION_FLAGS, model_config
 from .results import BenchmarkResults, write_json_atomic
 
@@ -37,9 +38,11 @@ ALL = "all"
 VALID_CURVE_INTERVAL = 10
 
 
-def ablation_configs(base, only=None) -> list:
+def ablation_configs(base, only=None, left_out: dict | None = None) -> list:
     """``(row name, config)``: the baseline, each implemented method alone, all of the original
-    twelve together; with ``only`` (flags and/or ``"all"``), the baseline and those rows."""
+    twelve together; with ``only`` (flags and/or ``"all"``), the baseline and those rows. A row
+    this machine cannot run fairly (mixed precision on a CPU without native bf16, unless
+    ``allow_slow_bf16``) is left out, with the reason put in ``left_out`` (row -> why)."""
     none = {flag: False for flag in OPTIMIZATION_FLAGS}
     if base.valid_curve_interval is None:
         base = base.replace(valid_curve_interval=VALID_CURVE_INTERVAL)
@@ -52,7 +55,13 @@ def ablation_configs(base, only=None) -> list:
     rows = [(BASELINE, baseline)]
     for flag in methods.IMPLEMENTED:
         if only is None or flag in only:
-            rows.append((flag, baseline.replace(model_name=f"ablation_{flag}", **{flag: True})))
+            config = baseline.replace(model_name=f"ablation_{flag}", **{flag: True})
+            slow = slow_precision_reason(config) if flag == "use_mixed_precision" else None
+            if slow is not None and not config.allow_slow_bf16:
+                if left_out is not None:
+                    left_out[flag] = f"left out: {slow} (--allow-slow-bf16 keeps it)"
+                continue
+            rows.append((flag, config))
     if only is None or ALL in only:
         rows.append((ALL, model_config("resnet_bk_full", base).replace(model_name="ablation_all")))
     return rows
@@ -216,7 +225,10 @@ def main(argv=None) -> int:
     try:
         base = build_base_config(args)
         only = None if args.rows is None else [name.strip() for name in args.rows.split(",") if name.strip()]
-        rows = ablation_configs(base, only)
+        left_out: dict = {}
+        rows = ablation_configs(base, only, left_out)
+        for name, reason in left_out.items():
+            print(f"ablation row {name}: {reason}", file=sys.stderr)
         if args.amp:
             raise ValueError("--amp: the ablation has its own mixed-precision row; leave --amp off")
     except (ValueError, NotImplementedError) as exc:
@@ -243,7 +255,10 @@ def main(argv=None) -> int:
     context = (f"Preset `{args.preset}`, {base.epochs} epoch(s), max_train_tokens {base.max_train_tokens}, seed "
                f"{base.seed}; machine: {_cpu_name()}, {torch.get_num_threads()} "
                f"torch threads; git {results[BASELINE].git_revision}. Ratios are against the baseline row.")
+    if left_out:
+        context += " Rows left out: " + "; ".join(f"{name}: {why}" for name, why in left_out.items()) + "."
     doc = {"context": context, "preset": args.preset, "config": rows[0][1].to_dict(), "bk_op": bk_op, "rows": table,
+           "left_out_rows": left_out,
            "versions": results[BASELINE].versions, "git_revision": results[BASELINE].git_revision}
     out = Path(args.output_dir)
     write_json_atomic(out / "ablation.json", doc)

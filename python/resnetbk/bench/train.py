@@ -281,7 +281,7 @@ def train(config, corpus: wt2.Corpus, run_dir: str | Path, *, resume: bool = Fal
     state = set_up(config, corpus, run_dir / CHECKPOINT, resume, log)
     state.run_dir, state.quiet = run_dir, quiet
     if not state.world.is_main:
-        log = lambda *_: None  # noqa: E731 - rank 0 speaks for the run
+        log = lambda *_: None  # rank 0 speaks for the run
     config, progress, methods = state.config, state.progress, state.methods
     step_log = (StepLog(steps_csv, keep_steps=progress.step, tensorboard_dir=tensorboard_dir)
                 if steps_csv is not None and state.world.is_main else None)
@@ -369,6 +369,8 @@ def set_up(config, corpus: wt2.Corpus, checkpoint_path: Path, resume: bool, log)
             f"{config.model_name}: bk_mode={config.bk_mode!r} reads future tokens, so its perplexity is not a "
             "language-model perplexity; pass --allow-noncausal (allow_noncausal: true) to train it anyway"
         )
+    for flag, reason in config.left_out_methods.items():
+        log(f"[{config.model_name}] {flag} {reason}")
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     model = make_model(config, corpus.vocab_size).to(device)
@@ -583,7 +585,8 @@ def finish(state: TrainState, log) -> BenchmarkResults:
         causal=probe.causal, perplexity_is_lm=probe.causal, causality_probe=probe.summary(),
         noncausal_perplexities=noncausal, peak_memory_method=memory["method"], dataset=state.corpus.describe(),
         device=str(device), versions=versions, git_revision=git, epoch_aux_losses=progress.epoch_aux_losses,
-        methods=progress.figures, valid_curve=progress.valid_curve, context_reach=reach, **perplexities, **flops,
+        methods={**{flag: {"left_out": why} for flag, why in config.left_out_methods.items()}, **progress.figures},
+        valid_curve=progress.valid_curve, context_reach=reach, **perplexities, **flops,
     )
 
 

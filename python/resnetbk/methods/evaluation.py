@@ -31,11 +31,11 @@ def record_evaluation(state, *, blocks: bool = False, components: bool = False, 
     forward = report["by_phase"].get("forward", 0)
     # The blocks alone (and the methods' own modules), without the embeddings and the LM head,
     # which dominate a step at small d_model and hide what a method changes inside the stack.
-    blocks = sum(p.get("forward", 0) for c, p in report["by_component"].items()
-                 if c.split(".")[0] in ("blocks", "depth", "shortened"))
+    blocks_flops = sum(p.get("forward", 0) for c, p in report["by_component"].items()
+                       if c.split(".")[0] in ("blocks", "depth", "shortened"))
     figures = {"split": "valid", "tokens": count, "perplexity": math.exp(nll),
                "forward_flops_per_token": forward / max(count, 1),
-               "blocks_forward_flops_per_token": blocks / max(count, 1)}
+               "blocks_forward_flops_per_token": blocks_flops / max(count, 1)}
     if blocks:
         figures["mean_blocks_per_token"] = totals["blocks"] / max(totals["positions"], 1)
     if sparsity:

@@ -6,15 +6,34 @@ GradScaler (CUDA only).
 
 Measured effect (``results/ablation_quick``: quick preset, 150 steps, 2 CPU threads): 1.16x
 tokens/s and 1.51x peak memory against float32 on this AMD EPYC CPU (perplexity -0.3%): the
-claim (2x speed, half the memory) is not borne out here. On CPUs without fast bf16 matmuls it
-can be slower, not faster; GPUs not measured yet.
+claim (2x speed, half the memory) is not borne out here. On a CPU without native bf16 (AVX-512
+BF16 or AMX; ``resnetbk.hardware``) bf16 matmuls run about 20x slower than float32 (AMD Zen 3:
+``resnet_bk_baseline`` with ``--amp`` trained at 899 tokens/s against 9,797 without), so there
+the flag alone is an error unless ``allow_slow_bf16`` is set, and ``resnet_bk_full`` leaves the
+method out and says why in its results (``left_out_methods``). GPUs not measured yet.
 
 Paper: Micikevicius et al. 2018, "Mixed Precision Training"; bf16: Kalamkar et al. 2019.
 """
 
+from __future__ import annotations
+
+from typing import Optional
+
 import torch
 
+from ..hardware import slow_bf16_reason
 from .base import Method
+
+
+def slow_precision_reason(config) -> Optional[str]:
+    """Why ``config``'s autocast would run slower than float32 where it runs (a CPU without native
+    bf16), in words; None when it would not (float16 on CUDA, bf16 on CUDA or on a CPU with native bf16)."""
+    device = config.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cpu" or config.amp_dtype != "bfloat16":
+        return None
+    return slow_bf16_reason()
 
 
 class MixedPrecision(Method):
@@ -24,10 +43,30 @@ class MixedPrecision(Method):
     paper = "Micikevicius et al. 2018, Mixed Precision Training"
     changes_model = False
     architectures = ("resnet_bk", "transformer")
+    #: ``allow_slow_bf16``: run bf16 autocast even on a CPU without native bf16 (to measure it).
+    hyperparameters = {"allow_slow_bf16": False}
+
+    @classmethod
+    def validate(cls, config) -> None:
+        if not isinstance(config.allow_slow_bf16, bool):
+            raise ValueError(f"allow_slow_bf16: expected true or false, got {config.allow_slow_bf16!r}")
+
+    @classmethod
+    def check_fast(cls, config) -> None:
+        """A ValueError, naming the flag and the way out, when ``config`` asks for a precision this
+        machine cannot run fast and ``allow_slow_bf16`` is not set."""
+        reason = slow_precision_reason(config)
+        if reason is not None and not config.allow_slow_bf16:
+            raise ValueError(f"use_mixed_precision: {reason}; turn mixed precision off (no --amp), or set "
+                             "allow_slow_bf16: true (--allow-slow-bf16) to measure it anyway")
 
     def on_model_built(self, state) -> None:
         if self.config.amp_dtype == "float16" and state.device.type != "cuda":
             raise ValueError("amp_dtype: float16 autocast needs a CUDA device (it uses a GradScaler); use bfloat16 on CPU")
+        self.check_fast(self.config)
+        reason = slow_precision_reason(self.config)
+        if reason is not None:  # allowed: say so in the results
+            state.figures.setdefault(self.flag, {})["slow_precision_allowed"] = reason
 
     def forward_context(self, device):
         dtype = torch.float16 if self.config.amp_dtype == "float16" else torch.bfloat16
