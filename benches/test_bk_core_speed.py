@@ -151,7 +151,7 @@ def test_bk_core_speed(benchmark, case, impl, phase):
         fn = SeedStyleHybrid.apply
     else:
         options = IMPLS[impl]
-        fn = lambda v: bk_core(v - 2.0, upper, None, 1j, mode=MODE, **options)  # noqa: E731
+        fn = lambda v: bk_core(v - 2.0, upper, None, 1j, mode=MODE, **options)
     _run(benchmark, _step(fn, v, backward))
     record(case, impl, phase, benchmark)
 

@@ -15,8 +15,8 @@ import sys
 if "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
-from .core import bk_core, dense_resolvent_diag  # noqa: E402 - after the policy, before torch loads
-from .threads import get_num_threads, set_num_threads  # noqa: E402
+from ._native import __version__  # the crate version: Cargo.toml's [workspace.package] (pyproject reads it too)
+from .core import bk_core, dense_resolvent_diag  # after the policy, before torch loads
+from .threads import get_num_threads, set_num_threads
 
-__version__ = "0.1.0"
 __all__ = ["bk_core", "dense_resolvent_diag", "get_num_threads", "set_num_threads", "__version__"]

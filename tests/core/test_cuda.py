@@ -58,7 +58,7 @@ def test_cuda_gradients_match_rust(backend, mode, dtype):
 @pytest.mark.parametrize("mode", MODES)
 def test_cuda_gradcheck(backend, mode):
     p = make_problem(batch=(2,), n=6, seed=1, device="cuda")
-    fn = lambda d, u, lo, z: bk_core(d, u, lo, z, mode=mode, backend=backend)  # noqa: E731
+    fn = lambda d, u, lo, z: bk_core(d, u, lo, z, mode=mode, backend=backend)
     assert torch.autograd.gradcheck(fn, p.leaves(), eps=1e-6, atol=1e-8, rtol=1e-6)
 
 

@@ -103,7 +103,7 @@ class MambaBlock(nn.Module):
     def use_cuda_kernels(self, enabled: bool) -> None:
         """Switch the selective scan between mamba-ssm's CUDA kernel and mambapy's parallel scan."""
         if enabled:
-            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn  # noqa: F401 (clear ImportError)
+            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn  # a clear ImportError where mamba-ssm is missing
         self.config.use_cuda = enabled  # shared by the layers' mixers
         for layer in self.layers:
             if enabled:

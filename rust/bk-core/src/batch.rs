@@ -199,6 +199,9 @@ impl Plan {
     }
 
     /// Runs `work(first_row, row_count)` for each task, in parallel on `threads` threads.
+    /// Task `t` gets rows `t * rows_per_task..` (at most `rows_per_task` of them, none past
+    /// `rows`): the ranges are disjoint and inside `0..rows`, which the writes through
+    /// [`SharedOut`] rely on. It returns only when every task has finished.
     fn run(self, rows: usize, threads: usize, work: impl Fn(usize, usize) + Sync + Send) {
         let blocks_per_task = rows.div_ceil(self.lanes).div_ceil(self.tasks);
         let rows_per_task = blocks_per_task * self.lanes;
@@ -217,16 +220,35 @@ impl Plan {
 }
 
 /// Raw pointer to an output buffer that tasks write in disjoint row ranges.
+///
+/// It is made from the `as_mut_ptr()` of a `&mut [U]` that the batch function holds for the whole
+/// of [`Plan::run`], so nothing outside the tasks can see the buffer while they write it.
 #[derive(Clone, Copy)]
 struct SharedOut<U>(*mut U);
-unsafe impl<U> Send for SharedOut<U> {}
-unsafe impl<U> Sync for SharedOut<U> {}
+
+// SAFETY: the only thing another thread can do with a `SharedOut` is call `slice`, whose
+// contract gives it exclusive access to the elements it covers. Using a `&mut U` on another
+// thread needs `U: Send` (it can move values in and out, and assigning drops the old value
+// there), the same bound as `&mut [U]: Send`; `U: Sync` is not needed because no element is ever
+// reachable from two threads at once.
+unsafe impl<U: Send> Send for SharedOut<U> {}
+// SAFETY: `SharedOut` is `Copy`, so a `&SharedOut<U>` on another thread is as good as a
+// `SharedOut<U>` there: it needs exactly what `Send` needs (above), `U: Send`. Tasks share it by
+// reference (the closure that `Plan::run` hands to rayon must be `Sync`).
+unsafe impl<U: Send> Sync for SharedOut<U> {}
 
 impl<U> SharedOut<U> {
     /// # Safety
-    /// Callers write only rows of their own task, so no two threads touch the same element.
+    /// `start..start + len` must lie inside the buffer the pointer came from (in particular the
+    /// pointer must not be null, even for `len == 0`), that buffer's borrow must outlive `'a`,
+    /// and while the slice lives no other reference to those elements may exist on any thread.
+    /// The batch kernels meet this by giving every task its own rows (see [`Plan::run`]) and
+    /// dropping each row's slice before making the next.
     unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a mut [U] {
-        std::slice::from_raw_parts_mut(self.0.add(start), len)
+        // SAFETY: the caller guarantees the range is in bounds of one live allocation (so `add`
+        // stays inside it and the pointer is non-null and aligned, coming from a slice) and that
+        // the returned slice is the only reference to those elements while it lives.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
     }
 }
 
@@ -236,6 +258,8 @@ impl<U> SharedOut<U> {
 /// are bit-identical on every CPU.
 macro_rules! simd_variants {
     ($best:ident, $avx2:ident, $generic:ident, ($($arg:ident: $ty:ty),*)) => {
+        /// # Safety
+        /// The CPU must support AVX2.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2")]
         unsafe fn $avx2<T: Real, const L: usize>(w: &mut Workspace<T>, $($arg: $ty),*) {
@@ -249,7 +273,9 @@ macro_rules! simd_variants {
                 #[cfg(target_arch = "x86_64")]
                 {
                     if std::arch::is_x86_feature_detected!("avx2") {
-                        // SAFETY: the CPU supports AVX2.
+                        // SAFETY: `$avx2`'s only precondition is that the CPU supports AVX2
+                        // (its body is the safe `$generic`), and the run-time check above has
+                        // just confirmed that it does.
                         return unsafe { $avx2::<T, L>(w, $($arg),*) };
                     }
                 }
@@ -282,7 +308,11 @@ fn forward_lanes<T: Real, const L: usize>(
         forward_block::<T, L>(&block, mode, re, im);
         for l in 0..take {
             let row = (start + l) * n;
-            // SAFETY: row start + l belongs to this task.
+            // SAFETY: `out` is the `&mut` output of `forward_batch_masked`, checked to hold
+            // `rows * n` elements and borrowed until `Plan::run` returns; row `start + l` is below
+            // `first + count <= rows`, so `row..row + n` is in bounds. `Plan::run` gives each task
+            // a disjoint range of rows, so no other thread touches these elements, and `dst` is
+            // dropped before the next row's slice is made.
             let dst = unsafe { out.slice(row, n) };
             for (k, d) in dst.iter_mut().enumerate() {
                 *d = Complex::new(re[k][l], im[k][l]);
@@ -392,17 +422,25 @@ fn backward_lanes<T: Real, const L: usize>(
         let (gz_re, gz_im) = backward_block::<T, L>(&block, mode, go_re, go_im, ga, gk, &mut w.backward);
         for l in 0..take {
             let r = start + l;
-            // SAFETY: row r belongs to this task.
+            // SAFETY: `out.a` and `out.z` come from `backward_batch_masked`'s `grad_a` and
+            // `grad_z`, distinct `&mut` slices checked to hold `rows * n` and `rows` elements and
+            // borrowed until `Plan::run` returns; `r < first + count <= rows`, so both ranges are in
+            // bounds. Row `r` belongs to this task alone (`Plan::run` gives tasks disjoint rows),
+            // and these slices are dropped before the next row's are made.
             let (dst_a, dst_z) = unsafe { (out.a.slice(r * n, n), out.z.slice(r, 1)) };
             for (k, d) in dst_a.iter_mut().enumerate() {
                 *d = ga[k][l];
             }
+            // SAFETY: as above, for `grad_upper`, checked to hold `rows * m` elements (its pointer
+            // is a slice's, so non-null even when `m == 0`).
             let dst_upper = unsafe { out.upper.slice(r * m, m) };
             if out.lower.0.is_null() {
                 for (k, d) in dst_upper.iter_mut().enumerate() {
                     *d = rows.off.chain_rule(r * m + k, gk[k + 1][l]).0;
                 }
             } else {
+                // SAFETY: not null, so `off` is general and `out.lower` is `grad_lower`'s
+                // pointer, checked to hold `rows * m` elements; as above for `grad_upper`.
                 let dst_lower = unsafe { out.lower.slice(r * m, m) };
                 for (k, (du, dl)) in dst_upper.iter_mut().zip(dst_lower.iter_mut()).enumerate() {
                     (*du, *dl) = rows.off.chain_rule(r * m + k, gk[k + 1][l]);
