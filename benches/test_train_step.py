@@ -1,4 +1,4 @@
-"""One training step of the benchmark's models, through the real loop (``bench.train.train_step``).
+"""One training step of the benchmark's models, through the loop's own step (``train.step.train_step``).
 
     RESNETBK_BENCH_THREADS=2 scripts/dev bench -k train_step
 
@@ -26,9 +26,11 @@ import torch
 from conftest import THREADS
 from resnetbk import data as wt2
 from resnetbk.bench.config import BenchmarkConfig, model_config
-from resnetbk.bench.memory import peak_rss_mb, reset_peak_rss
-from resnetbk.bench.train import EpochLosses, set_up, train_step
+from resnetbk.bench.recipe import make_model
 from resnetbk.flops import FlopsTracer
+from resnetbk.measure.memory import peak_rss_mb, reset_peak_rss
+from resnetbk.train.optim import make_optimizer
+from resnetbk.train.step import train_step
 
 VOCAB, BATCH, SEQ, D_MODEL, LAYERS = 33_278, 32, 128, 64, 4
 ROUNDS = 7
@@ -47,25 +49,26 @@ ARCHITECTURES = {"transformer": "transformer_baseline", "resnet_bk": "resnet_bk_
 RESULTS: dict = defaultdict(dict)
 
 
-def _corpus() -> wt2.Corpus:
+def _window() -> tuple:
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, VOCAB, (BATCH * SEQ + 1,), generator=gen)  # one window, reused
-    return wt2.Corpus(vocab=[str(i) for i in range(VOCAB)], train=tokens, valid=tokens[:1000], test=tokens[:1000],
-                      source="random tokens")
+    inputs, targets = wt2.streams(tokens, BATCH)
+    return next(iter(wt2.windows(inputs, targets, SEQ)))
 
 
 def _stepper(architecture: str, fused: bool, traced: bool, folder):
     base = BenchmarkConfig(d_model=D_MODEL, n_layers=LAYERS, n_seq=SEQ, batch_size=BATCH, device="cpu", fused_head=fused)
     config = model_config(ARCHITECTURES[architecture], base)
-    state = set_up(config, _corpus(), folder / "checkpoint.pt", False, lambda *_: None)
-    losses, tracer = EpochLosses(), FlopsTracer() if traced else None
+    torch.manual_seed(config.seed)
+    model = make_model(config, VOCAB)
+    optimizer = make_optimizer(model, config)
+    x, y = _window()
+    tracer = FlopsTracer() if traced else None
 
     def step() -> None:
-        for x, y in wt2.windows(state.train_inputs, state.train_targets, SEQ):
-            state.inputs, state.targets = x, y
-            assert train_step(state, tracer, losses, print)
-            assert math.isfinite(losses.last)
-            return
+        outcome = train_step(model, optimizer, x, y, grad_clip=config.grad_clip, fused_head=fused, tracer=tracer,
+                             load_balance_weight=config.load_balance_weight)
+        assert outcome.taken and math.isfinite(outcome.total_loss)
 
     return step
 

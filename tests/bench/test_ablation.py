@@ -5,8 +5,8 @@ import json
 import pytest
 
 from resnetbk import methods
-from resnetbk.bench.__main__ import main as cli_main
 from resnetbk.bench.ablation import ablation_configs
+from resnetbk.bench.cli import main as cli_main
 from resnetbk.bench.config import PRESETS, BenchmarkConfig
 from resnetbk.hardware import slow_bf16_reason
 
@@ -15,10 +15,10 @@ def test_rows_are_the_baseline_each_implemented_method_alone_and_all_together(mo
     monkeypatch.setattr("resnetbk.methods.mixed_precision.slow_bf16_reason", lambda: None)  # a CPU with native bf16
     rows = ablation_configs(BenchmarkConfig(**PRESETS["smoke"]))
     names = [name for name, _ in rows]
-    assert names == ["baseline", *methods.IMPLEMENTED, "all"]
+    assert names == ["baseline", *methods.FLAGS, "all"]
     for name, config in rows:
         on = [f for f in methods.FLAGS if getattr(config, f)]
-        expected = {"baseline": [], "all": list(methods.ORIGINAL_IMPLEMENTED)}.get(name, [name])
+        expected = {"baseline": [], "all": list(methods.ORIGINAL_FLAGS)}.get(name, [name])
         assert on == expected, name
         assert config.seed == rows[0][1].seed and config.max_train_tokens == rows[0][1].max_train_tokens
 
@@ -26,7 +26,7 @@ def test_rows_are_the_baseline_each_implemented_method_alone_and_all_together(mo
 def test_rows_picks_some_rows_and_names_an_unknown_one():
     rows = ablation_configs(BenchmarkConfig(**PRESETS["smoke"]), ["use_spectral_z"])
     assert [name for name, _ in rows] == ["baseline", "use_spectral_z"]
-    with pytest.raises(ValueError, match="--rows: expected implemented method flags.*got use_nothing"):
+    with pytest.raises(ValueError, match="--rows: expected method flags.*got use_nothing"):
         ablation_configs(BenchmarkConfig(**PRESETS["smoke"]), ["use_nothing"])
 
 
@@ -45,7 +45,7 @@ def test_ablation_writes_json_markdown_and_figure(ablation_run):
     # Mixed precision is left out, with its reason, exactly where this CPU has no native bf16.
     slow = slow_bf16_reason() is not None
     assert list(doc["left_out_rows"]) == (["use_mixed_precision"] if slow else [])
-    ran = [f for f in methods.IMPLEMENTED if f not in doc["left_out_rows"]]
+    ran = [f for f in methods.FLAGS if f not in doc["left_out_rows"]]
     assert list(rows) == ["baseline", *ran, "all"]
     assert rows["baseline"]["tokens_per_second_ratio"] == 1.0 and rows["baseline"]["verdict"] == "reference"
     for flag in ran:

@@ -1,5 +1,6 @@
 """WikiText-2 loading, vocabulary, contiguous streams and windows."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,9 @@ import torch
 
 from resnetbk import data as wt2
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext-2"
+#: The real WikiText-2: $RESNETBK_DATA (scripts/dev sets it), else the shared copy beside the checkout
+#: (<checkout>/../shared/data/wikitext-2).
+SHARED = Path(os.environ.get(wt2.DATA_ENV) or Path(__file__).resolve().parents[3] / "shared" / "data" / "wikitext-2")
 
 
 def write_corpus(folder: Path, lines: dict) -> Path:

@@ -7,9 +7,9 @@ import pytest
 
 from resnetbk import data as wt2
 from resnetbk import hardware, methods
-from resnetbk.bench.__main__ import build_configs, parse_args
 from resnetbk.bench.config import PRESETS, BenchmarkConfig, model_config
-from resnetbk.bench.train import train
+from resnetbk.bench.options import build_configs, parse_args
+from resnetbk.bench.recipe import train_model as train
 
 MixedPrecision = methods.BY_FLAG["use_mixed_precision"]
 SLOW = "this CPU (torch capability AVX2) has no native bf16 (AVX-512 BF16 or AMX), where bf16 matmuls run slowly"
@@ -50,8 +50,8 @@ def test_resnet_bk_full_leaves_it_out_and_says_why(slow_cpu):
     assert list(full.left_out_methods) == ["use_mixed_precision"]
     assert "no native bf16" in full.left_out_methods["use_mixed_precision"]
     # Every other method of the original twelve is still on.
-    on = {f for f in methods.ORIGINAL_IMPLEMENTED if getattr(full, f)}
-    assert on == set(methods.ORIGINAL_IMPLEMENTED) - {"use_mixed_precision"}
+    on = {f for f in methods.ORIGINAL_FLAGS if getattr(full, f)}
+    assert on == set(methods.ORIGINAL_FLAGS) - {"use_mixed_precision"}
 
 
 def test_nothing_changes_on_a_cpu_with_native_bf16_or_on_cuda(fast_cpu, monkeypatch):

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from resnetbk.bench import BenchmarkConfig
-from resnetbk.bench.__main__ import main as cli_main
+from resnetbk.bench.cli import main as cli_main
+from resnetbk.bench.recipe import make_model
 from resnetbk.bench.reproduce import REPRODUCTIONS, compare, reproduction_config
-from resnetbk.bench.train import make_model, make_optimizer, make_scheduler
-from resnetbk.causality import probe_causality
+from resnetbk.measure.causality import probe_causality
 from resnetbk.models import ModelOptions, build_model
+from resnetbk.train.optim import make_optimizer, make_scheduler
 
 
 def test_the_lstm_run_is_the_examples_model_and_protocol():

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from resnetbk.bench import scaling
-from resnetbk.bench.__main__ import main as cli_main
+from resnetbk.bench.cli import main as cli_main
 
 SMALL = ["--d-model", "16", "--n-layers", "2", "--vocab-size", "50", "--tokens-per-step", "64", "--repeats", "1",
          "--threads", "1"]

@@ -121,9 +121,9 @@ def test_moe_counts_the_tokens_actually_routed():
 @pytest.mark.parametrize("b,n,d,layers,vocab", [(4, 16, 16, 1, 50), (4, 32, 32, 2, 300), (3, 64, 64, 3, 1000)])
 def test_closed_form_estimate_agrees_with_the_trace(arch, b, n, d, layers, vocab):
     from resnetbk.bench import BenchmarkConfig
-    from resnetbk.bench.config import model_options
-    from resnetbk.bench.train import make_optimizer
-    from resnetbk.flops.estimate import StepShape, estimate_step
+    from resnetbk.bench.config import model_options, step_shape
+    from resnetbk.flops.estimate import estimate_step
+    from resnetbk.train.optim import make_optimizer
 
     torch.manual_seed(0)
     resnet_only = {"use_analytic_gradient": arch == "resnet_bk"}
@@ -136,14 +136,24 @@ def test_closed_form_estimate_agrees_with_the_trace(arch, b, n, d, layers, vocab
         _loss(model, tokens).backward()
     tracer.optimizer_step(optimizer)
     measured = tracer.report()
-    estimated = estimate_step(StepShape.from_config(config, vocab))
+    estimated = estimate_step(step_shape(config, vocab))
     assert estimated["unknown"] == {} and measured["unknown"] == {}
     for phase in ("forward", "backward", "optimizer"):
         assert estimated["by_phase"][phase] == pytest.approx(measured["by_phase"][phase], rel=0.02), phase
+    # The optimizer phase, independently of parameter_groups (which both sides use): AdamW's 14
+    # FLOPs per decayed element (weight matrices, not the embeddings) and its cost without decay
+    # for the rest (norms, biases, embeddings, bk_scale).
+    embeddings = {id(model.token_embedding.weight), id(model.position_embedding.weight)}
+    params = {id(p): p for p in model.parameters()}.values()
+    decayed = sum(p.numel() for p in params if p.dim() >= 2 and id(p) not in embeddings)
+    plain = sum(p.numel() for p in params) - decayed
+    by_hand = (decayed * _native.optimizer_flops_per_parameter("adamw", True)
+               + plain * _native.optimizer_flops_per_parameter("adamw", False))
+    assert measured["by_phase"]["optimizer"] == estimated["by_phase"]["optimizer"] == by_hand
 
 
 def test_sequence_length_sweep(tmp_path, capsys):
-    from resnetbk.bench.__main__ import main
+    from resnetbk.bench.cli import main
 
     assert main(["flops", "--seq-lens", "64,256,1024", "--batch", "2", "--vocab-size", "500",
                  "--output-dir", str(tmp_path)]) == 0

@@ -61,7 +61,7 @@ def small_config(**changes):
 
 
 def run_training(config, corpus, tmp_path, name="run", **kwargs):
-    from resnetbk.bench.train import train
+    from resnetbk.bench.recipe import train_model as train
 
     return train(config, corpus, tmp_path / name, quiet=True, log=lambda *_: None, steps_csv=tmp_path / f"{name}.csv",
                  **kwargs)

@@ -48,8 +48,8 @@ def test_a_methods_evaluation_names_components_and_separates_the_blocks_from_the
     from types import SimpleNamespace
 
     from resnetbk.bench import BenchmarkConfig
-    from resnetbk.bench.train import evaluate
     from resnetbk.methods.evaluation import record_evaluation
+    from resnetbk.train.evaluate import evaluate
 
     config = BenchmarkConfig(n_seq=20, eval_batch_size=4, method_eval_tokens=400, use_act=True)
     model = tiny(act=True)

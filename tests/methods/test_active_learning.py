@@ -49,7 +49,7 @@ def test_the_scoring_pass_is_priced_from_one_traced_window_per_shape(monkeypatch
     """The tracer sees one window of each shape, and the price equals tracing every window."""
     from types import SimpleNamespace
 
-    from resnetbk.bench.train import make_model
+    from resnetbk.bench.recipe import make_model
     from resnetbk.flops import FlopsTracer
     from resnetbk.methods import active_learning
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers_methods import VOCAB, run_training, small_config, synthetic_corpus, tokens
-from resnetbk.bench.train import make_model
+from resnetbk.bench.recipe import make_model
 from resnetbk.methods import pruning, quantization
 from resnetbk.methods.export import effective_state_dict, export_model, load_export
 from resnetbk.models import build_model

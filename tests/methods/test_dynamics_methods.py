@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from helpers_methods import VOCAB, run_training, small_config, synthetic_corpus, tokens
-from resnetbk.bench.train import make_model
-from resnetbk.causality import probe_causality
+from resnetbk.bench.recipe import make_model
 from resnetbk.flops import FlopsTracer
+from resnetbk.measure.causality import probe_causality
 from resnetbk.methods.koopman import KoopmanModels, koopman_mode
 from resnetbk.methods.physics_informed import Energies
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from helpers_methods import component_flops, tiny, tokens, traced_forward
-from resnetbk.causality import probe_causality
+from resnetbk.measure.causality import probe_causality
 
 
 def test_middle_blocks_run_the_bk_core_at_half_length_and_half_the_flops():

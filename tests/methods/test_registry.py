@@ -8,10 +8,11 @@ import torch
 
 from resnetbk import methods
 from resnetbk.bench import BenchmarkConfig, model_config
-from resnetbk.bench.__main__ import methods_help
-from resnetbk.bench.train import make_model
-from resnetbk.causality import probe_causality
-from resnetbk.methods import ActiveMethods, Event
+from resnetbk.bench.options import methods_help
+from resnetbk.bench.recipe import make_model
+from resnetbk.measure.causality import probe_causality
+from resnetbk.methods import Event
+from resnetbk.train.events import Listeners
 
 ORIGINAL = {
     "use_analytic_gradient": "50x backward pass", "use_koopman": "100x gradient cost",
@@ -20,8 +21,8 @@ ORIGINAL = {
     "use_multi_scale": "2x in the middle layers", "use_sparse_bk": "1.8x at 50% sparsity",
     "use_early_exit": "variable", "use_curriculum": "30% fewer steps", "use_active_learning": "50% less data",
 }
-MODEL_CHANGING = [m.flag for m in methods.REGISTRY if m.implemented and m.changes_model]
-RESNET_BK_ONLY = [m.flag for m in methods.REGISTRY if m.implemented and m.architectures == ("resnet_bk",)]
+MODEL_CHANGING = [m.flag for m in methods.REGISTRY if m.changes_model]
+RESNET_BK_ONLY = [m.flag for m in methods.REGISTRY if m.architectures == ("resnet_bk",)]
 
 
 def test_registry_holds_the_original_twelve_claims_in_order_then_our_own():
@@ -36,7 +37,8 @@ def test_registry_holds_the_original_twelve_claims_in_order_then_our_own():
         assert m.acts_on and m.paper, m.flag
 
 
-def test_config_fields_cli_help_and_full_model_derive_from_the_registry():
+def test_config_fields_cli_help_and_full_model_derive_from_the_registry(monkeypatch):
+    monkeypatch.setattr("resnetbk.methods.mixed_precision.slow_bf16_reason", lambda: None)  # a CPU with native bf16
     fields = {f.name: f for f in dataclasses.fields(BenchmarkConfig)}
     help_text = methods_help()
     for m in methods.REGISTRY:
@@ -44,16 +46,10 @@ def test_config_fields_cli_help_and_full_model_derive_from_the_registry():
         assert all(name in fields for name in m.hyperparameters)
         assert m.flag in help_text and m.claim in help_text
     full = model_config("resnet_bk_full", BenchmarkConfig())
-    assert [f for f in methods.FLAGS if getattr(full, f)] == list(methods.ORIGINAL_IMPLEMENTED)
+    assert [f for f in methods.FLAGS if getattr(full, f)] == list(methods.ORIGINAL_FLAGS)
     assert not full.use_spectral_z
     baseline = model_config("resnet_bk_baseline", BenchmarkConfig())
     assert not any(getattr(baseline, f) for f in methods.FLAGS)
-
-
-@pytest.mark.parametrize("flag", [m.flag for m in methods.REGISTRY if not m.implemented])
-def test_unimplemented_flags_raise(flag):
-    with pytest.raises(NotImplementedError, match=f"{flag}: not implemented yet"):
-        BenchmarkConfig(**{flag: True})
 
 
 @pytest.mark.parametrize("flag", RESNET_BK_ONLY)
@@ -97,7 +93,7 @@ def _config(**flags):
     return BenchmarkConfig(d_model=16, n_layers=4, n_seq=24, dropout=0.0, **base)
 
 
-ALL_ON = {f: True for f in methods.IMPLEMENTED}
+ALL_ON = {f: True for f in methods.FLAGS}
 
 
 @pytest.mark.parametrize("flags", [{f: True} for f in MODEL_CHANGING] + [ALL_ON], ids=MODEL_CHANGING + ["all"])
@@ -135,7 +131,7 @@ def test_each_flag_changes_what_is_computed(flag):
             # The methods' loss terms too (Koopman and physics-informed act through them).
             state = SimpleNamespace(model=model, hidden=hidden, targets=tokens, aux_losses=model.aux_losses(),
                                     loss_terms={})
-            ActiveMethods(config).fire(Event.LOSS, state)
+            Listeners(methods.listeners_for(config)).fire(Event.LOSS, state)
             loss = nll + sum(model.aux_losses().values()) + sum(state.loss_terms.values())
             loss.backward()
         reports[on] = tracer.report()

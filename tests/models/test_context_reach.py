@@ -4,10 +4,10 @@ model, and readable from results of older schema versions."""
 import pytest
 import torch
 
-from resnetbk.bench.results import BenchmarkResults
-from resnetbk.context_reach import context_reach, shown_distances
+from resnetbk.measure.context_reach import context_reach, shown_distances
 from resnetbk.models import ModelOptions, build_model
 from resnetbk.models.head import IGNORE_INDEX
+from resnetbk.train.results import BenchmarkResults
 
 
 @pytest.mark.parametrize("arch", ["transformer", "resnet_bk", "lstm", "mamba"])

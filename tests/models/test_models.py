@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from resnetbk.causality import probe_causality
+from resnetbk.measure.causality import probe_causality
 from resnetbk.models import ModelOptions, build_model
 
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from resnetbk.bench import BenchmarkConfig, model_config
-from resnetbk.bench.train import parameter_groups
-from resnetbk.causality import probe_causality
 from resnetbk.flops import FlopsTracer
+from resnetbk.measure.causality import probe_causality
 from resnetbk.models import ModelOptions, build_model, lstm_hidden, lstm_layer_parameters, mamba_layer_parameters
+from resnetbk.models.parameter_groups import parameter_groups
 from resnetbk.models.recurrent import mamba_cuda_available
 
 PEERS = ("lstm", "mamba")

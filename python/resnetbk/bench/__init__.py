@@ -3,9 +3,10 @@
 ``python -m resnetbk.bench`` runs it; see ``python -m resnetbk.bench --help``.
 """
 
+from ..train.results import BenchmarkResults
+from .compare import compare_results
 from .config import OPTIMIZATION_FLAGS, PRESETS, BenchmarkConfig, model_config
 from .plots import plot_training_curves
-from .results import BenchmarkResults, compare_results
 from .runner import WikiText2Benchmark
 
 __all__ = [

@@ -25,9 +25,13 @@ from pathlib import Path
 import torch
 
 from .. import methods
+from ..core import bk_core
+from ..jsonfile import write_json_atomic
 from ..methods.mixed_precision import slow_precision_reason
+from ..train.results import BenchmarkResults
 from .config import OPTIMIZATION_FLAGS, model_config
-from .results import BenchmarkResults, write_json_atomic
+from .options import build_base_config, parse_args
+from .runner import Interrupted, WikiText2Benchmark
 
 BASELINE = "baseline"
 ALL = "all"
@@ -47,13 +51,13 @@ def ablation_configs(base, only=None, left_out: dict | None = None) -> list:
     if base.valid_curve_interval is None:
         base = base.replace(valid_curve_interval=VALID_CURVE_INTERVAL)
     if only is not None:
-        unknown = [name for name in only if name not in methods.IMPLEMENTED and name != ALL]
+        unknown = [name for name in only if name not in methods.FLAGS and name != ALL]
         if unknown or not only:
-            raise ValueError(f"--rows: expected implemented method flags or 'all' ({', '.join(methods.IMPLEMENTED)}, "
+            raise ValueError(f"--rows: expected method flags or 'all' ({', '.join(methods.FLAGS)}, "
                              f"all), got {', '.join(unknown) or 'nothing'}")
     baseline = model_config("resnet_bk_baseline", base).replace(model_name="ablation_baseline", **none)
     rows = [(BASELINE, baseline)]
-    for flag in methods.IMPLEMENTED:
+    for flag in methods.FLAGS:
         if only is None or flag in only:
             config = baseline.replace(model_name=f"ablation_{flag}", **{flag: True})
             slow = slow_precision_reason(config) if flag == "use_mixed_precision" else None
@@ -89,8 +93,6 @@ def _median_ms(fn, repeats: int = 7) -> float:
 
 def time_bk_op(config) -> dict:
     """The BK op at the benchmark's shape (batch, bk_channels, n_seq), float32, causal, side by side."""
-    from ..core import bk_core
-
     shape = (config.batch_size, config.bk_channels, config.n_seq)
     gen = torch.Generator().manual_seed(0)
     diag = (-2.0 + torch.randn(shape, generator=gen)).requires_grad_()
@@ -217,9 +219,6 @@ def plot(rows: list, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    from .__main__ import build_base_config, parse_args
-    from .runner import Interrupted, WikiText2Benchmark
-
     args = parse_args(argv, prog="python -m resnetbk.bench ablation", default_output="benchmark_results/ablation",
                       description=__doc__, models=False, ablation_rows=True)
     try:

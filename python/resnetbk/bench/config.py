@@ -15,13 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import yaml
+
 from .. import methods
+from ..flops.estimate import StepShape
 from ..methods.mixed_precision import slow_precision_reason
 from ..models import ARCHITECTURES, ModelOptions
 from ..models.options import INITS, TRANSFORMER_STYLES
+from ..models.recurrent import mamba_cuda_available
+from ..validate import check_int as _check_int
+from ..validate import reject_unknown_fields
 
 OPTIMIZATION_FLAGS = methods.FLAGS
-IMPLEMENTED_FLAGS = methods.IMPLEMENTED
 #: The original benchmark's three models, then the peers people pick instead (models.recurrent).
 MODEL_NAMES = ("transformer_baseline", "resnet_bk_baseline", "resnet_bk_full", "lstm", "mamba")
 #: What ``--models`` runs when not given: the original benchmark's three.
@@ -225,35 +230,23 @@ def model_options(config, vocab_size: int) -> ModelOptions:
     return options
 
 
+def step_shape(config, vocab_size: int, seq: Optional[int] = None) -> StepShape:
+    """The training step of ``config`` for the closed-form FLOPs estimate (full windows of
+    ``n_seq`` unless ``seq`` is given)."""
+    return StepShape(model_options(config, vocab_size), batch=config.batch_size, seq=seq,
+                     weight_decay=config.weight_decay, decay_norms_biases_embeddings=config.decay_norms_biases_embeddings)
+
+
 def _mamba_cuda(config) -> bool:
     """Whether Mamba's scan runs through mamba-ssm's CUDA kernel (``mamba_kernel``)."""
     if config.architecture != "mamba" or config.mamba_kernel == "mambapy":
         return False
-    from ..models.recurrent import mamba_cuda_available
-
     if config.mamba_kernel == "mamba_ssm":
         if not mamba_cuda_available():
             raise ValueError("mamba_kernel: 'mamba_ssm' needs a CUDA device and the mamba-ssm package "
                              "(pip install mamba-ssm); use 'mambapy' or 'auto'")
         return True
     return config.device != "cpu" and mamba_cuda_available()
-
-
-def _check_int(config, name: str, *, low: int, optional: bool = False) -> None:
-    value = getattr(config, name)
-    if optional and value is None:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        what = "a positive integer" if low == 1 else f"an integer >= {low}"
-        raise ValueError(f"{name}: expected {what}{' or null' if optional else ''}, got {value!r}")
-
-
-def reject_unknown_fields(cls, data: dict, what: str) -> None:
-    """A ValueError naming every key of ``data`` that is not a field of dataclass ``cls``."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown {what} key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
 
 
 def load_config_file(path: str | Path) -> dict:
@@ -263,8 +256,6 @@ def load_config_file(path: str | Path) -> dict:
         raise ValueError(f"--config: no such file: {path}")
     text = path.read_text()
     if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -292,7 +283,7 @@ def model_config(model_name: str, base):
     if model_name == "resnet_bk_full":
         # Every implemented method of the original benchmark (this package's own stay off), but
         # mixed precision where this machine would run it slower than float32 (it says why).
-        flags = {flag: flag in methods.ORIGINAL_IMPLEMENTED for flag in OPTIMIZATION_FLAGS}
+        flags = {flag: flag in methods.ORIGINAL_FLAGS for flag in OPTIMIZATION_FLAGS}
         left_out = dict(base.left_out_methods)
         slow = slow_precision_reason(base)
         if slow is not None and not base.allow_slow_bf16:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ..data import WIKITEXT2_VOCAB
 from ..flops.estimate import StepShape, estimate_step
+from ..jsonfile import write_json_atomic
 from ..models import ModelOptions
-from .results import write_json_atomic
 
 #: Rolled-up components, by the module each op ran in: the sequence mixer (attention or the
 #: BK-Core layer), the feed-forward (MLP or MoE), LayerNorms, LM head, embeddings, the loss

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .results import BenchmarkResults
+from ..measure.step_log import read_steps
+from ..train.results import BenchmarkResults
 
 STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", (0, (5, 1))), ("P", (0, (3, 1, 1, 1)))]
 
@@ -38,7 +39,6 @@ def plot_training_curves(results: list, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .step_log import read_steps
 
     path = Path(path)
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))

@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..measure.context_reach import shown_distances
 from .summary import compare_summaries, load_runs, seed_folders, summarize
 
 CONFIG_FIELDS = ("d_model", "n_layers", "n_seq", "batch_size", "epochs", "max_train_tokens", "lr", "warmup_steps",
@@ -98,7 +99,6 @@ def flops_lines(runs: dict) -> list:
 
 def context_reach_lines(runs: dict) -> list:
     """Each model's loss sensitivity to inputs d positions back, relative to d = 0 (first seed)."""
-    from ..context_reach import shown_distances
 
     measured = {name: results[0].context_reach for name, results in runs.items() if results[0].context_reach}
     if not measured:

@@ -35,8 +35,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import data as wt2
+from ..jsonfile import write_json_atomic
+from ..train.distributed import resolve_device
 from .config import OPTIMIZATION_FLAGS, BenchmarkConfig
-from .results import write_json_atomic
+from .runner import Interrupted, WikiText2Benchmark
 
 _PROTOCOL = dict(d_model=200, n_layers=2, dropout=0.2, tie_embeddings=False, head_bias=True, init="uniform",
                  final_norm=False, n_seq=35, batch_size=20, eval_batch_size=10, optimizer="sgd", lr=20.0,
@@ -110,8 +112,6 @@ def parse_args(argv) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from .runner import Interrupted, WikiText2Benchmark
-    from .train import resolve_device
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     overrides = {k: v for k, v in {"epochs": args.epochs, "max_steps": args.max_steps,

@@ -11,11 +11,18 @@ import traceback
 from pathlib import Path
 from typing import Optional
 
-from . import distributed, plots
+import torch
+
+from ..jsonfile import write_json_atomic
+from ..train import distributed
+from ..train.checkpoint import CHECKPOINT
+from ..train.distributed import resolve_device
+from ..train.results import BenchmarkResults
+from . import plots
+from .compare import compare_results
 from .config import BenchmarkConfig
-from .results import BenchmarkResults, compare_results, write_json_atomic
+from .recipe import run_and_save
 from .summary import compare_summaries, load_runs, summarize
-from .train import CHECKPOINT, resolve_device, run_and_save
 
 
 class Interrupted(Exception):
@@ -34,14 +41,14 @@ class Interrupted(Exception):
 
 def checkpointed_epochs(run_dir: Path) -> Optional[int]:
     """The epochs the checkpoint in ``run_dir`` holds (None: no readable checkpoint)."""
-    import torch
+
 
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         return None
     try:
         return int(torch.load(path, map_location="cpu", weights_only=False)["progress"]["epoch"])
-    except Exception:  # noqa: BLE001 (a damaged checkpoint: --resume will say what is wrong)
+    except Exception:  # a damaged checkpoint: --resume will say what is wrong
         return None
 
 

@@ -28,14 +28,27 @@ targets) and ``scaling.png`` (log-log: time per token and memory against N, one 
 from __future__ import annotations
 
 import argparse
+import gc
 import multiprocessing
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .results import write_json_atomic
+import torch
+
+from ..flops import FlopsTracer
+from ..jsonfile import write_json_atomic
+from ..measure.environment import environment
+from ..measure.memory import PeakMemory
+from ..train.distributed import resolve_device
+from ..train.optim import make_optimizer
+from ..train.step import train_step
+from .config import MODEL_NAMES, BenchmarkConfig, model_config
+from .options import run_info
+from .recipe import make_model
 
 DEFAULT_MODELS = ("transformer_baseline", "resnet_bk_baseline", "lstm", "mamba")
 DEFAULT_SEQ_LENS = tuple(2**k for k in range(7, 17))  # 128 .. 65,536
@@ -47,8 +60,6 @@ REFERENCE, CANDIDATE = "transformer_baseline", "resnet_bk_baseline"
 
 
 def _synchronize(device) -> None:
-    import torch
-
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -74,10 +85,6 @@ def _timed(fn, device, repeats: int, budget_s: float) -> tuple:
 
 def _peak_above(fn, device) -> float:
     """Peak memory of one call of ``fn`` above what was resident before it, MiB."""
-    import gc
-
-    from .memory import PeakMemory
-
     gc.collect()
     memory = PeakMemory(device)
     memory.start()
@@ -88,21 +95,15 @@ def _peak_above(fn, device) -> float:
 
 
 def _flops(fn) -> dict:
-    from ..flops import FlopsTracer
-
-    with FlopsTracer() as tracer:
-        fn(tracer)
+    """The FLOPs of one call of ``fn(tracer)``, which enters the tracer around its work."""
+    tracer = FlopsTracer()
+    fn(tracer)
     report = tracer.report()
     return {"total": report["total"], "forward": report["by_phase"].get("forward", 0), "unknown": report["unknown"]}
 
 
 def measure_cell(model_name: str, seq_len: int, scope: str, settings: dict) -> dict:
     """One model at one N, one scope: times, memory and FLOPs per token (see the module's doc)."""
-    import torch
-
-    from .config import BenchmarkConfig, model_config
-    from .train import make_model, make_optimizer, resolve_device
-
     device = resolve_device(settings["device"])
     if settings.get("threads"):
         torch.set_num_threads(settings["threads"])
@@ -123,8 +124,9 @@ def measure_cell(model_name: str, seq_len: int, scope: str, settings: dict) -> d
         x = torch.randn(batch, seq_len, config.d_model, device=device, requires_grad=True)
         upstream = torch.randn(batch, seq_len, config.d_model, device=device)
 
-        def train_step(tracer=None):
-            model.blocks_forward(x).backward(upstream)
+        def step(tracer=None):
+            with tracer if tracer is not None else nullcontext():
+                model.blocks_forward(x).backward(upstream)
             model.zero_grad(set_to_none=True)
             x.grad = None
 
@@ -136,18 +138,10 @@ def measure_cell(model_name: str, seq_len: int, scope: str, settings: dict) -> d
         inputs = torch.randint(vocab, (batch, seq_len), device=device)
         targets = torch.randint(vocab, (batch, seq_len), device=device)
 
-        def train_step(tracer=None):
-            nll, _ = model(inputs, targets, fused_head=True)
-            loss = nll / tokens
-            aux = model.aux_losses().get("load_balance")
-            if aux is not None:
-                loss = loss + config.load_balance_weight * aux
-            loss.backward()
-            if tracer is not None:
-                tracer.optimizer_step(optimizer)  # priced per parameter, as in training
-            else:
-                optimizer.step()
-            model.zero_grad(set_to_none=True)  # (optimizer.zero_grad is wrapped in a profiler range)
+        def step(tracer=None):
+            # The training loop's own step (train.step), without clipping; the tracer prices the
+            # update per parameter, as in training.
+            train_step(model, optimizer, inputs, targets, load_balance_weight=config.load_balance_weight, tracer=tracer)
 
         def forward():
             with torch.no_grad():
@@ -157,14 +151,14 @@ def measure_cell(model_name: str, seq_len: int, scope: str, settings: dict) -> d
     # Memory first: after a step, the allocator keeps the freed blocks and the resident set no
     # longer grows, so a later step would show a peak near zero (or below it).
     start = time.perf_counter()
-    peak_mb = _peak_above(train_step, device)
+    peak_mb = _peak_above(step, device)
     if time.perf_counter() - start > budget:
         return {"status": "over budget", "detail": f"one training step took over {budget:g} s", "batch": batch}
-    train_s, train_runs = _timed(train_step, device, settings["repeats"], budget)
+    train_s, train_runs = _timed(step, device, settings["repeats"], budget)
     if train_s is None:
         return {"status": "over budget", "detail": f"one training step took over {budget:g} s", "batch": batch}
     forward_s, _ = _timed(forward, device, settings["repeats"], budget)
-    flops = _flops(train_step)
+    flops = _flops(step)
     return {
         "status": "ok", "batch": batch, "tokens": tokens, "timed_steps": train_runs,
         "train_s_per_token": train_s / tokens, "train_tokens_per_s": tokens / train_s,
@@ -183,7 +177,7 @@ def _child(model_name, seq_len, scope, settings, queue) -> None:
         text = str(exc)
         out_of_memory = "out of memory" in text.lower() or "can't allocate" in text.lower()
         queue.put({"status": "out of memory" if out_of_memory else "error", "detail": text.splitlines()[0][:300]})
-    except Exception as exc:  # noqa: BLE001 (any failure is recorded for this cell; the study goes on)
+    except Exception as exc:  # any failure is recorded for this cell; the study goes on
         queue.put({"status": "error", "detail": f"{type(exc).__name__}: {exc}"[:300]})
 
 
@@ -420,9 +414,6 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    from .config import MODEL_NAMES
-    from .train import resolve_device
-
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         seq_lens = sorted(set(_ints(args.seq_lens, "--seq-lens")))
@@ -448,9 +439,6 @@ def main(argv=None) -> int:
     cells = run_study(models, seq_lens, settings, log=lambda line: print(line, flush=True),
                       on_cell=lambda cells: write_json_atomic(output / "scaling.json", {
                           "complete": False, "started": started, "settings": settings, "cells": cells}))
-    from .__main__ import run_info
-    from .train import environment
-
     info = run_info(["scaling", *(sys.argv[1:] if argv is None else argv)], started,
                     datetime.now(timezone.utc).isoformat(timespec="seconds"))
     info["versions"], info["git_revision"] = environment()

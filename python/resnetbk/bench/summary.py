@@ -11,7 +11,8 @@ import math
 import statistics
 from pathlib import Path
 
-from .results import BenchmarkResults, _json_safe
+from ..jsonfile import json_safe
+from ..train.results import BenchmarkResults
 
 #: The metrics summarised across seeds (every numeric figure a comparison or the report uses).
 METRICS = (
@@ -84,7 +85,7 @@ def compare_summaries(name_a: str, a: dict, name_b: str, b: dict) -> dict:
     if mean(a, memory) is None or mean(b, memory) is None:
         memory = "peak_memory_mb"
     mem_a, mem_b = mean(a, memory), mean(b, memory)
-    return _json_safe({
+    return json_safe({
         "reference": name_a, "model": name_b, "seeds": min(a["test_perplexity"]["n"], b["test_perplexity"]["n"]),
         "perplexity_reference": ppl_a, "perplexity_model": ppl_b,
         "perplexity_difference_percent": 100 * (ppl_b - ppl_a) / ppl_a if ppl_a and ppl_b is not None else None,

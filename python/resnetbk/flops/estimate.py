@@ -15,8 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
+
 from .. import _native
-from ..models import ModelOptions
+from ..models import ModelOptions, build_model
+from ..models.parameter_groups import parameter_groups
 
 
 @dataclass
@@ -42,14 +45,6 @@ class StepShape:
                 f"methods; {', '.join(data_dependent)} change what a step executes (partly data-dependent): "
                 "use the measured trace (resnetbk.flops.FlopsTracer, or the benchmark's results)"
             )
-
-    @classmethod
-    def from_config(cls, config, vocab_size: int, seq: Optional[int] = None) -> StepShape:
-        """The step of a ``BenchmarkConfig`` (full windows of ``n_seq`` unless ``seq`` is given)."""
-        from ..bench.config import model_options
-
-        return cls(model_options(config, vocab_size), batch=config.batch_size, seq=seq,
-                   weight_decay=config.weight_decay, decay_norms_biases_embeddings=config.decay_norms_biases_embeddings)
 
 
 @dataclass
@@ -211,11 +206,6 @@ def step_ops(s: StepShape) -> list:
 
 def _optimizer(ops: _Ops, s: StepShape) -> None:
     """AdamW over the parameter groups the benchmark builds (decay on weight matrices)."""
-    import torch
-
-    from ..bench.train import parameter_groups
-    from ..models import build_model
-
     with torch.device("meta"):  # parameter shapes only: nothing is allocated or run
         model = build_model(s.options.replace(n_seq=max(s.options.n_seq, s.seq)))
     groups = {True: [], False: []}

@@ -2,14 +2,12 @@
 
 ``REGISTRY`` lists the original benchmark's twelve in its order, then this package's own
 (``original = False``: ``use_spectral_z``). Everything else derives from it: the config's flag
-and hyper-parameter fields, which flags are implemented, what ``resnet_bk_full`` turns on (the
-original twelve), the CLI help, the ablation's rows and the tests' parametrisation.
+and hyper-parameter fields, what ``resnet_bk_full`` turns on (the original twelve), the CLI
+help, the ablation's rows and the tests' parametrisation.
 Adding a method: its module, its tests, and one line here.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 from .act import ACT
 from .active_learning import ActiveLearning
@@ -17,6 +15,7 @@ from .analytic_gradient import AnalyticGradient
 from .base import Event, Method
 from .curriculum import Curriculum
 from .early_exit import EarlyExit
+from .export import Exporter
 from .koopman import Koopman
 from .mixed_precision import MixedPrecision
 from .multi_scale import MultiScale
@@ -33,10 +32,8 @@ REGISTRY: tuple = (
 )
 BY_FLAG = {m.flag: m for m in REGISTRY}
 FLAGS = tuple(BY_FLAG)
-IMPLEMENTED = tuple(m.flag for m in REGISTRY if m.implemented)
-#: The original benchmark's twelve flags, and those of them implemented (what resnet_bk_full turns on).
+#: The original benchmark's twelve flags (what resnet_bk_full turns on).
 ORIGINAL_FLAGS = tuple(m.flag for m in REGISTRY if m.original)
-ORIGINAL_IMPLEMENTED = tuple(f for f in IMPLEMENTED if f in ORIGINAL_FLAGS)
 
 
 def enabled(config) -> list:
@@ -45,16 +42,12 @@ def enabled(config) -> list:
 
 
 def validate(config) -> None:
-    """Flag types, unimplemented flags, architectures, incompatible pairs, hyper-parameters."""
+    """Flag types, architectures, incompatible pairs, hyper-parameters."""
     for m in REGISTRY:
         if not isinstance(getattr(config, m.flag), bool):
             raise ValueError(f"{m.flag}: expected true or false, got {getattr(config, m.flag)!r}")
     on = enabled(config)
     for m in on:
-        if not m.implemented:
-            raise NotImplementedError(
-                f"{m.flag}: not implemented yet; set it to false (implemented so far: {', '.join(IMPLEMENTED)})"
-            )
         if config.architecture not in m.architectures:
             raise ValueError(f"{m.flag}: acts on {m.acts_on}, which architecture {config.architecture!r} does not "
                              f"have (supported: {', '.join(m.architectures)}); set it to false")
@@ -67,26 +60,10 @@ def validate(config) -> None:
         m.validate(config)
 
 
-class ActiveMethods:
-    """The enabled methods of one run, and the loop's way to fire an event at all of them."""
-
-    def __init__(self, config):
-        self.methods = [m(config) for m in enabled(config)]
-
-    def fire(self, event: Event, state) -> None:
-        for method in self.methods:
-            method.run(event, state)
-
-    @contextlib.contextmanager
-    def forward_context(self, device):
-        """Every method's forward context at once (autocast, ...)."""
-        with contextlib.ExitStack() as stack:
-            for method in self.methods:
-                ctx = method.forward_context(device)
-                if ctx is not None:
-                    stack.enter_context(ctx)
-            yield
+def listeners_for(config) -> list:
+    """The listeners a run of ``config`` gives the loop: each enabled method, in registry order,
+    then the exporter, which writes the model the methods' EXPORT contributions describe."""
+    return [m(config) for m in enabled(config)] + [Exporter()]
 
 
-__all__ = ["BY_FLAG", "FLAGS", "IMPLEMENTED", "ORIGINAL_FLAGS", "ORIGINAL_IMPLEMENTED", "REGISTRY", "ActiveMethods",
-           "Event", "Method", "enabled", "validate"]
+__all__ = ["BY_FLAG", "FLAGS", "ORIGINAL_FLAGS", "REGISTRY", "Event", "Method", "enabled", "listeners_for", "validate"]

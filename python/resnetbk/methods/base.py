@@ -8,39 +8,26 @@ Modelled on MosaicML Composer's algorithms and events, kept small. A method
 * may change the model before it is built (``configure_model``: the same options feed
   ``build_model`` and the FLOPs estimate) or once built (``attach``: parametrizations, hooks),
   and wrap the forward (``forward_context``);
-* acts during training only through handlers named ``on_<event>`` for the events below, which
-  the training loop fires at fixed places (``resnetbk.bench.train``);
+* acts during training only through handlers named ``on_<event>`` for the loop's events
+  (``resnetbk.train.events``: a method is a ``Listener``; a handler name that is no event is an
+  error when the class is defined);
 * records its own measurements in ``state.figures[flag]`` (written to the results under
   ``methods``).
 """
 
 from __future__ import annotations
 
-import contextlib
-from enum import Enum
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
+
+from ..train.events import Event, Listener
+from ..validate import check_int, check_number
 
 
-class Event(str, Enum):
-    """The hook points, in the order the loop reaches them."""
-
-    MODEL_BUILT = "model_built"  # the model exists, before the optimizer; state.model, state.device
-    EPOCH_START = "epoch_start"  # state.window_order may be replaced (curriculum, active learning)
-    BATCH_START = "batch_start"  # state.inputs, state.targets of the step
-    LOSS = "loss"  # after the forward: add named terms to state.loss_terms (state.hidden, state.targets, state.aux_losses)
-    AFTER_BACKWARD = "after_backward"  # gradients exist, before clipping
-    AFTER_OPTIMIZER_STEP = "after_optimizer_step"
-    EPOCH_END = "epoch_end"  # after validation (state.epoch_valid_perplexity)
-    EVALUATION = "evaluation"  # after the final test evaluation: a method's own evaluations
-    EXPORT = "export"  # last: the model as it will be reported (sizes, exported files)
-
-
-class Method:
+class Method(Listener):
     flag: ClassVar[str]
     claim: ClassVar[str]
     acts_on: ClassVar[str]
     paper: ClassVar[str]
-    implemented: ClassVar[bool] = True
     #: True for the original benchmark's twelve (``claim`` quoted from it); False for this package's own.
     original: ClassVar[bool] = True
     default: ClassVar[bool] = False  # the flag's default in the config
@@ -78,40 +65,8 @@ class Method:
         """How many of an epoch's ``windows`` this method trains on (the schedule's length)."""
         return windows
 
-    def forward_context(self, device) -> Optional[contextlib.AbstractContextManager]:
-        """A context wrapped around every forward (training and evaluation), or None."""
-        return None
-
-    def run(self, event: Event, state: Any) -> None:
-        handler = getattr(self, f"on_{event.value}", None)
-        if handler is not None:
-            handler(state)
+    def epoch_windows(self, windows: int) -> int:
+        return self.windows_per_epoch(self.config, windows)
 
 
-class NotYetImplemented(Method):
-    """A flag of the original benchmark that this package does not implement yet: turning it on
-    is a NotImplementedError (an accepted-but-ignored flag would make a result lie)."""
-
-    implemented = False
-    architectures = ()
-
-
-# Shared checks for hyper-parameters (a ValueError that names the field).
-
-def check_number(config: Any, name: str, *, low: float, high: float = float("inf"), low_open: bool = False,
-                 high_open: bool = False) -> None:
-    value = getattr(config, name)
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise ValueError(f"{name}: expected a number, got {value!r}")
-    too_low = value <= low if low_open else value < low
-    too_high = value >= high if high_open else value > high
-    if too_low or too_high:
-        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-        raise ValueError(f"{name}: expected a number in {lo}{low}, {high}{hi}, got {value!r}")
-
-
-def check_int(config: Any, name: str, *, low: int, expected: str) -> None:
-    """An int (not a bool) of at least ``low``; else a ValueError naming the field and ``expected``."""
-    value = getattr(config, name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+__all__ = ["Event", "Method", "check_int", "check_number"]

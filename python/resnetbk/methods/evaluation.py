@@ -3,27 +3,32 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Optional
 
 from ..flops import FlopsTracer, component_summary
 
 
-def record_evaluation(state, *, blocks: bool = False, components: bool = False, sparsity: bool = False) -> dict:
+def record_evaluation(state, *, blocks: bool = False, components: bool = False,
+                      per_window: Optional[dict[str, Callable]] = None) -> dict:
     """Perplexity and forward FLOPs per token on the first ``method_eval_tokens`` validation tokens,
-    plus (optionally) mean blocks per token, forward FLOPs per token by component, realised sparsity."""
+    plus (optionally) mean blocks per token, forward FLOPs per token by component, and for each
+    ``name -> fn`` of ``per_window`` the mean of ``fn(model)`` after each window (a method's own
+    figure, e.g. realised sparsity)."""
     model = state.model
     tracer = FlopsTracer()
-    totals = {"blocks": 0.0, "positions": 0, "sparsity": 0.0, "batches": 0}
+    totals = {"blocks": 0.0, "positions": 0, "windows": 0}
+    per_window = per_window or {}
+    sums = dict.fromkeys(per_window, 0.0)
 
     def on_batch(positions: int) -> None:
         totals["positions"] += positions
+        totals["windows"] += 1
         if blocks:
             totals["blocks"] += float(model.depth.blocks_per_token.float().sum()) if model.depth is not None else (
                 model.options.n_layers * positions)
-        if sparsity:
-            from .sparse_bk import mean_sparsity
-
-            totals["sparsity"] += mean_sparsity(model)
-            totals["batches"] += 1
+        for name, fn in per_window.items():
+            sums[name] += fn(model)
 
     nll, count = state.evaluate(state.corpus.valid, max_tokens=state.config.method_eval_tokens, tracer=tracer,
                                 on_batch=on_batch)
@@ -38,8 +43,8 @@ def record_evaluation(state, *, blocks: bool = False, components: bool = False, 
                "blocks_forward_flops_per_token": blocks_flops / max(count, 1)}
     if blocks:
         figures["mean_blocks_per_token"] = totals["blocks"] / max(totals["positions"], 1)
-    if sparsity:
-        figures["realised_sparsity"] = totals["sparsity"] / max(totals["batches"], 1)
+    for name, total in sums.items():
+        figures[name] = total / max(totals["windows"], 1)
     if components:
         figures["forward_flops_per_token_by_component"] = {
             name: value["forward"] / max(count, 1)

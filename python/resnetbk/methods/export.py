@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch.nn.utils import parametrize
 
+from ..train.events import Listener
+
 #: A matrix is stored sparse from this share of zeros on (a bitmask costs 1/32 of float32).
 SPARSE_FROM = 0.5
 
@@ -124,3 +126,26 @@ def load_export(path: str | Path, like: Optional[dict] = None) -> dict:
         if like is not None and key in like:
             state[key] = torch.zeros_like(like[key])
     return state
+
+
+class Exporter(Listener):
+    """Writes the exported model once every method has made its EXPORT contribution (``order``
+    after them): ``state.exports[flag]`` may hold ``int8_scales`` (quantization) and ``removed``
+    state keys (pruning's removed experts). The file goes beside the checkpoint, its figures to
+    each contributing method's figures and to ``state.exported`` (the reported model size)."""
+
+    order = 100
+
+    def on_export(self, state) -> None:
+        if not state.exports or not state.world.is_main:
+            return
+        scales = {}
+        removed: tuple = ()
+        for contribution in state.exports.values():
+            scales.update(contribution.get("int8_scales", {}))
+            removed += tuple(contribution.get("removed", ()))
+        exported = export_model(state.model, state.run_dir / "exported_model.pt", int8_scales=scales or None,
+                                removed=removed)
+        for flag in state.exports:
+            state.figures.setdefault(flag, {})["export"] = exported
+        state.exported = exported

@@ -68,6 +68,10 @@ class MixedPrecision(Method):
         if reason is not None:  # allowed: say so in the results
             state.figures.setdefault(self.flag, {})["slow_precision_allowed"] = reason
 
+    def grad_scaler(self, device):
+        # float16's narrow range needs the loss scaled (bf16 has float32's range and needs none).
+        return torch.amp.GradScaler("cuda") if self.config.amp_dtype == "float16" else None
+
     def forward_context(self, device):
         dtype = torch.float16 if self.config.amp_dtype == "float16" else torch.bfloat16
         return torch.autocast(device_type=device.type, dtype=dtype)

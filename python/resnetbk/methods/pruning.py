@@ -43,7 +43,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .base import Method, check_number
-from .export import describe_export
+from .export import describe_export, effective_state_dict
 
 
 class WeightMask(nn.Module):
@@ -117,8 +117,6 @@ def removed_expert_prefixes(model) -> list:
 
 
 def sparsity_figures(model) -> dict:
-    from .export import effective_state_dict
-
     per = {name: float((m.mask == 0).float().mean()) for name, m in masks(model).items()}
     zeros = sum(int((m.mask == 0).sum()) for m in masks(model).values())
     total = sum(m.mask.numel() for m in masks(model).values())
@@ -195,6 +193,10 @@ class Pruning(Method):
         figures = state.figures.setdefault(self.flag, {})
         figures.update(sparsity_figures(state.model))
         figures.setdefault("experts_removed", [])
+        # The exported file (methods.export.Exporter) leaves out the removed experts' parameters.
+        prefixes = tuple(removed_expert_prefixes(state.model))
+        removed = tuple(k for k in effective_state_dict(state.model) if prefixes and k.startswith(prefixes))
+        state.exports[self.flag] = {"removed": removed}
 
     @classmethod
     def assess(cls, row):

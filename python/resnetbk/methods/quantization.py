@@ -44,8 +44,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..models import build_model
+from ..train.evaluate import evaluate
 from .base import Method
-from .export import describe_export
+from .export import describe_export, effective_state_dict
 
 _QCONFIG_BACKEND = "fbgemm"
 
@@ -162,6 +164,10 @@ class Quantization(Method):
     def on_evaluation(self, state) -> None:
         state.figures[self.flag] = {**state.figures.get(self.flag, {}), **int8_inference(state)}
 
+    def on_export(self, state) -> None:
+        # The exported file (methods.export.Exporter) stores these weights as INT8 per channel.
+        state.exports[self.flag] = {"int8_scales": int8_scales(state.model)}
+
     @classmethod
     def assess(cls, row):
         figures = row["figures"]
@@ -180,9 +186,6 @@ class Quantization(Method):
 def float_copy(model):
     """A plain float32 model with ``model``'s effective weights (no parametrizations, no hooks),
     its LM head a plain ``nn.Linear`` (what torch's quantized kernels accept)."""
-    from ..models import build_model
-    from .export import effective_state_dict
-
     plain = build_model(model.options)
     state = {k: v.float() if v.is_floating_point() else v for k, v in effective_state_dict(model).items()}
     # Other methods' training aids (Koopman lifts, energy MLPs) are not part of the forward.
@@ -209,8 +212,6 @@ def quantize_for_inference(plain):
 def int8_inference(state) -> dict:
     """Perplexity and tokens/s of the float32 copy and of its INT8 version on the method-evaluation
     slice (CPU, plain head: torch's quantized linear returns logits)."""
-    from ..bench.train import evaluate
-
     config = state.config.replace(fused_head=False)
     device = torch.device("cpu")
     plain = float_copy(state.model).to(device)

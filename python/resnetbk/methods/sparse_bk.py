@@ -63,7 +63,7 @@ class SparseBK(Method):
         self._sum, self._steps = 0.0, 0
 
     def on_evaluation(self, state) -> None:
-        self._figures(state)["evaluation"] = record_evaluation(state, sparsity=True)
+        self._figures(state)["evaluation"] = record_evaluation(state, per_window={"realised_sparsity": mean_sparsity})
 
     @classmethod
     def assess(cls, row):

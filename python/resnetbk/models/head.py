@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..flops.tracer import THE_MODULE, priced_as
+from ..attribution import THE_MODULE, priced_as
 
 IGNORE_INDEX = -100
 

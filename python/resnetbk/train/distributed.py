@@ -47,6 +47,10 @@ class World:
             dist.barrier()
 
 
+#: One process, no process group.
+SINGLE = World()
+
+
 def world(device: torch.device) -> World:
     """The current process group, set up on first use when launched by torchrun."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -79,3 +83,12 @@ def shard_rows(inputs: torch.Tensor, targets: torch.Tensor, w: World) -> tuple[t
     per = rows // w.size
     block = slice(w.rank * per, (w.rank + 1) * per)
     return inputs[block], targets[block]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"``: CUDA where torch sees a device, else the CPU; ``"cuda"`` without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' was asked for but torch sees no CUDA device; use --device cpu")
+    return torch.device(name)

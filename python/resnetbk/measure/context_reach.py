@@ -15,7 +15,7 @@ from contextlib import nullcontext
 
 import torch
 
-from . import data as wt2
+from .. import data as wt2
 
 METHOD = ("norm of d(loss at the window's last position) / d(embedded input at distance d), averaged over "
           "validation sequences; relative: divided by the value at d = 0")
