@@ -2,17 +2,32 @@
 
 import torch
 
+from resnetbk import methods
+from resnetbk.bench import BenchmarkConfig
 from resnetbk.flops import FlopsTracer
 from resnetbk.models import ModelOptions, build_model
 
 VOCAB = 50
+#: ``tiny``'s switches for the methods that change the model, and their hyper-parameters.
+SWITCHES = {"act": "use_act", "multi_scale": "use_multi_scale", "sparse_bk": "use_sparse_bk",
+            "early_exit": "use_early_exit", "spectral_z": "use_spectral_z"}
+HYPERPARAMETERS = {name for m in methods.REGISTRY for name in m.hyperparameters}
 
 
 def tiny(seed: int = 0, **options):
+    """A small ResNet-BK; ``act=True`` (and the other ``SWITCHES``) with their hyper-parameters
+    attach those methods as a run does (``methods.attach_all``)."""
     torch.manual_seed(seed)
+    flags = {SWITCHES[k]: options.pop(k) for k in list(options) if k in SWITCHES}
+    hyper = {k: options.pop(k) for k in list(options) if k in HYPERPARAMETERS}
     fields = dict(d_model=16, n_layers=4, n_seq=20, dropout=0.0)
     fields.update(options)
-    return build_model(ModelOptions("resnet_bk", VOCAB, **fields))
+    model = build_model(ModelOptions("resnet_bk", VOCAB, **fields))
+    if flags:
+        config = BenchmarkConfig(d_model=fields["d_model"], n_layers=fields["n_layers"], n_seq=fields["n_seq"],
+                                 dropout=fields["dropout"], **{**{f: False for f in methods.FLAGS}, **flags}, **hyper)
+        methods.attach_all(model, config)
+    return model
 
 
 def tokens(b: int = 3, n: int = 20, seed: int = 1):
@@ -50,9 +65,6 @@ def synthetic_corpus(train_tokens: int = 1200, eval_tokens: int = 300, seed: int
 
 def small_config(**changes):
     """A tiny ResNet-BK training config with every method off (change what a test needs)."""
-    from resnetbk import methods
-    from resnetbk.bench import BenchmarkConfig
-
     fields = dict(d_model=16, n_layers=3, n_seq=16, batch_size=4, epochs=2, eval_batch_size=4, dropout=0.0,
                   device="cpu", threads=1, method_eval_tokens=200, flops_trace_interval=1,
                   **{f: False for f in methods.FLAGS})

@@ -75,19 +75,19 @@ def test_rarely_used_experts_are_removed_and_never_chosen_again():
 
     config = small_config(use_pruning=True, expert_removal_threshold=0.15)
     model = make_model(config, VOCAB)
-    moe = model.blocks[0].moe
-    moe.routed_tokens.copy_(torch.tensor([70.0, 20.0, 5.0, 5.0]))
+    routing = model.blocks[0].moe.expert_routing  # pruning's own record, attached beside the MoE
+    routing.routed_tokens.copy_(torch.tensor([70.0, 20.0, 5.0, 5.0]))
     for block in model.blocks[1:]:
-        block.moe.routed_tokens.copy_(torch.tensor([25.0, 25.0, 25.0, 25.0]))
+        block.moe.expert_routing.routed_tokens.copy_(torch.tensor([25.0, 25.0, 25.0, 25.0]))
     state = SimpleNamespace(model=model, figures={})
     pruning.Pruning(config)._remove_experts(state)
-    assert moe.expert_alive.tolist() == [True, True, False, False]  # shares 0.7, 0.2, 0.05, 0.05
+    assert routing.expert_alive.tolist() == [True, True, False, False]  # shares 0.7, 0.2, 0.05, 0.05
     assert [e["expert"] for e in state.figures["use_pruning"]["experts_removed"]] == [2, 3]
-    assert model.blocks[1].moe.expert_alive.all()
+    assert model.blocks[1].moe.expert_routing.expert_alive.all()
     chosen = []
-    moe.register_forward_hook(lambda m, a, out: chosen.append(m.routed_tokens.clone()))
+    model.blocks[0].moe.register_forward_hook(lambda m, a, out: chosen.append(routing.routed_tokens.clone()))
     model.train()
-    moe.routed_tokens.zero_()
+    routing.routed_tokens.zero_()
     model(tokens(b=4, n=16))
     assert chosen[-1].tolist()[2:] == [0.0, 0.0] and sum(chosen[-1].tolist()) == 64
 

@@ -9,8 +9,8 @@ from resnetbk.models.resnet_bk import LAPLACIAN_DIAG
 def _set_gates(model, bias: float) -> None:
     with torch.no_grad():
         for block in model.blocks:
-            block.bk.gate.weight.zero_()
-            block.bk.gate.bias.fill_(bias)
+            block.bk.gate.score.weight.zero_()
+            block.bk.gate.score.bias.fill_(bias)
 
 
 def test_all_gated_off_means_no_projection_no_read_out_and_no_mixer_output():
@@ -19,7 +19,7 @@ def test_all_gated_off_means_no_projection_no_read_out_and_no_mixer_output():
     x = tokens()
     report = traced_forward(model, x)
     assert component_flops(report, "blocks.0.bk.v_proj") == 0 and component_flops(report, "blocks.0.bk.output_proj") == 0
-    assert model.blocks[0].bk.realised_sparsity == 1.0
+    assert model.blocks[0].bk.gate.realised_sparsity == 1.0
     h = torch.randn(2, 20, 16)
     assert torch.equal(model.blocks[0].bk(h), torch.zeros_like(h))
 
@@ -39,8 +39,8 @@ def test_gate_learns_through_the_straight_through_estimator_and_the_sparsity_los
     traced_forward(model, tokens(), backward=True)
     assert "sparsity" in model.aux_losses()
     gate = model.blocks[0].bk.gate
-    assert gate.weight.grad is not None and gate.weight.grad.abs().sum() > 0
-    assert 0.0 < model.blocks[0].bk.realised_sparsity < 1.0
+    assert gate.score.weight.grad is not None and gate.score.weight.grad.abs().sum() > 0
+    assert 0.0 < model.blocks[0].bk.gate.realised_sparsity < 1.0
 
 
 def test_gated_off_positions_have_potential_zero_and_skip_the_projection(monkeypatch):

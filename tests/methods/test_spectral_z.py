@@ -13,10 +13,12 @@ import torch
 from resnetbk import bk_core, methods
 from resnetbk.bench import BenchmarkConfig
 from resnetbk.bench.config import model_options
+from resnetbk.bench.recipe import make_model
 from resnetbk.core.reference import dense_resolvent_diag
 from resnetbk.measure.context_reach import context_reach
+from resnetbk.methods.spectral_z import ETA_FLOOR, SpectralShift
 from resnetbk.models import ModelOptions, build_model
-from resnetbk.models.resnet_bk import ETA_FLOOR, BKMixer
+from resnetbk.models.resnet_bk import BKMixer
 
 
 def _spectral_leaves(channels: int, seed: int):
@@ -89,29 +91,33 @@ def test_small_eta_at_65536_positions_stays_bounded_and_accurate_in_float32(mode
 
 
 def test_parameters_start_as_documented_and_eta_is_floored():
-    mixer = BKMixer(16, 5, "causal", 3.0, spectral=True, eta_min=1e-3, eta_max=1.0)
+    mixer = BKMixer(16, 5)
+    assert mixer.spectral_z() == 1j  # no shift attached: the fixed z = i
+    mixer.shift = SpectralShift(5, eta_min=1e-3, eta_max=1.0)
     z = mixer.spectral_z()
     assert z.shape == (5,) and torch.equal(z.real, torch.zeros(5))
     torch.testing.assert_close(z.imag.log(), torch.linspace(math.log(1e-3), 0.0, 5))
     with torch.no_grad():
-        mixer.log_eta.fill_(math.log(1e-9))
+        mixer.shift.log_eta.fill_(math.log(1e-9))
     assert torch.equal(mixer.spectral_z().imag, torch.full((5,), ETA_FLOOR))
-    assert BKMixer(16, 5, "causal", 3.0).spectral_z() == 1j  # off: today's fixed z
 
 
 def test_the_method_sets_channels_and_range_and_the_model_learns_z():
     config = BenchmarkConfig(d_model=16, n_layers=2, n_seq=12, use_spectral_z=True, spectral_channels=6,
                              eta_min=1e-2, eta_max=0.5)
     options = model_options(config, 50)
-    assert options.spectral_z and options.bk_channels == 6 and (options.eta_min, options.eta_max) == (1e-2, 0.5)
+    assert options.bk_channels == 6
     assert model_options(config.replace(spectral_channels=0), 50).bk_channels == config.bk_channels
     torch.manual_seed(0)
-    model = build_model(options)
+    model = make_model(config, 50)
+    for block in model.blocks:
+        eta = block.bk.spectral_z().imag.detach()
+        torch.testing.assert_close(eta.log(), torch.linspace(math.log(1e-2), math.log(0.5), 6))
     tokens = torch.randint(50, (3, 12))
     nll, _ = model(tokens, torch.randint(50, (3, 12)))
     nll.backward()
     for block in model.blocks:
-        assert block.bk.energy.grad.abs().sum() > 0 and block.bk.log_eta.grad.abs().sum() > 0
+        assert block.bk.shift.energy.grad.abs().sum() > 0 and block.bk.shift.log_eta.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("fields,message", [
@@ -136,8 +142,11 @@ def test_small_eta_channels_reach_further_back_than_fixed_z_before_any_training(
     reach = {}
     for spectral in (False, True):
         torch.manual_seed(0)
-        model = build_model(ModelOptions("resnet_bk", 50, 16, 2, n, dropout=0.0, bk_channels=4,
-                                         spectral_z=spectral)).double()
+        model = build_model(ModelOptions("resnet_bk", 50, 16, 2, n, dropout=0.0, bk_channels=4))
+        if spectral:
+            for block in model.blocks:
+                block.bk.shift = SpectralShift(4, eta_min=1e-3, eta_max=1.0)
+        model = model.double()
         reach[spectral] = context_reach(model, stream, n, batch=4, sequences=4)["relative"]
     assert reach[True][16] > 100 * reach[False][16]
     assert reach[True][32] > 100 * reach[False][32]

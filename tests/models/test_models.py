@@ -80,7 +80,9 @@ def test_an_unknown_architecture_is_a_value_error_everywhere():
 
 
 def test_the_estimate_refuses_data_dependent_methods_instead_of_pricing_them_as_the_baseline():
-    from resnetbk.flops.estimate import StepShape
+    from resnetbk.bench import BenchmarkConfig
+    from resnetbk.bench.config import step_shape
 
-    with pytest.raises(NotImplementedError, match="act change what a step executes"):
-        StepShape(ModelOptions("resnet_bk", 10, act=True), batch=2)
+    with pytest.raises(NotImplementedError, match="use_act: the closed-form estimate covers"):
+        step_shape(BenchmarkConfig(use_act=True), 10)
+    assert step_shape(BenchmarkConfig(use_analytic_gradient=True), 10).options.bk_grad == "exact"

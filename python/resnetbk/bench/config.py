@@ -232,7 +232,14 @@ def model_options(config, vocab_size: int) -> ModelOptions:
 
 def step_shape(config, vocab_size: int, seq: Optional[int] = None) -> StepShape:
     """The training step of ``config`` for the closed-form FLOPs estimate (full windows of
-    ``n_seq`` unless ``seq`` is given)."""
+    ``n_seq`` unless ``seq`` is given). The estimate describes the models without optimization
+    methods (and with those that do not change what a step executes: ``estimable``)."""
+    changing = [m.flag for m in methods.enabled(config) if m.changes_model and not m.estimable]
+    if changing:
+        raise NotImplementedError(
+            f"{', '.join(changing)}: the closed-form estimate covers ResNet-BK and the Transformer without methods "
+            "that change what a step executes (partly data-dependent): use the measured trace "
+            "(resnetbk.flops.FlopsTracer, or the benchmark's results)")
     return StepShape(model_options(config, vocab_size), batch=config.batch_size, seq=seq,
                      weight_decay=config.weight_decay, decay_norms_biases_embeddings=config.decay_norms_biases_embeddings)
 

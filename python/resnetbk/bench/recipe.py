@@ -19,8 +19,7 @@ from .config import model_options
 def make_model(config, vocab_size: int) -> LanguageModel:
     """The model ``config`` trains: built from its options, then each enabled method's ``attach``."""
     model = build_model(model_options(config, vocab_size))
-    for method in methods.enabled(config):
-        method.attach(model, config)
+    methods.attach_all(model, config)
     return model
 
 

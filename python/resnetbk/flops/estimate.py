@@ -37,14 +37,6 @@ class StepShape:
         if not isinstance(self.options, ModelOptions):
             raise TypeError(f"options: expected a ModelOptions, got {type(self.options).__name__}")
         self.seq = self.seq or self.options.n_seq
-        o = self.options
-        data_dependent = [name for name in ("act", "multi_scale", "sparse_bk", "early_exit") if getattr(o, name)]
-        if data_dependent:
-            raise NotImplementedError(
-                f"options: the closed-form estimate covers ResNet-BK and the Transformer without optimization "
-                f"methods; {', '.join(data_dependent)} change what a step executes (partly data-dependent): "
-                "use the measured trace (resnetbk.flops.FlopsTracer, or the benchmark's results)"
-            )
 
 
 @dataclass
@@ -145,7 +137,6 @@ def _resnet_bk_block(ops: _Ops, s: StepShape, i: int) -> None:
     ops.elementwise("backward", moe, "add", t * d, count=e - 1)  # index_add_ gradients
     # Load balancing: bincount, fractions, mean probabilities, their product.
     ops.op("forward", moe, "aten.bincount", [(t,)])
-    ops.elementwise("forward", moe, "add", e)  # the routing counts (the pruning method reads them)
     ops.elementwise("forward", moe, "div", e)
     ops.op("forward", moe, "aten.mean", [(t, e)], [(e,)])
     ops.elementwise("forward", moe, "mul", e)

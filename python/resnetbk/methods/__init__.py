@@ -60,10 +60,30 @@ def validate(config) -> None:
         m.validate(config)
 
 
+def attach_order(config) -> list:
+    """The enabled methods in the order they attach: registry order, except that a method comes
+    after every enabled flag of its ``attach_after``."""
+    pending, ordered = enabled(config), []
+    while pending:
+        ready = [m for m in pending if not set(m.attach_after) & {p.flag for p in pending if p is not m}]
+        if not ready:
+            raise ValueError(f"attach_after: the methods {', '.join(m.flag for m in pending)} wait on each other")
+        ordered.append(ready[0])
+        pending.remove(ready[0])
+    return ordered
+
+
+def attach_all(model, config) -> None:
+    """Every enabled method's ``attach``, in ``attach_order``."""
+    for method in attach_order(config):
+        method.attach(model, config)
+
+
 def listeners_for(config) -> list:
     """The listeners a run of ``config`` gives the loop: each enabled method, in registry order,
     then the exporter, which writes the model the methods' EXPORT contributions describe."""
     return [m(config) for m in enabled(config)] + [Exporter()]
 
 
-__all__ = ["BY_FLAG", "FLAGS", "ORIGINAL_FLAGS", "REGISTRY", "Event", "Method", "enabled", "listeners_for", "validate"]
+__all__ = ["BY_FLAG", "FLAGS", "ORIGINAL_FLAGS", "REGISTRY", "Event", "Method", "attach_all", "attach_order", "enabled",
+           "listeners_for", "validate"]

@@ -2,7 +2,7 @@
 
 What it does: after every block a halting unit (``d -> 1``) gives each token a halting
 probability; a token halts once their sum reaches ``act_threshold`` and its output is the
-halting-weighted mean of its states (``resnetbk.models.depth``). Halted tokens really skip the
+halting-weighted mean of its states (``methods.depth``, attached as the model's ``depth``). Halted tokens really skip the
 later blocks' feed-forward (MoE) and read-out work: their rows are left out of the gather, and
 their state is carried forward unchanged so that later positions' BK-Core recursions still see
 a complete sequence. The ponder cost ``N + R`` (blocks used plus the remainder, mean over
@@ -21,7 +21,10 @@ Paper: Graves 2016, "Adaptive Computation Time for Recurrent Neural Networks"; p
 over depth as in Dehghani et al. 2019, "Universal Transformers".
 """
 
+from torch import nn
+
 from .base import Method, check_number
+from .depth import attached_depth
 from .evaluation import record_evaluation
 
 
@@ -31,6 +34,7 @@ class ACT(Method):
     acts_on = "the depth each token runs (halting units; a ponder loss)"
     paper = "Graves 2016, Adaptive Computation Time for Recurrent Neural Networks; Dehghani et al. 2019, Universal Transformers"
     hyperparameters = {"act_threshold": 0.99, "ponder_weight": 0.01, "act_bias_init": 1.0}
+    attach_after = ("use_multi_scale",)  # the halting units follow the model's stages
 
     @classmethod
     def validate(cls, config) -> None:
@@ -39,8 +43,10 @@ class ACT(Method):
         check_number(config, "act_bias_init", low=-20.0, high=20.0)
 
     @classmethod
-    def configure_model(cls, options, config):
-        return options.replace(act=True, act_threshold=config.act_threshold, act_bias_init=config.act_bias_init)
+    def attach(cls, model, config) -> None:
+        units = model.init_attached(attached_depth(model).halting_units(config.act_threshold))
+        for unit in units:  # the bias sets how deep tokens go at first (the model's init zeroes biases)
+            nn.init.constant_(unit.bias, config.act_bias_init)
 
     def __init__(self, config):
         super().__init__(config)

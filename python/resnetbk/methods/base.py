@@ -36,6 +36,11 @@ class Method(Listener):
     incompatible_with: ClassVar[tuple] = ()  # flags that cannot be on together with this one
     #: False for methods that change only the training procedure (data, order, autocast), not the model.
     changes_model: ClassVar[bool] = True
+    #: Flags whose ``attach`` must run before this one's when both are on (the order where it matters).
+    attach_after: ClassVar[tuple] = ()
+    #: Whether the closed-form FLOPs estimate (``flops.estimate``) still describes the model: false
+    #: for a method that changes what a step executes beyond the base options.
+    estimable: ClassVar[bool] = False
 
     def __init__(self, config: Any):
         self.config = config
@@ -51,8 +56,10 @@ class Method(Listener):
 
     @classmethod
     def attach(cls, model, config: Any) -> None:
-        """Change the built model in place (parametrizations, hooks): ``make_model`` calls it for
-        every enabled method, before the optimizer exists and before a checkpoint is loaded."""
+        """Change the built model in place through its extension points (``models.common``):
+        attached modules, parametrizations, hooks. ``methods.attach_all`` calls it for every
+        enabled method (``attach_after`` first), before the optimizer exists and before a
+        checkpoint is loaded."""
 
     @classmethod
     def assess(cls, row: dict) -> tuple:

@@ -13,14 +13,19 @@ def track_block_states(model) -> None:
     if getattr(model, "block_states", None) is not None:
         return
     model.block_states = []
-
-    def reset(module, args):
-        model.block_states = []
-
-    def record(module, args, output):
-        if module.training:
-            model.block_states.append((args[0], output))
-
-    model.register_forward_pre_hook(reset)
+    # The hooks reach the model through their module argument (never a captured reference), so a
+    # copy of the model (quantization's float copy) records into its own list.
+    model.register_forward_pre_hook(_reset)
     for block in model.blocks:
-        block.register_forward_hook(record)
+        block.register_forward_hook(_record)
+
+
+def _reset(model, args) -> None:
+    model.block_states = []
+    for block in model.blocks:
+        block.block_states_sink = model.block_states
+
+
+def _record(block, args, output) -> None:
+    if block.training:
+        block.block_states_sink.append((args[0], output))

@@ -9,7 +9,7 @@ per exit (``d -> 1`` on the detached state) learns, by binary cross-entropy (ter
 ``exit_confidence``), whether the exit's prediction already equals the final block's. At
 evaluation with a threshold, a token leaves at the first exit whose confidence passes it and its
 state is carried forward unchanged to the skipped blocks, which skip its feed-forward and read-out
-work (``resnetbk.models.depth``). The reported validation and test perplexities use every block;
+work (``methods.depth``, attached as the model's ``depth``). The reported validation and test perplexities use every block;
 the figures give perplexity, mean exit block and forward FLOPs per token for each of
 ``exit_thresholds``.
 
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .. import data as wt2
 from .base import Method, check_number
+from .depth import attached_depth
 from .evaluation import record_evaluation
 
 
@@ -36,6 +37,7 @@ class EarlyExit(Method):
     acts_on = "the depth each token runs at evaluation (exits, confidence heads)"
     paper = "Schuster et al. 2022, Confident Adaptive Language Modeling (CALM)"
     hyperparameters = {"exit_loss_weight": 1.0, "exit_loss_fraction": 0.25, "exit_thresholds": (0.7, 0.8, 0.9, 0.95)}
+    attach_after = ("use_multi_scale",)  # the exits follow the model's stages
 
     @classmethod
     def validate(cls, config) -> None:
@@ -47,8 +49,8 @@ class EarlyExit(Method):
             raise ValueError(f"exit_thresholds: expected a non-empty list of numbers in (0, 1], got {thresholds!r}")
 
     @classmethod
-    def configure_model(cls, options, config):
-        return options.replace(early_exit=True)
+    def attach(cls, model, config) -> None:
+        model.init_attached(attached_depth(model).confidence_heads())
 
     def on_loss(self, state) -> None:
         model = state.model

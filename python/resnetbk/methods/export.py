@@ -12,7 +12,9 @@ Format (``torch.save`` of a dict ``name -> entry``), per tensor of the model's e
   or int8 with ``scale`` when quantized too).
 
 Parameters of experts removed by pruning are left out (``"removed"`` lists them; the loader
-restores them as zeros, which the router never selects).
+restores them as zeros). Pruning's own bookkeeping (``expert_routing``: routed tokens, which
+experts are alive) is not part of the export: a model loaded from it routes as a plain model
+does, unless pruning's ``ExpertRouting`` is attached again with the experts ``removed`` lists.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def effective_state_dict(model) -> dict:
 def _effective_state_dict(model) -> dict:
     state = {}
     for key, value in model.state_dict().items():
-        if ".parametrizations." in key or key.startswith("parametrizations.") or "fake_quant" in key:
+        if (".parametrizations." in key or key.startswith("parametrizations.") or "fake_quant" in key
+                or ".expert_routing." in key):
             continue
         state[key] = value.detach()
     for name, module in model.named_modules():

@@ -89,22 +89,22 @@ class KoopmanModels(nn.Module):
 
 @contextlib.contextmanager
 def koopman_mode(model, start: int):
-    """The blocks from ``start`` on replaced by their Koopman models (evaluation)."""
-    replaced = []
+    """The blocks from ``start`` on replaced by their Koopman models (evaluation), through the
+    model's ``stage_overrides`` extension point; the model's own stages come back on leaving."""
+
+    def linear_model(i):
+        def run(x, active=None):
+            out = model.koopman.step(i, x)
+            return out if active is None else torch.where(active.view(*x.shape[:-1], 1), out, x)
+        return run
+
+    saved = dict(model.stage_overrides)
     try:
-        for i in range(start, len(model.blocks)):
-            block = model.blocks[i]
-
-            def forward(x, active=None, i=i):
-                out = model.koopman.step(i, x)
-                return out if active is None else torch.where(active.view(*x.shape[:-1], 1), out, x)
-
-            block.forward = forward
-            replaced.append(block)
+        model.stage_overrides.update({i: linear_model(i) for i in range(start, len(model.blocks))})
         yield
     finally:
-        for block in replaced:
-            del block.forward
+        model.stage_overrides.clear()
+        model.stage_overrides.update(saved)
 
 
 class Koopman(Method):

@@ -4,8 +4,15 @@ What it does: ``k = max(1, n_layers // 4)`` blocks at each end run at full lengt
 between them run at ``ceil(N / 2)``: the sequence is shifted right by one position and each
 pair merged by a linear map (so a coarse position summarises only completed fine positions),
 and after the middle blocks a linear map back to two positions each, added to the fine sequence
-(``resnetbk.models.multi_scale``). The middle blocks' MoE, BK-Core and projections do half the
-work.
+(``ShortenedGroup`` below, attached as the model's ``shortened`` with its ``stage_ranges``).
+The middle blocks' MoE, BK-Core and projections do half the work.
+
+The shortening (Nawrot et al.'s shift-then-pool): shift the sequence right by one position
+(zeros first), pad to even length, and merge each pair with a linear map, so coarse position
+``j`` summarises fine positions ``2j-1`` and ``2j`` only. Upsampling: a linear map from each
+coarse position to two fine ones, fine ``t`` reading coarse ``t // 2``, whose inputs end at fine
+``2 (t // 2) <= t``: causal. The result is added back to the fine sequence (a residual around
+the whole shortened group).
 
 Records: the forward FLOPs per token of an evaluation, and the middle blocks' share.
 
@@ -17,8 +24,44 @@ Paper: Nawrot et al. 2021, "Hierarchical Transformers Are More Efficient Languag
 (hourglass: shift-then-pool shortening, linear upsampling, residual).
 """
 
+from __future__ import annotations
+
+from typing import Optional
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
 from .base import Method
 from .evaluation import record_evaluation
+
+
+def shortened_stage_ranges(n_layers: int) -> list:
+    """The stages ``(first, stop, shortened)``: ``k = max(1, n_layers // 4)`` full-resolution blocks
+    on each side, one stage of the ``n_layers - 2k`` middle blocks at half resolution."""
+    k = max(1, n_layers // 4)
+    outer = [(i, i + 1, False) for i in range(k)]
+    return outer + [(k, n_layers - k, True)] + [(i, i + 1, False) for i in range(n_layers - k, n_layers)]
+
+
+class ShortenedGroup(nn.Module):
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.shorten = nn.Linear(2 * d_model, d_model)
+        self.upsample = nn.Linear(d_model, 2 * d_model)
+
+    def forward(self, x: Tensor, blocks, active: Optional[Tensor] = None) -> Tensor:
+        """``x (B, N, d)`` through ``blocks`` at length ``ceil(N / 2)``; ``active`` masks the update."""
+        b, n, d = x.shape
+        shifted = F.pad(x, (0, 0, 1, n % 2))[:, : n + n % 2]  # x[t - 1], zeros at t = 0, even length
+        coarse = self.shorten(shifted.reshape(b, -1, 2 * d))
+        for block in blocks:
+            coarse = block(coarse)
+        up = self.upsample(coarse).reshape(b, -1, d)[:, :n]
+        if active is not None:
+            up = up * active.view(b, n, 1).to(up.dtype)
+        return x + up
+
+
 
 
 class MultiScale(Method):
@@ -34,8 +77,9 @@ class MultiScale(Method):
                              f"blocks), got n_layers = {config.n_layers}")
 
     @classmethod
-    def configure_model(cls, options, config):
-        return options.replace(multi_scale=True)
+    def attach(cls, model, config) -> None:
+        model.stage_ranges = shortened_stage_ranges(len(model.blocks))
+        model.shortened = model.init_attached(ShortenedGroup(config.d_model))
 
     def on_evaluation(self, state) -> None:
         figures = record_evaluation(state, components=True)

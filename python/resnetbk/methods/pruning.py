@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..models.resnet_bk import MoEFeedForward
 from .base import Method, check_number
 from .export import describe_export, effective_state_dict
 
@@ -107,12 +108,36 @@ def prune_to(module: nn.Module, mask: WeightMask, sparsity: float) -> None:
     mask.mask.view(-1)[drop] = 0.0
 
 
+class ExpertRouting(nn.Module):
+    """Pruning's record of one MoE's routing, attached beside it (``moe.expert_routing``): the
+    tokens routed to each expert in training, and which experts are still alive. Its hook on the
+    router masks a removed expert's logit, so that it can no longer be chosen."""
+
+    def __init__(self, num_experts: int):
+        super().__init__()
+        self.register_buffer("expert_alive", torch.ones(num_experts, dtype=torch.bool))
+        self.register_buffer("routed_tokens", torch.zeros(num_experts))
+
+    def on_router_output(self, router, args, logits):
+        if not bool(self.expert_alive.all()):
+            logits = logits.masked_fill(~self.expert_alive, float("-inf"))
+        if router.training and logits.shape[0]:
+            chosen = logits.argmax(dim=-1)  # the MoE's top-1 choice (its softmax keeps the order)
+            self.routed_tokens += torch.bincount(chosen, minlength=len(self.expert_alive)).to(self.routed_tokens.dtype)
+        return logits
+
+
+def _routings(model) -> dict:
+    """MoE name -> its ``ExpertRouting``."""
+    return {name: m.expert_routing for name, m in model.named_modules() if isinstance(m, MoEFeedForward)
+            and getattr(m, "expert_routing", None) is not None}
+
+
 def removed_expert_prefixes(model) -> list:
     """``"blocks.<i>.moe.experts.<e>."`` of every expert the pruning removed."""
     prefixes = []
-    for name, module in model.named_modules():
-        if hasattr(module, "expert_alive"):
-            prefixes += [f"{name}.experts.{e}." for e, alive in enumerate(module.expert_alive.tolist()) if not alive]
+    for name, routing in _routings(model).items():
+        prefixes += [f"{name}.experts.{e}." for e, alive in enumerate(routing.expert_alive.tolist()) if not alive]
     return prefixes
 
 
@@ -149,10 +174,19 @@ class Pruning(Method):
             raise ValueError(f"pruning_interval: expected a positive integer, got {value!r}")
         check_number(config, "expert_removal_threshold", low=0.0, high=1.0)
 
+    #: Every linear layer is pruned, the other methods' included: they attach first (quantization
+    #: too, so that the mask applies to the fake-quantized weight).
+    attach_after = ("use_koopman", "use_physics_informed", "use_act", "use_multi_scale", "use_sparse_bk",
+                    "use_early_exit", "use_spectral_z", "use_quantization")
+
     @classmethod
     def attach(cls, model, config) -> None:
         for module in prunable(model).values():
             parametrize.register_parametrization(module, "weight", WeightMask(module.weight.shape))
+        for module in model.modules():  # every MoE: its experts can be removed
+            if isinstance(module, MoEFeedForward):
+                module.expert_routing = ExpertRouting(len(module.experts))
+                module.router.register_forward_hook(module.expert_routing.on_router_output)
 
     def on_after_optimizer_step(self, state) -> None:
         config, step, total = self.config, state.progress.step, state.total_steps
@@ -165,29 +199,26 @@ class Pruning(Method):
                 for name, mask in masks(state.model).items():
                     prune_to(found[name], mask, sparsity)
         if step < config.pruning_start_fraction * total:  # routing is counted from the window's start
-            for module in state.model.modules():
-                if hasattr(module, "routed_tokens"):
-                    module.routed_tokens.zero_()
+            for routing in _routings(state.model).values():
+                routing.routed_tokens.zero_()
         if step == end_step:
             self._remove_experts(state)
 
     def _remove_experts(self, state) -> None:
         removed = []
-        for name, module in state.model.named_modules():
-            if not hasattr(module, "expert_alive"):
-                continue
-            counts = module.routed_tokens
+        for name, routing in _routings(state.model).items():
+            counts = routing.routed_tokens
             share = counts / counts.sum().clamp_min(1)
             keep = share >= self.config.expert_removal_threshold
             keep[int(share.argmax())] = True
-            for e in (~keep & module.expert_alive).nonzero().flatten().tolist():
+            for e in (~keep & routing.expert_alive).nonzero().flatten().tolist():
                 removed.append({"block": name, "expert": e, "share_of_tokens": float(share[e])})
-            module.expert_alive &= keep
+            routing.expert_alive &= keep
         figures = state.figures.setdefault(self.flag, {})
         figures["experts_removed"] = removed
         figures["routing_share_at_removal"] = {
-            name: (m.routed_tokens / m.routed_tokens.sum().clamp_min(1)).tolist()
-            for name, m in state.model.named_modules() if hasattr(m, "routed_tokens")}
+            name: (r.routed_tokens / r.routed_tokens.sum().clamp_min(1)).tolist()
+            for name, r in _routings(state.model).items()}
 
     def on_export(self, state) -> None:
         figures = state.figures.setdefault(self.flag, {})

@@ -35,6 +35,7 @@ GPTQ / AWQ-style weight-only schemes (Frantar et al. 2023; Lin et al. 2024).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -44,10 +45,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..models import build_model
 from ..train.evaluate import evaluate
 from .base import Method
-from .export import describe_export, effective_state_dict
+from .export import describe_export
 
 _QCONFIG_BACKEND = "fbgemm"
 
@@ -107,6 +107,29 @@ def _output_hook(module, args, output):
     return module.output_fake_quant(output)
 
 
+def _bake_parametrizations(module) -> None:
+    """A parametrized module of a *copy* as a plain module whose tensors hold the parametrized
+    values. (``parametrize.remove_parametrizations`` would delete the property from the class
+    that the copy shares with the original, and so break the original.)"""
+    if not parametrize.is_parametrized(module):
+        return
+    values = {name: getattr(module, name).detach().clone() for name in module.parametrizations.keys()}
+    module.__class__ = module.__class__.__bases__[0]  # parametrize's generated subclass -> the module's own
+    del module._modules["parametrizations"]
+    for name, value in values.items():
+        module.register_parameter(name, nn.Parameter(value))
+
+
+def _remove_activation_fake_quant(module) -> None:
+    """``module`` without the activations' fake-quant this method attached (hooks and modules)."""
+    for hooks, hook in ((module._forward_pre_hooks, _input_hook), (module._forward_hooks, _output_hook)):
+        for key in [key for key, fn in hooks.items() if fn is hook]:
+            del hooks[key]
+    for name in ("input_fake_quant", "output_fake_quant"):
+        if name in module._modules:
+            del module._modules[name]
+
+
 def quantized_linears(model) -> dict:
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
 
@@ -146,6 +169,10 @@ class Quantization(Method):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"quantization_group_size: expected a positive integer, got {value!r}")
 
+    #: Every linear layer is quantized, the other methods' included: they attach first.
+    attach_after = ("use_koopman", "use_physics_informed", "use_act", "use_multi_scale", "use_sparse_bk",
+                    "use_early_exit", "use_spectral_z")
+
     @classmethod
     def attach(cls, model, config) -> None:
         for name, module in quantized_linears(model).items():
@@ -184,27 +211,65 @@ class Quantization(Method):
 
 
 def float_copy(model):
-    """A plain float32 model with ``model``'s effective weights (no parametrizations, no hooks),
-    its LM head a plain ``nn.Linear`` (what torch's quantized kernels accept)."""
-    plain = build_model(model.options)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in effective_state_dict(model).items()}
-    # Other methods' training aids (Koopman lifts, energy MLPs) are not part of the forward.
-    missing = plain.load_state_dict(state, strict=False).missing_keys
-    if missing:
-        raise RuntimeError(f"float_copy: the model's state lacks {', '.join(missing)}")
+    """A float32 copy of ``model`` that computes with its effective weights: every
+    parametrization (fake-quant rounding, pruning masks) baked into the weight and removed, the
+    activations' fake-quant switched off, the LM head a plain ``nn.Linear`` (what torch's
+    quantized kernels accept). Every attached module comes along, so the copy runs the same
+    forward; the methods' training aids (Koopman lifts, energy MLPs) are carried, not used."""
+    was_training = model.training
+    model.eval()  # in training, reading a fake-quantized weight would update its observer
+    try:
+        plain = copy.deepcopy(model, _last_forward_left_behind(model))
+        for module in plain.modules():
+            _bake_parametrizations(module)
+            _remove_activation_fake_quant(module)
+    finally:
+        model.train(was_training)
+    plain = plain.float()
     head = nn.Linear(plain.lm_head.in_features, plain.lm_head.out_features, bias=plain.lm_head.bias is not None)
-    head.load_state_dict(plain.lm_head.state_dict())
+    with torch.no_grad():
+        head.weight.copy_(plain.lm_head.weight)
+        if head.bias is not None:
+            head.bias.copy_(plain.lm_head.bias)
     plain.lm_head = head
     return plain.eval()
 
 
+def _last_forward_left_behind(model) -> dict:
+    """A ``deepcopy`` memo that copies what the modules kept of the last forward (auxiliary losses,
+    block states: tensors inside an autograd graph, which cannot be deep-copied) as nothing."""
+    memo = {}
+
+    def transient(value) -> bool:
+        if isinstance(value, torch.Tensor):
+            return value.grad_fn is not None
+        return isinstance(value, (list, tuple)) and any(transient(v) for v in value)
+
+    for module in model.modules():
+        for value in vars(module).values():
+            if transient(value):
+                memo[id(value)] = None if isinstance(value, torch.Tensor) else type(value)()
+    return memo
+
+
+@contextlib.contextmanager
+def quantized_engine(name: str = _QCONFIG_BACKEND):
+    """torch's quantized engine set to ``name`` within, and the previous one back after."""
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = name
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
 def quantize_for_inference(plain):
-    """torch's dynamic INT8 quantization of the linear layers (per channel) and the embeddings."""
+    """torch's dynamic INT8 quantization of the linear layers (per channel) and the embeddings
+    (run it, and the quantized model, inside ``quantized_engine()``)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from torch.ao import quantization as tq
 
-        torch.backends.quantized.engine = _QCONFIG_BACKEND
         return tq.quantize_dynamic(copy.deepcopy(plain), {nn.Linear: tq.per_channel_dynamic_qconfig,
                                                           nn.Embedding: tq.float_qparams_weight_only_qconfig})
 
@@ -215,14 +280,15 @@ def int8_inference(state) -> dict:
     config = state.config.replace(fused_head=False)
     device = torch.device("cpu")
     plain = float_copy(state.model).to(device)
-    quantized = quantize_for_inference(plain)
     figures = {}
-    for key, model in (("float_inference", plain), ("int8_inference", quantized)):
-        start = time.perf_counter()
-        nll, count = evaluate(model, state.corpus.valid, config, device, max_tokens=config.method_eval_tokens)
-        elapsed = time.perf_counter() - start
-        figures[key] = {"perplexity": math.exp(nll), "tokens": count, "tokens_per_second": count / max(elapsed, 1e-9),
-                        "seconds": elapsed}
+    with quantized_engine():
+        quantized = quantize_for_inference(plain)
+        for key, model in (("float_inference", plain), ("int8_inference", quantized)):
+            start = time.perf_counter()
+            nll, count = evaluate(model, state.corpus.valid, config, device, max_tokens=config.method_eval_tokens)
+            elapsed = time.perf_counter() - start
+            figures[key] = {"perplexity": math.exp(nll), "tokens": count,
+                            "tokens_per_second": count / max(elapsed, 1e-9), "seconds": elapsed}
     figures["inference_path"] = ("torch.ao.quantization.quantize_dynamic (fbgemm): INT8 per-channel weights, activations "
                                  "quantized per batch at run time; embeddings weight-only 8-bit; the BK-Core, norms "
                                  "and the softmax in float32")

@@ -21,12 +21,49 @@ Propagating Gradients Through Stochastic Neurons"); learned token skipping as in
 2024, "Mixture-of-Depths".
 """
 
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
 from .base import Method, check_number
 from .evaluation import record_evaluation
 
 
+class SparseGate(nn.Module):
+    """The gate attached to a BK-Core mixer (its ``gate`` extension point): from each position's
+    own state, keep (1) or skip (0); hard in the forward, the sigmoid's gradient straight through
+    in the backward. ``aux_loss``: the squared distance of the mean keep probability from
+    ``1 - target``."""
+
+    aux_loss_name = "sparsity"
+
+    def __init__(self, d_model: int, target: float):
+        super().__init__()
+        self.score = nn.Linear(d_model, 1)
+        self.target = target
+        self.aux_loss: Optional[Tensor] = None
+        self._kept_fraction: Optional[Tensor] = None  # a tensor: no device sync in the forward
+
+    def forward(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        prob = torch.sigmoid(self.score(rows).float()).squeeze(-1)
+        keep = prob > 0.5
+        keep_st = keep.to(prob.dtype) + prob - prob.detach()
+        self.aux_loss = (prob.mean() - (1.0 - self.target)) ** 2
+        self._kept_fraction = keep.float().mean().detach()
+        return keep, keep_st
+
+    @property
+    def realised_sparsity(self) -> Optional[float]:
+        """Fraction of positions gated off in the last forward."""
+        return None if self._kept_fraction is None else 1.0 - float(self._kept_fraction)
+
+
 def mean_sparsity(model) -> float:
-    values = [b.bk.realised_sparsity for b in model.blocks if b.bk.realised_sparsity is not None]
+    values = [b.bk.gate.realised_sparsity for b in model.blocks
+              if b.bk.gate is not None and b.bk.gate.realised_sparsity is not None]
     return sum(values) / len(values) if values else 0.0
 
 
@@ -43,8 +80,9 @@ class SparseBK(Method):
         check_number(config, "sparsity_weight", low=0.0)
 
     @classmethod
-    def configure_model(cls, options, config):
-        return options.replace(sparse_bk=True, sparse_bk_target=config.sparse_bk_target)
+    def attach(cls, model, config) -> None:
+        for block in model.blocks:
+            block.bk.gate = model.init_attached(SparseGate(config.d_model, config.sparse_bk_target))
 
     def __init__(self, config):
         super().__init__(config)

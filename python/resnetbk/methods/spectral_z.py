@@ -10,7 +10,8 @@ Why: with ``z = i`` the causal recursion forgets about 4x per position (``|dg_k/
 |g_k|^2``, about 0.25), so ResNet-BK is a near-local model; a channel with a small ``eta`` can
 carry its state much further, as state-space models do with their learnt step sizes. The
 resolvent stays causal and bounded (``|G| <= 1/eta``; ``eta`` is floored at
-``resnetbk.models.resnet_bk.ETA_FLOOR``), and the exact O(N) gradient covers ``z``.
+``ETA_FLOOR``), and the exact O(N) gradient covers ``z``. ``SpectralShift`` is attached to
+every mixer as its ``shift`` extension point.
 
 Records: each block's learnt ``E`` and ``eta`` per channel at evaluation. The ablation compares
 the context reach (``resnetbk.context_reach``) with the baseline's.
@@ -26,13 +27,38 @@ Paper: the idea of learnt, log-spaced time scales comes from the state-space mod
 2023, "Mamba" (input-independent log-spaced initialisation of the step size).
 """
 
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
 from .base import Method, check_int, check_number
+
+#: The smallest eta a learnt spectral parameter may reach: keeps ``|G| <= 1/eta`` at most 1e4,
+#: well inside float32 for the forward and the adjoint.
+ETA_FLOOR = 1e-4
 
 #: The context-reach distances the ablation's verdict compares (relative sensitivity).
 REACH_DISTANCES = (8, 32)
 #: A test perplexity this many percent lower than the baseline's counts as a gain (smaller
 #: changes are within what a different seed moves).
 PERPLEXITY_GAIN_PERCENT = 1.0
+
+
+class SpectralShift(nn.Module):
+    """``z = E + i*eta`` per channel: ``E`` learnable from 0 (the fixed ``z = i``'s real part),
+    ``eta`` learnable on a log scale from values log-spaced over ``[eta_min, eta_max]``, floored
+    at ``ETA_FLOOR``."""
+
+    def __init__(self, channels: int, eta_min: float, eta_max: float):
+        super().__init__()
+        self.energy = nn.Parameter(torch.zeros(channels))
+        self.log_eta = nn.Parameter(torch.linspace(math.log(eta_min), math.log(eta_max), channels))
+
+    def forward(self) -> Tensor:
+        return torch.complex(self.energy, self.log_eta.exp().clamp(min=ETA_FLOOR))
 
 
 class SpectralZ(Method):
@@ -52,7 +78,12 @@ class SpectralZ(Method):
     @classmethod
     def configure_model(cls, options, config):
         channels = config.spectral_channels or options.bk_channels
-        return options.replace(spectral_z=True, bk_channels=channels, eta_min=config.eta_min, eta_max=config.eta_max)
+        return options.replace(bk_channels=channels)
+
+    @classmethod
+    def attach(cls, model, config) -> None:
+        for block in model.blocks:
+            block.bk.shift = SpectralShift(block.bk.channels, config.eta_min, config.eta_max)
 
     def on_evaluation(self, state) -> None:
         blocks = []

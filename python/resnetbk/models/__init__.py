@@ -26,11 +26,7 @@ def build_model(options: ModelOptions) -> LanguageModel:
         blocks = [MambaBlock(o.d_model, o.mamba_d_state, mamba_inner(o), o.mamba_layers_per_block)
                   for _ in range(o.n_layers)]
     else:
-        blocks = [
-            ResNetBKBlock(o.d_model, o.num_experts, o.dropout, o.bk_channels, o.bk_mode, o.potential_limit, o.bk_grad,
-                          o.sparse_bk, o.sparse_bk_target, o.spectral_z, o.eta_min, o.eta_max)
-            for _ in range(o.n_layers)
-        ]
+        blocks = [ResNetBKBlock(o.d_model, **resnet_bk_block_options(o)) for _ in range(o.n_layers)]
     model = LanguageModel(o, blocks)
     if o.architecture == "mamba" and o.mamba_cuda:
         for block in model.blocks:
@@ -38,9 +34,14 @@ def build_model(options: ModelOptions) -> LanguageModel:
     return model
 
 
+def resnet_bk_block_options(o: ModelOptions) -> dict:
+    """``ResNetBKBlock``'s keyword arguments from the model's options."""
+    return dict(num_experts=o.num_experts, dropout=o.dropout, channels=o.bk_channels, mode=o.bk_mode,
+                potential_limit=o.potential_limit, grad=o.bk_grad)
+
+
 def _resnet_bk_block_parameters(options: ModelOptions) -> int:
-    reference = ResNetBKBlock(options.d_model, options.num_experts, options.dropout, options.bk_channels,
-                              options.bk_mode, options.potential_limit, options.bk_grad)
+    reference = ResNetBKBlock(options.d_model, **resnet_bk_block_options(options))
     return sum(p.numel() for p in reference.parameters())
 
 

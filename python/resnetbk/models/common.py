@@ -1,9 +1,17 @@
 """What both language models share: token + learned position embeddings, a stack of residual
 blocks, a final LayerNorm and the LM head (optionally tied to the token embedding).
 
-The blocks run as *stages*: one block each, or the multi-scale option's shortened middle group.
-With per-token depth (ACT halting, confident early exit) a ``PerTokenDepth`` runs the stages
-and decides, per position, where to stop.
+The blocks run as *stages*: one block each by default. The optimization methods change the
+model only through these declared extension points, set when they attach (``resnetbk.methods``):
+
+* ``stage_ranges`` and ``shortened``: stages of several blocks that run through a module of the
+  form ``shortened(x, blocks, active)`` (multi-scale's shortened middle group);
+* ``depth``: a module ``depth(x, stages)`` that runs the stages and decides, per position, where
+  to stop (ACT halting, confident early exit);
+* ``stage_overrides``: ``{first block: fn(x, active)}`` run instead of a stage (Koopman mode);
+* inside the blocks, the BK-Core mixer's ``gate`` and ``shift`` (``models.resnet_bk``);
+* a submodule with an ``aux_loss_name`` contributes its ``aux_loss`` to ``aux_losses()``;
+* ``init_attached(module)``: the model's initialisation for a module attached later.
 """
 
 from __future__ import annotations
@@ -16,9 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .depth import PerTokenDepth
 from .head import IGNORE_INDEX, LMHead
-from .multi_scale import ShortenedGroup
 from .options import ModelOptions
 from .transformer import sinusoidal_positions
 
@@ -40,12 +46,11 @@ class LanguageModel(nn.Module):
                              if options.word_lm_transformer else None, persistent=False)
         self.dropout = nn.Dropout(options.dropout)
         self.blocks = nn.ModuleList(blocks)
-        self.stage_ranges = options.stage_ranges()
-        self.shortened = ShortenedGroup(d_model) if options.multi_scale else None
-        self.depth = (PerTokenDepth(d_model, len(self.stage_ranges), act=options.act,
-                                    act_threshold=options.act_threshold, act_bias_init=options.act_bias_init,
-                                    early_exit=options.early_exit)
-                      if options.per_token_depth else None)
+        # The extension points (see the module's doc); the methods set them when they attach.
+        self.stage_ranges: list = [(i, i + 1, False) for i in range(options.n_layers)]  # (first, stop, shortened)
+        self.shortened: Optional[nn.Module] = None
+        self.depth: Optional[nn.Module] = None
+        self.stage_overrides: dict = {}
         self.final_norm = nn.LayerNorm(d_model) if options.final_norm else nn.Identity()
         self.lm_head = LMHead(d_model, options.vocab_size, bias=options.head_bias)
         if options.tie_embeddings:
@@ -58,9 +63,19 @@ class LanguageModel(nn.Module):
                 self.lm_head.weight.uniform_(-0.1, 0.1)
                 if self.lm_head.bias is not None:
                     self.lm_head.bias.zero_()
-        for module in [self.depth, *self.blocks]:
+        for module in self.blocks:
             if hasattr(module, "reset_parameters_after_init"):  # inits the model-wide one must not override
                 module.reset_parameters_after_init()
+
+    def init_attached(self, module: nn.Module) -> nn.Module:
+        """``module`` (attached by a method after the model was built) initialised as the model's
+        own modules were (``options.init``), then by its own ``reset_parameters_after_init``."""
+        if self.options.init == "normal":
+            module.apply(_init_weights)
+        for sub in module.modules():
+            if hasattr(sub, "reset_parameters_after_init"):
+                sub.reset_parameters_after_init()
+        return module
 
     def forward(self, tokens: Tensor, targets: Optional[Tensor] = None, *, features_only: bool = False,
                 fused_head: bool = True):
@@ -110,6 +125,8 @@ class LanguageModel(nn.Module):
         return x
 
     def _stage(self, first: int, stop: int, shortened: bool):
+        if first in self.stage_overrides:
+            return self.stage_overrides[first]
         if shortened:
             return lambda x, active: self.shortened(x, self.blocks[first:stop], active)
         block = self.blocks[first]
@@ -144,21 +161,14 @@ class LanguageModel(nn.Module):
                 block.carry, block.state = carry, state
 
     def aux_losses(self) -> dict:
-        """The auxiliary losses of the last forward, by name (unweighted): ``load_balance`` (the MoE
-        routers), ``sparsity`` (sparse BK-Core gates), ``ponder`` (ACT)."""
+        """The auxiliary losses of the last forward, by name (unweighted), summed over the modules
+        that declare one (``aux_loss_name``): ``load_balance`` (the MoE routers), and those of the
+        methods' attached modules (``sparsity``, ``ponder``, ...)."""
         losses = {}
-
-        def add(name: str, value: Optional[Tensor]) -> None:
-            if value is not None:
+        for module in self.modules():
+            name, value = getattr(module, "aux_loss_name", None), getattr(module, "aux_loss", None)
+            if name is not None and value is not None:
                 losses[name] = losses[name] + value if name in losses else value
-
-        for block in self.blocks:
-            add("load_balance", getattr(block, "aux_loss", None))
-            mixer = getattr(block, "bk", None)
-            if mixer is not None and mixer.gate is not None:
-                add("sparsity", mixer.sparsity_loss)
-        if self.depth is not None:
-            add("ponder", self.depth.ponder)
         return losses
 
     def parameter_counts(self) -> dict:

@@ -1,7 +1,8 @@
 """``ModelOptions``: everything ``build_model`` needs, in one place (the FLOPs estimate reads it too).
 
-The benchmark derives it from its config (``resnetbk.bench.config.model_options``): the base
-fields, then each enabled optimization method's ``configure_model``.
+The benchmark derives it from its config (``resnetbk.bench.config.model_options``). No
+optimization method has a field here: a method changes the built model through its declared
+extension points when it attaches (``models.common``, ``models.resnet_bk``).
 """
 
 from __future__ import annotations
@@ -54,29 +55,12 @@ class ModelOptions:
     mamba_layers_per_block: int = 2
     #: The scan through mamba-ssm's CUDA kernel (CUDA and the mamba-ssm package needed).
     mamba_cuda: bool = False
-    # Set by the optimization methods (resnetbk.methods), ResNet-BK only.
-    act: bool = False  # per-token adaptive computation time over the blocks
-    act_threshold: float = 0.99  # a token halts once its cumulative halting probability reaches this
-    act_bias_init: float = 1.0  # initial bias of the halting units (sigmoid(1) = 0.73: about 2 blocks at first)
-    multi_scale: bool = False  # the middle blocks run on a causally 2x-shortened sequence
-    sparse_bk: bool = False  # a learned per-position gate on the BK-Core's potential and read-out
-    sparse_bk_target: float = 0.5  # the sparsity the gate is pulled towards
-    early_exit: bool = False  # an exit (sharing the LM head) and a confidence head after every block
-    spectral_z: bool = False  # a learnable z = E + i*eta per BK-Core channel instead of z = i
-    eta_min: float = 1e-3  # the spectral channels' eta starts log-spaced over [eta_min, eta_max]
-    eta_max: float = 1.0
 
     def __post_init__(self) -> None:
         for name, allowed in (("architecture", ARCHITECTURES), ("init", INITS),
                               ("transformer_style", TRANSFORMER_STYLES), ("bk_grad", BK_GRADS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {getattr(self, name)!r}")
-        if self.architecture != "resnet_bk":
-            used = [name for name in ("act", "multi_scale", "sparse_bk", "early_exit", "spectral_z")
-                    if getattr(self, name)]
-            if used:
-                raise ValueError(f"{', '.join(used)}: only ResNet-BK supports these options, got architecture "
-                                 f"{self.architecture!r}")
         for name in ("mamba_d_state", "mamba_layers_per_block"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -85,11 +69,6 @@ class ModelOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name}: expected 0 (matched) or a positive integer, got {value!r}")
-        if self.spectral_z and not 0 < self.eta_min <= self.eta_max:
-            raise ValueError(f"eta_min, eta_max: expected 0 < eta_min <= eta_max, got {self.eta_min!r}, {self.eta_max!r}")
-        if self.multi_scale and self.n_layers < 3:
-            raise ValueError(f"multi_scale: needs n_layers >= 3 (full-resolution blocks around shortened middle "
-                             f"blocks), got n_layers = {self.n_layers}")
 
     def replace(self, **changes) -> ModelOptions:
         return dataclasses.replace(self, **changes)
@@ -104,18 +83,3 @@ class ModelOptions:
     def word_lm_transformer(self) -> bool:
         """The word_language_model example's Transformer (``transformer_style``)."""
         return self.architecture == "transformer" and self.transformer_style == "word_language_model"
-
-    @property
-    def per_token_depth(self) -> bool:
-        """Whether tokens may stop before the last block (ACT halting or confident early exit)."""
-        return self.act or self.early_exit
-
-    def stage_ranges(self) -> list:
-        """The blocks grouped into stages ``(first, stop, shortened)``: one block per stage, except the
-        multi-scale middle, which is one stage of ``n_layers - 2k`` blocks at half resolution
-        (``k = max(1, n_layers // 4)`` full-resolution blocks on each side)."""
-        if not self.multi_scale:
-            return [(i, i + 1, False) for i in range(self.n_layers)]
-        k = max(1, self.n_layers // 4)
-        outer = [(i, i + 1, False) for i in range(k)]
-        return outer + [(k, self.n_layers - k, True)] + [(i, i + 1, False) for i in range(self.n_layers - k, self.n_layers)]

@@ -5,27 +5,22 @@ Each block: LayerNorm -> mixture-of-experts feed-forward -> potential ``v = v_pr
 ``G = bk_core(H, z = i)`` -> ``(Re G, Im G)`` -> ``output_proj`` scaled by a learnable
 ``bk_scale``, added to the feed-forward output; the sum is the block's residual update.
 
-With ``spectral`` (the ``use_spectral_z`` method) every channel has its own learnable
-``z = E + i*eta`` instead of the fixed ``z = i``: ``E`` starts at 0 (fixed z's real part), ``eta``
-is learnt on a log scale and starts log-spaced over ``[eta_min, eta_max]``. Why it matters: the
-causal recursion ``g_k = 1/(a_k - z - g_{k-1})`` forgets the past at the rate
-``|dg_k/dg_{k-1}| = |g_k|^2``, about 0.25 a step at ``z = i``; a small ``eta`` lets ``|g_k|``
-approach 1, so a channel can remember far back, while ``Im(a_k - z - g_{k-1}) <= -eta`` keeps
-``|g_k| <= 1/eta`` (bounded, no overflow).
+Extension points for the optimization methods (``resnetbk.methods``), which set them when they
+attach:
 
-Two options serve the optimization methods:
-
-* ``active`` (a bool per position, or None): only active positions get the feed-forward work
-  and an update (the rows are gathered, computed and scattered back); the others keep their
-  state, and the BK-Core recursion still runs over the complete sequence. This is how halted
-  (ACT) or exited (early exit) tokens really skip later blocks.
-* ``sparse`` (``BKMixer``): a learned per-position gate; gated-off positions get potential 0,
-  skip the potential projection and the read-out, and the BK-Core skips their read-out.
+* ``active`` (a bool per position, or None, passed to a block): only active positions get the
+  feed-forward work and an update (the rows are gathered, computed and scattered back); the
+  others keep their state, and the BK-Core recursion still runs over the complete sequence.
+  This is how halted (ACT) or exited (early exit) tokens really skip later blocks.
+* ``BKMixer.gate``: a module ``gate(rows) -> (keep, keep_st)`` (a bool per position and its
+  straight-through weight); gated-off positions get potential 0, skip the potential projection
+  and the read-out, and the BK-Core skips their read-out (sparse BK-Core).
+* ``BKMixer.shift``: a module ``shift() -> z`` per channel instead of the fixed ``z = i``
+  (spectral z).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -36,9 +31,6 @@ from ..core import bk_core
 
 #: The Laplacian's diagonal and off-diagonal entries (H0).
 LAPLACIAN_DIAG, LAPLACIAN_OFF = -2.0, 1.0
-#: The smallest eta a learnt spectral parameter may reach: keeps ``|G| <= 1/eta`` at most 1e4,
-#: well inside float32 for the forward and the adjoint.
-ETA_FLOOR = 1e-4
 
 
 def scatter_rows(rows: Tensor, values: Tensor, total: int, like: Tensor) -> Tensor:
@@ -55,6 +47,8 @@ class MoEFeedForward(nn.Module):
     ``E * sum_e f_e P_e`` (f: fraction of tokens routed to e, P: mean router probability of e).
     """
 
+    aux_loss_name = "load_balance"
+
     def __init__(self, d_model: int, num_experts: int):
         super().__init__()
         self.router = nn.Linear(d_model, num_experts)
@@ -63,15 +57,9 @@ class MoEFeedForward(nn.Module):
             for _ in range(num_experts)
         )
         self.aux_loss: Tensor | None = None
-        # Expert removal (the pruning method): a removed expert can no longer be chosen.
-        self.register_buffer("expert_alive", torch.ones(num_experts, dtype=torch.bool))
-        # Tokens routed to each expert in training (the pruning method reads and resets them).
-        self.register_buffer("routed_tokens", torch.zeros(num_experts))
 
     def forward(self, flat: Tensor) -> Tensor:
-        logits = self.router(flat)
-        if False in self.expert_alive.tolist():  # read on the host: no op for the FLOPs trace
-            logits = logits.masked_fill(~self.expert_alive, float("-inf"))
+        logits = self.router(flat)  # (a method may hook the router: pruning masks removed experts)
         probs = F.softmax(logits, dim=-1)
         chosen_prob, chosen = probs.max(dim=-1)
         out = torch.zeros_like(flat)
@@ -82,8 +70,6 @@ class MoEFeedForward(nn.Module):
         num_experts = len(self.experts)
         if flat.shape[0]:
             counts = torch.bincount(chosen, minlength=num_experts)
-            if self.training:
-                self.routed_tokens += counts.detach().to(self.routed_tokens.dtype)
             fraction = counts.to(probs.dtype) / chosen.numel()
             self.aux_loss = num_experts * (fraction * probs.mean(dim=0)).sum()
         else:
@@ -94,38 +80,23 @@ class MoEFeedForward(nn.Module):
 class BKMixer(nn.Module):
     """The BK-Core mixer: ``channels`` independent tridiagonal systems driven by the block's input."""
 
-    def __init__(self, d_model: int, channels: int, mode: str, potential_limit: float, grad: str = "exact",
-                 sparse: bool = False, sparse_target: float = 0.5, spectral: bool = False,
-                 eta_min: float = 1e-3, eta_max: float = 1.0):
+    def __init__(self, d_model: int, channels: int, *, mode: str = "causal", potential_limit: float = 3.0,
+                 grad: str = "exact"):
         super().__init__()
+        self.channels = channels
         self.mode = mode
         self.potential_limit = potential_limit
         self.grad = grad
         self.v_proj = nn.Linear(d_model, channels)
         self.output_proj = nn.Linear(2 * channels, d_model)
         self.bk_scale = nn.Parameter(torch.ones(()))
-        # Spectral parameters: z = E + i*eta per channel (see the module's doc); None: z = i.
-        self.energy = self.log_eta = None
-        if spectral:
-            self.energy = nn.Parameter(torch.zeros(channels))
-            self.log_eta = nn.Parameter(torch.linspace(math.log(eta_min), math.log(eta_max), channels))
-        # Sparse BK-Core: a gate from each position's own state; 1 = compute, 0 = skip.
-        self.gate = nn.Linear(d_model, 1) if sparse else None
-        self.sparse_target = sparse_target
-        self.sparsity_loss: Tensor | None = None
-        self._kept_fraction: Tensor | None = None  # a tensor: no device sync in the forward
-
-    @property
-    def realised_sparsity(self) -> float | None:
-        """Fraction of positions gated off in the last forward."""
-        return None if self._kept_fraction is None else 1.0 - float(self._kept_fraction)
+        # Extension points (see the module's doc): None = every position, z = i.
+        self.gate: Optional[nn.Module] = None
+        self.shift: Optional[nn.Module] = None
 
     def spectral_z(self) -> Tensor | complex:
-        """The shift ``z``: ``(channels,)`` complex with spectral parameters, else ``1j``."""
-        if self.energy is None:
-            return 1j
-        eta = self.log_eta.exp().clamp(min=ETA_FLOOR)
-        return torch.complex(self.energy, eta)
+        """The shift ``z``: ``shift()`` (``(channels,)`` complex) where one is attached, else ``1j``."""
+        return 1j if self.shift is None else self.shift()
 
     def _potential(self, h: Tensor) -> Tensor:
         # A soft clamp (tanh) bounds the potential yet keeps its gradient everywhere.
@@ -140,15 +111,10 @@ class BKMixer(nn.Module):
             v = self._potential(flat)
             keep_st = None
         else:
-            prob = torch.sigmoid(self.gate(flat).float()).squeeze(-1)
-            keep = prob > 0.5
-            # Straight-through: the forward uses the hard 0/1 gate, the backward the sigmoid's gradient.
-            keep_st = keep.to(prob.dtype) + prob - prob.detach()
+            keep, keep_st = self.gate(flat)
             kept = keep.nonzero(as_tuple=True)[0]
             v_kept = self._potential(flat[kept]) * keep_st[kept, None].to(flat.dtype)
             v = scatter_rows(kept, v_kept, b * n, flat)
-            self.sparsity_loss = (prob.mean() - (1.0 - self.sparse_target)) ** 2
-            self._kept_fraction = keep.float().mean().detach()
             read = keep if read is None else read & keep
         diag = (LAPLACIAN_DIAG + v.view(b, n, -1)).transpose(1, 2)  # (B, C, N)
         if diag.dtype in (torch.float16, torch.bfloat16):  # under autocast the BK-Core stays float32
@@ -170,14 +136,12 @@ class ResNetBKBlock(nn.Module):
     """``x + dropout(f + bk(f))`` with ``f = moe(norm(x))``: the residual branch is dropped out as
     the Transformer drops each of its branches (the same regularisation where the parts match)."""
 
-    def __init__(self, d_model: int, num_experts: int, dropout: float, channels: int, mode: str,
-                 potential_limit: float, grad: str = "exact", sparse: bool = False, sparse_target: float = 0.5,
-                 spectral: bool = False, eta_min: float = 1e-3, eta_max: float = 1.0):
+    def __init__(self, d_model: int, *, num_experts: int = 4, dropout: float = 0.1, channels: int = 1,
+                 mode: str = "causal", potential_limit: float = 3.0, grad: str = "exact"):
         super().__init__()
         self.norm = nn.LayerNorm(d_model)
         self.moe = MoEFeedForward(d_model, num_experts)
-        self.bk = BKMixer(d_model, channels, mode, potential_limit, grad, sparse, sparse_target, spectral, eta_min,
-                          eta_max)
+        self.bk = BKMixer(d_model, channels, mode=mode, potential_limit=potential_limit, grad=grad)
         self.resid_dropout = nn.Dropout(dropout)
 
     @property

@@ -1,5 +1,10 @@
 """Per-token depth: tokens that stop before the last block, and really skip the later blocks' work.
 
+Shared by two methods (``use_act``, ``use_early_exit``): whichever attaches first sets the
+model's ``depth`` extension point to a ``PerTokenDepth`` (``attached_depth``), each then turns
+on its own mechanism. It runs the model's stages, so it attaches after multi-scale (which
+changes them).
+
 Two mechanisms, usable together, over the model's stages (a block, or the shortened middle
 group of the multi-scale option):
 
@@ -31,13 +36,14 @@ Stage = Callable[[Tensor, Optional[Tensor]], Tensor]
 
 
 class PerTokenDepth(nn.Module):
-    def __init__(self, d_model: int, n_stages: int, *, act: bool, act_threshold: float, act_bias_init: float,
-                 early_exit: bool):
+    aux_loss_name = "ponder"
+
+    def __init__(self, d_model: int, n_stages: int):
         super().__init__()
-        self.act_threshold = act_threshold
-        self.halting = nn.ModuleList(nn.Linear(d_model, 1) for _ in range(n_stages - 1)) if act else None
-        self.confidence = nn.ModuleList(nn.Linear(d_model, 1) for _ in range(n_stages - 1)) if early_exit else None
-        self._act_bias_init = act_bias_init
+        self.d_model, self.n_stages = d_model, n_stages
+        self.act_threshold = 1.0
+        self.halting: Optional[nn.ModuleList] = None  # ACT's halting units, one per stage but the last
+        self.confidence: Optional[nn.ModuleList] = None  # early exit's confidence heads, likewise
         #: Early exit at evaluation: None = every token runs every block.
         self.exit_threshold: Optional[float] = None
         # From the last forward:
@@ -45,11 +51,21 @@ class PerTokenDepth(nn.Module):
         self.exit_states: list = []
         self.blocks_per_token: Optional[Tensor] = None  # (B, N) blocks computed for each token
 
-    def reset_parameters_after_init(self) -> None:
-        """The halting bias sets how deep tokens go at first (the model's init zeroes biases)."""
-        if self.halting is not None:
-            for unit in self.halting:
-                nn.init.constant_(unit.bias, self._act_bias_init)
+    @property
+    def aux_loss(self) -> Optional[Tensor]:
+        return self.ponder
+
+    def halting_units(self, threshold: float) -> nn.ModuleList:
+        """ACT on: ``d -> 1`` halting units (the caller initialises them and sets their bias)."""
+        self.act_threshold = threshold
+        self.halting = nn.ModuleList(nn.Linear(self.d_model, 1) for _ in range(self.n_stages - 1))
+        return self.halting
+
+    def confidence_heads(self) -> nn.ModuleList:
+        """Early exit on: ``d -> 1`` confidence heads (the caller initialises them)."""
+        self.confidence = nn.ModuleList(nn.Linear(self.d_model, 1) for _ in range(self.n_stages - 1))
+        return self.confidence
+
 
     def forward(self, x: Tensor, stages: list[tuple[Stage, int]]) -> Tensor:
         """Runs ``stages`` (pairs ``(fn(x, active), number of blocks)``) with per-token stopping."""
@@ -90,3 +106,10 @@ class PerTokenDepth(nn.Module):
         self.blocks_per_token = blocks.view(b, n)
         self.ponder = (halted_at + ponder_remainder).mean() if act else None
         return output.view(b, n, d) if act else x
+
+
+def attached_depth(model) -> PerTokenDepth:
+    """The model's ``PerTokenDepth`` (its ``depth`` extension point), attached on first use."""
+    if model.depth is None:
+        model.depth = PerTokenDepth(model.options.d_model, len(model.stage_ranges))
+    return model.depth
