@@ -9,6 +9,7 @@ from resnetbk.bench.ablation import ablation_configs
 from resnetbk.bench.cli import main as cli_main
 from resnetbk.bench.config import PRESETS, BenchmarkConfig
 from resnetbk.hardware import slow_bf16_reason
+from resnetbk.methods.base import AblationRow
 
 
 def test_rows_are_the_baseline_each_implemented_method_alone_and_all_together(monkeypatch):
@@ -66,7 +67,7 @@ def test_ablation_writes_json_markdown_and_figure(ablation_run):
 
 
 def test_a_claim_the_measurement_does_not_bear_out_says_so():
-    base = {"row": "use_mixed_precision", "tokens_per_second_ratio": 0.6, "peak_memory_ratio": 1.1, "figures": {}}
+    base = AblationRow(row="use_mixed_precision", tokens_per_second_ratio=0.6, peak_memory_ratio=1.1)
     own, verdict = methods.BY_FLAG["use_mixed_precision"].assess(base)
     assert verdict.startswith("not borne out") and "0.60x speed" in verdict
 

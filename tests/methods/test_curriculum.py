@@ -77,14 +77,15 @@ def test_bad_hyperparameters_are_named(field, value, message):
 
 
 def test_the_steps_verdict_reads_both_validation_curves():
+    from resnetbk.methods.base import AblationRow
     from resnetbk.methods.curves import assess_steps
 
     base = [{"step": s, "tokens": 10 * s, "train_time": float(s), "perplexity": 100.0 / s} for s in (10, 20, 30)]
     fast = [{**p, "perplexity": p["perplexity"] / 3} for p in base]  # reaches 3.33 at step 10
-    assert assess_steps({"valid_curve": fast, "baseline_valid_curve": base}, 0.7, "30% fewer")[1] == "held"
+    assert assess_steps(AblationRow(valid_curve=fast, baseline_valid_curve=base), 0.7, "30% fewer")[1] == "held"
     slow = [{**p, "perplexity": p["perplexity"] * 2} for p in base]
-    assert assess_steps({"valid_curve": slow, "baseline_valid_curve": base}, 0.7, "30% fewer")[1].startswith(
+    assert assess_steps(AblationRow(valid_curve=slow, baseline_valid_curve=base), 0.7, "30% fewer")[1].startswith(
         "not borne out: never reached")
-    assert assess_steps({"valid_curve": base, "baseline_valid_curve": base}, 0.7, "30% fewer")[1] == (
+    assert assess_steps(AblationRow(valid_curve=base, baseline_valid_curve=base), 0.7, "30% fewer")[1] == (
         "not borne out: 1.00x the baseline's steps (claimed 30% fewer)")
-    assert assess_steps({"valid_curve": [], "baseline_valid_curve": base}, 0.7, "x")[1].startswith("not measured")
+    assert assess_steps(AblationRow(valid_curve=[], baseline_valid_curve=base), 0.7, "x")[1].startswith("not measured")

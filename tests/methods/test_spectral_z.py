@@ -16,6 +16,7 @@ from resnetbk.bench.config import model_options
 from resnetbk.bench.recipe import make_model
 from resnetbk.core.reference import dense_resolvent_diag
 from resnetbk.measure.context_reach import context_reach
+from resnetbk.methods.base import AblationRow
 from resnetbk.methods.spectral_z import ETA_FLOOR, SpectralShift
 from resnetbk.models import ModelOptions, build_model
 from resnetbk.models.resnet_bk import BKMixer
@@ -157,6 +158,6 @@ def test_small_eta_channels_reach_further_back_than_fixed_z_before_any_training(
 def test_the_verdict_needs_both_a_longer_reach_and_a_real_perplexity_gain(reach_ratio, change, verdict):
     base = {"relative": [1.0] + [1e-6] * 40}
     reach = {"relative": [1.0] + [1e-6 * reach_ratio] * 40}
-    row = {"context_reach": reach, "baseline_context_reach": base, "test_perplexity_change_percent": change}
+    row = AblationRow(context_reach=reach, baseline_context_reach=base, test_perplexity_change_percent=change)
     own, said = methods.BY_FLAG["use_spectral_z"].assess(row)
     assert said.startswith(verdict) and "reach at d = 8" in own

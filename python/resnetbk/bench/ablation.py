@@ -20,6 +20,7 @@ import math
 import platform
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ import torch
 from .. import methods
 from ..core import bk_core
 from ..jsonfile import write_json_atomic
+from ..methods.base import AblationRow
 from ..methods.mixed_precision import slow_precision_reason
 from ..train.results import BenchmarkResults
 from .config import OPTIMIZATION_FLAGS, model_config
@@ -137,43 +139,48 @@ def _forward_by_component(r: BenchmarkResults) -> dict:
     return {name: phases.get("forward", 0) for name, phases in table.items()}
 
 
+def measured_row(name: str, r: BenchmarkResults, base: BenchmarkResults, bk_op: dict) -> AblationRow:
+    """Run ``r`` measured against the baseline's results ``base``: what the methods assess."""
+    return AblationRow(
+        row=name, model_name=r.model_name, flags=[f for f in OPTIMIZATION_FLAGS if r.config.get(f)],
+        claim=methods.BY_FLAG[name].claim if name in methods.BY_FLAG else ("-" if name == BASELINE else
+                                                                            "all claims together"),
+        valid_perplexity=r.valid_perplexity, test_perplexity=r.test_perplexity,
+        valid_perplexity_change_percent=100 * (r.valid_perplexity / base.valid_perplexity - 1),
+        test_perplexity_change_percent=100 * (r.test_perplexity / base.test_perplexity - 1),
+        tokens_per_second=r.tokens_per_second, tokens_per_second_ratio=_ratio(r.tokens_per_second, base.tokens_per_second),
+        forward_flops_ratio=_ratio(r.forward_flops, base.forward_flops),
+        backward_flops_ratio=_ratio(r.backward_flops, base.backward_flops),
+        peak_memory_ratio=_ratio(r.peak_memory_mb, base.peak_memory_mb),
+        model_size_ratio=_ratio(r.model_size_mb, base.model_size_mb),
+        causal=r.causal, steps=r.steps, figures=r.methods.get(name, {}),
+        forward_flops_by_component=_forward_by_component(r), baseline_forward_flops_by_component=_forward_by_component(base),
+        bk_op=bk_op,
+        # Steps, time, tokens and compute to a perplexity (methods.curves).
+        valid_curve=r.valid_curve, baseline_valid_curve=base.valid_curve,
+        flops_per_step=r.total_flops_per_step, baseline_flops_per_step=base.total_flops_per_step,
+        context_reach=r.context_reach, baseline_context_reach=base.context_reach,
+    )
+
+
 def build_rows(results: dict, bk_op: dict) -> list:
-    """One dict per row, measured against the baseline's results."""
+    """One dict per row (for the JSON and the table): the measured row, the method's own figure
+    and its verdict."""
     base = results[BASELINE]
     rows = []
     for name, r in results.items():
-        row = {
-            "row": name, "model_name": r.model_name,
-            "flags": [f for f in OPTIMIZATION_FLAGS if r.config.get(f)],
-            "claim": methods.BY_FLAG[name].claim if name in methods.BY_FLAG else ("-" if name == BASELINE else
-                                                                                   "all claims together"),
-            "valid_perplexity": r.valid_perplexity, "test_perplexity": r.test_perplexity,
-            "valid_perplexity_change_percent": 100 * (r.valid_perplexity / base.valid_perplexity - 1),
-            "test_perplexity_change_percent": 100 * (r.test_perplexity / base.test_perplexity - 1),
-            "tokens_per_second": r.tokens_per_second,
-            "tokens_per_second_ratio": _ratio(r.tokens_per_second, base.tokens_per_second),
-            "forward_flops_ratio": _ratio(r.forward_flops, base.forward_flops),
-            "backward_flops_ratio": _ratio(r.backward_flops, base.backward_flops),
-            "peak_memory_ratio": _ratio(r.peak_memory_mb, base.peak_memory_mb),
-            "model_size_ratio": _ratio(r.model_size_mb, base.model_size_mb),
-            "causal": r.causal, "steps": r.steps, "figures": r.methods.get(name, {}),
-            "forward_flops_by_component": _forward_by_component(r),
-            "baseline_forward_flops_by_component": _forward_by_component(base), "bk_op": bk_op,
-            # Steps, time, tokens and compute to a perplexity (methods.curves).
-            "valid_curve": r.valid_curve, "baseline_valid_curve": base.valid_curve,
-            "flops_per_step": r.total_flops_per_step, "baseline_flops_per_step": base.total_flops_per_step,
-            "context_reach": r.context_reach, "baseline_context_reach": base.context_reach,
-        }
+        measured = measured_row(name, r, base, bk_op)
         if name in methods.BY_FLAG:
-            row["own_figure"], row["verdict"] = methods.BY_FLAG[name].assess(row)
+            own, verdict = methods.BY_FLAG[name].assess(measured)
         else:
-            row["own_figure"] = "; ".join(f"{flag}: {methods.BY_FLAG[flag].assess({**row, 'figures': r.methods.get(flag, {})})[0]}"
-                                          for flag in row["flags"] if r.methods.get(flag))
-            row["verdict"] = "reference" if name == BASELINE else "see each method's row"
-        # Lists per position and per step: kept in the runs' own results, not repeated per row.
+            own = "; ".join(f"{flag}: {methods.BY_FLAG[flag].assess(replace(measured, figures=r.methods[flag]))[0]}"
+                            for flag in measured.flags if r.methods.get(flag))
+            verdict = "reference" if name == BASELINE else "see each method's row"
+        row = asdict(measured)
+        # Lists per position: kept in the runs' own results, not repeated per row.
         for key in ("context_reach", "baseline_context_reach"):
             row.pop(key)
-        rows.append(row)
+        rows.append({**row, "own_figure": own, "verdict": verdict})
     return rows
 
 

@@ -70,7 +70,7 @@ class ACT(Method):
 
     @classmethod
     def assess(cls, row):
-        figures = row["figures"]
+        figures = row.figures
         fraction = figures.get("fraction_of_layers_used")
         if fraction is None:
             return "-", "not measured"
@@ -78,5 +78,5 @@ class ACT(Method):
         own = f"{blocks:.2f} of {figures['n_layers']} blocks per token at evaluation ({100 * (1 - fraction):.0f}% fewer)"
         held = fraction <= 0.7
         return own, ("held" if held else f"not borne out: {100 * (1 - fraction):.0f}% fewer blocks (claimed 30%)") + (
-            f"; forward FLOPs per training step {row['forward_flops_ratio']:.2f}x (the LM head and the BK-Core "
-            f"recursion still run for every token); test perplexity {row['test_perplexity_change_percent']:+.1f}%")
+            f"; forward FLOPs per training step {row.forward_flops_ratio:.2f}x (the LM head and the BK-Core "
+            f"recursion still run for every token); test perplexity {row.test_perplexity_change_percent:+.1f}%")

@@ -107,13 +107,13 @@ class ActiveLearning(Method):
 
     @classmethod
     def assess(cls, row):
-        figures, mine, base = row["figures"], row.get("valid_curve") or [], row.get("baseline_valid_curve") or []
+        figures, mine, base = row.figures, row.valid_curve or [], row.baseline_valid_curve or []
         if not figures or not mine or not base:
             return "-", "not measured (needs validation curves: set valid_curve_interval)"
         final = mine[-1]
         at_tokens = interpolate(base, "tokens", final["tokens"])
         # Equal total compute: the baseline's curve at the training FLOPs this run spent, scoring included.
-        per_step_base, per_step = row.get("baseline_flops_per_step"), row.get("flops_per_step")
+        per_step_base, per_step = row.baseline_flops_per_step, row.flops_per_step
         at_compute = None
         if per_step_base and per_step:
             compute = per_step * final["step"] + figures.get("scoring_flops", 0)

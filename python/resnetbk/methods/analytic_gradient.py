@@ -30,9 +30,9 @@ class AnalyticGradient(Method):
 
     @classmethod
     def assess(cls, row):
-        op = row.get("bk_op", {})
+        op = (row.bk_op or {})
         speedup = op.get("backward_speedup_exact_vs_autograd")
-        step = row["tokens_per_second_ratio"]
+        step = row.tokens_per_second_ratio
         own = (f"BK op backward {op.get('backward_ms_autograd', float('nan')):.2f} ms -> "
                f"{op.get('backward_ms_exact', float('nan')):.2f} ms ({speedup:.1f}x); whole step {step:.2f}x"
                if speedup else f"whole step {step:.2f}x")

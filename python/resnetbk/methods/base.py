@@ -17,10 +17,46 @@ Modelled on MosaicML Composer's algorithms and events, kept small. A method
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional
 
 from ..train.events import Event, Listener
 from ..validate import check_int, check_number
+
+
+@dataclass
+class AblationRow:
+    """One row of the ablation (``resnetbk.bench.ablation``): a run measured against the baseline
+    run, what a method's ``assess`` reads. Ratios are the row's figure over the baseline's;
+    ``figures`` are the method's own measurements (``results.methods[flag]``)."""
+
+    row: str = ""
+    model_name: str = ""
+    flags: list = field(default_factory=list)
+    claim: str = "-"
+    valid_perplexity: float = math.nan
+    test_perplexity: float = math.nan
+    valid_perplexity_change_percent: float = math.nan
+    test_perplexity_change_percent: float = math.nan
+    tokens_per_second: float = math.nan
+    tokens_per_second_ratio: float = math.nan
+    forward_flops_ratio: float = math.nan
+    backward_flops_ratio: float = math.nan
+    peak_memory_ratio: float = math.nan
+    model_size_ratio: float = math.nan
+    causal: Optional[bool] = None
+    steps: int = 0
+    figures: dict = field(default_factory=dict)
+    forward_flops_by_component: dict = field(default_factory=dict)
+    baseline_forward_flops_by_component: dict = field(default_factory=dict)
+    bk_op: dict = field(default_factory=dict)  # the BK op timed in the ablation's process
+    valid_curve: list = field(default_factory=list)
+    baseline_valid_curve: list = field(default_factory=list)
+    flops_per_step: Optional[float] = None
+    baseline_flops_per_step: Optional[float] = None
+    context_reach: Optional[dict] = None
+    baseline_context_reach: Optional[dict] = None
 
 
 class Method(Listener):
@@ -62,7 +98,7 @@ class Method(Listener):
         checkpoint is loaded."""
 
     @classmethod
-    def assess(cls, row: dict) -> tuple:
+    def assess(cls, row: AblationRow) -> tuple:
         """The ablation's verdict on the original claim from one measured row (see
         ``resnetbk.bench.ablation``): ``(own figure as words, verdict as words)``."""
         return "-", "not assessed"
@@ -76,4 +112,4 @@ class Method(Listener):
         return self.windows_per_epoch(self.config, windows)
 
 
-__all__ = ["Event", "Method", "check_int", "check_number"]
+__all__ = ["AblationRow", "Event", "Method", "check_int", "check_number"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from .base import AblationRow
+
 
 def first_reaching(curve: list, target: float) -> Optional[dict]:
     """The first point of ``curve`` at or below ``target`` perplexity (None if never)."""
@@ -18,11 +20,11 @@ def first_reaching(curve: list, target: float) -> Optional[dict]:
     return None
 
 
-def steps_to_baseline(row: dict) -> Optional[dict]:
+def steps_to_baseline(row: AblationRow) -> Optional[dict]:
     """Where the row's curve reaches the baseline's best curve perplexity, against where the
     baseline first reached it: ``{target, steps, baseline_steps, steps_ratio, time_ratio, ...}``;
     ``reached`` False when it never did (None when either curve is missing)."""
-    mine, base = row.get("valid_curve") or [], row.get("baseline_valid_curve") or []
+    mine, base = row.valid_curve or [], row.baseline_valid_curve or []
     if not mine or not base:
         return None
     target = min(p["perplexity"] for p in base)
@@ -50,7 +52,7 @@ def describe_steps(figures: Optional[dict]) -> str:
             f"{figures['time_ratio']:.2f}x the training time)")
 
 
-def assess_steps(row: dict, held_at: float, claim: str) -> tuple:
+def assess_steps(row: AblationRow, held_at: float, claim: str) -> tuple:
     """The ablation's ``(own figure, verdict)`` for a claim of fewer training steps: held when the
     row reaches the baseline's best perplexity in at most ``held_at`` times its steps."""
     figures = steps_to_baseline(row)

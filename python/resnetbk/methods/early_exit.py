@@ -90,7 +90,7 @@ class EarlyExit(Method):
 
     @classmethod
     def assess(cls, row):
-        figures = row["figures"]
+        figures = row.figures
         full = figures.get("all_blocks")
         if not full:
             return "-", "not measured"

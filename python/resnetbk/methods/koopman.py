@@ -157,16 +157,16 @@ class Koopman(Method):
 
     @classmethod
     def assess(cls, row):
-        figures = row["figures"]
+        figures = row.figures
         if "koopman_mode" not in figures:
             return "-", "not measured"
         k, n = figures["koopman_mode"], figures["normal"]
         own = (f"Koopman mode ppl {k['perplexity']:.1f} vs {n['perplexity']:.1f} normal (blocks "
                f"{figures['replaced_blocks']} replaced; forward FLOPs {k['forward_flops_per_token'] / n['forward_flops_per_token']:.2f}x); "
-               f"training backward FLOPs {row['backward_flops_ratio']:.2f}x, tokens/s {row['tokens_per_second_ratio']:.2f}x")
-        if row["backward_flops_ratio"] <= 0.01:
+               f"training backward FLOPs {row.backward_flops_ratio:.2f}x, tokens/s {row.tokens_per_second_ratio:.2f}x")
+        if row.backward_flops_ratio <= 0.01:
             return own, "held"
-        verdict = f"not borne out: the gradient costs {row['backward_flops_ratio']:.2f}x the baseline's (claimed 0.01x)"
+        verdict = f"not borne out: the gradient costs {row.backward_flops_ratio:.2f}x the baseline's (claimed 0.01x)"
         if k["perplexity"] > 1.1 * n["perplexity"]:
             verdict += "; the Koopman mode is no substitute for the blocks"
         return own, verdict

@@ -78,7 +78,7 @@ class MixedPrecision(Method):
 
     @classmethod
     def assess(cls, row):
-        speed, memory = row["tokens_per_second_ratio"], row["peak_memory_ratio"]
+        speed, memory = row.tokens_per_second_ratio, row.peak_memory_ratio
         own = f"tokens/s {speed:.2f}x, peak memory {memory:.2f}x"
         held = speed >= 2 and memory <= 0.5
         return own, ("held" if held else

@@ -89,8 +89,8 @@ class MultiScale(Method):
 
     @classmethod
     def assess(cls, row):
-        middle = row["figures"].get("shortened_blocks", [])
-        mine, theirs = row["forward_flops_by_component"], row["baseline_forward_flops_by_component"]
+        middle = row.figures.get("shortened_blocks", [])
+        mine, theirs = row.forward_flops_by_component, row.baseline_forward_flops_by_component
 
         def middle_flops(table):
             return sum(v for k, v in table.items() if any(k.startswith(f"blocks.{i}.") or k == f"blocks.{i}"
@@ -100,7 +100,7 @@ class MultiScale(Method):
             return "-", "not measured"
         ratio = middle_flops(theirs) / max(middle_flops(mine), 1e-9)
         own = (f"middle blocks' forward FLOPs per training step {ratio:.2f}x lower; "
-               f"step tokens/s {row['tokens_per_second_ratio']:.2f}x")
+               f"step tokens/s {row.tokens_per_second_ratio:.2f}x")
         held = ratio >= 2 * 0.95
         return own, ("held for the middle blocks' FLOPs" if held else f"not borne out: {ratio:.2f}x (claimed 2x)") + (
-            f"; test perplexity {row['test_perplexity_change_percent']:+.1f}%")
+            f"; test perplexity {row.test_perplexity_change_percent:+.1f}%")

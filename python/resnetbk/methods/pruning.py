@@ -231,7 +231,7 @@ class Pruning(Method):
 
     @classmethod
     def assess(cls, row):
-        figures = row["figures"]
+        figures = row.figures
         export = figures.get("export")
         if not export:
             return "-", "not measured"
@@ -241,4 +241,4 @@ class Pruning(Method):
                f"{len(figures['experts_removed'])} expert(s) removed; {size}")
         held = ratio >= 4 * 0.95
         return own, ("held" if held else f"not borne out: {ratio:.2f}x smaller (claimed 4x)") + (
-            f"; test perplexity {row['test_perplexity_change_percent']:+.1f}%")
+            f"; test perplexity {row.test_perplexity_change_percent:+.1f}%")

@@ -197,7 +197,7 @@ class Quantization(Method):
 
     @classmethod
     def assess(cls, row):
-        figures = row["figures"]
+        figures = row.figures
         export = figures.get("export")
         if not export:
             return "-", "not measured"

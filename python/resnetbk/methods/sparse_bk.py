@@ -105,11 +105,11 @@ class SparseBK(Method):
 
     @classmethod
     def assess(cls, row):
-        op = row.get("bk_op", {})
+        op = (row.bk_op or {})
         speedup = op.get("masked_speedup_at_half_sparsity")
-        sparsity = row["figures"].get("evaluation", {}).get("realised_sparsity")
+        sparsity = row.figures.get("evaluation", {}).get("realised_sparsity")
         own = (f"realised sparsity {sparsity:.2f}; BK op fwd+bwd at 50% mask {speedup:.2f}x; "
-               f"step tokens/s {row['tokens_per_second_ratio']:.2f}x") if speedup and sparsity is not None else "-"
+               f"step tokens/s {row.tokens_per_second_ratio:.2f}x") if speedup and sparsity is not None else "-"
         if speedup is None:
             return own, "not measured"
         return own, ("held" if speedup >= 1.8 else

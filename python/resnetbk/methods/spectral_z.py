@@ -94,8 +94,8 @@ class SpectralZ(Method):
 
     @classmethod
     def assess(cls, row):
-        reach, base = row.get("context_reach"), row.get("baseline_context_reach")
-        change = row["test_perplexity_change_percent"]
+        reach, base = row.context_reach, row.baseline_context_reach
+        change = row.test_perplexity_change_percent
         if not reach or not base:
             return f"test perplexity {change:+.1f}%", "not measured (no context reach in the results)"
         ratios = []
