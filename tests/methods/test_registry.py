@@ -114,9 +114,35 @@ def test_every_method_keeps_the_model_causal(flags):
         torch.testing.assert_close(model(a)[:, :13], model(b)[:, :13], rtol=0, atol=1e-6)
 
 
+#: What each model-changing method's own work looks like in a traced training step: components
+#: (module names, from the deterministic attribution) or ops that only it runs. A method that
+#: were ignored, or that changed the step some other way, would not show its own evidence.
+EVIDENCE = {
+    "use_analytic_gradient": ("op", "resnetbk.bk_core_backward"),
+    "use_koopman": ("component", "koopman.lift."),
+    "use_physics_informed": ("component", "energies."),
+    "use_quantization": ("op", "aten._fused_moving_avg_obs_fq_helper"),
+    "use_pruning": ("component", ".parametrizations.weight"),
+    "use_act": ("component", "depth.halting."),
+    "use_multi_scale": ("component", "shortened.shorten"),
+    "use_sparse_bk": ("component", ".bk.gate.score"),
+    "use_early_exit": ("component", "depth.confidence."),
+    "use_spectral_z": ("component", ".bk.shift"),
+}
+
+
+def test_every_model_changing_method_has_its_evidence_listed():
+    assert set(EVIDENCE) == set(MODEL_CHANGING)
+
+
+def _shows(report: dict, kind: str, what: str) -> bool:
+    names = report["by_op"] if kind == "op" else report["by_component"]
+    return any((name == what) if kind == "op" else (what in name) for name in names)
+
+
 @pytest.mark.parametrize("flag", MODEL_CHANGING)
 def test_each_flag_changes_what_is_computed(flag):
-    """A method that were ignored would leave the traced ops of a training step unchanged."""
+    """Each method's own work appears in the traced step exactly when its flag is on."""
     from resnetbk.flops import FlopsTracer
 
     reports = {}
@@ -135,7 +161,8 @@ def test_each_flag_changes_what_is_computed(flag):
             loss = nll + sum(model.aux_losses().values()) + sum(state.loss_terms.values())
             loss.backward()
         reports[on] = tracer.report()
-    assert reports[True]["by_op"] != reports[False]["by_op"]
+    kind, what = EVIDENCE[flag]
+    assert _shows(reports[True], kind, what) and not _shows(reports[False], kind, what)
     assert reports[True]["total"] != reports[False]["total"]
 
 
