@@ -46,6 +46,7 @@ def measure() -> dict:
     import resnetbk
     from resnetbk.bench.config import BenchmarkConfig, model_config
     from resnetbk.bench.recipe import make_model
+    from resnetbk.models import ModelOptions
     from resnetbk.train.optim import make_optimizer
     from resnetbk.train.step import train_step
 
@@ -66,7 +67,7 @@ def measure() -> dict:
     figures = {"bk": _median_ms(bk, 200), "bk after matmul": _median_ms(bk_after_matmul, 200)}
     for name in ("resnet_bk_baseline", "transformer_baseline"):
         torch.manual_seed(0)
-        config = model_config(name, BenchmarkConfig(dropout=0.0))
+        config = model_config(name, BenchmarkConfig(model=ModelOptions(dropout=0.0)))
         model = make_model(config, 33_278)
         optimizer = make_optimizer(model, config)
         tokens = torch.randint(33_278, (32, 128))

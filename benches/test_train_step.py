@@ -29,6 +29,7 @@ from resnetbk.bench.config import BenchmarkConfig, model_config
 from resnetbk.bench.recipe import make_model
 from resnetbk.flops import FlopsTracer
 from resnetbk.measure.memory import peak_rss_mb, reset_peak_rss
+from resnetbk.models import ModelOptions
 from resnetbk.train.optim import make_optimizer
 from resnetbk.train.step import train_step
 
@@ -57,7 +58,8 @@ def _window() -> tuple:
 
 
 def _stepper(architecture: str, fused: bool, traced: bool, folder):
-    base = BenchmarkConfig(d_model=D_MODEL, n_layers=LAYERS, n_seq=SEQ, batch_size=BATCH, device="cpu", fused_head=fused)
+    base = BenchmarkConfig(model=ModelOptions(d_model=D_MODEL, n_layers=LAYERS, n_seq=SEQ), batch_size=BATCH,
+                           device="cpu", fused_head=fused)
     config = model_config(ARCHITECTURES[architecture], base)
     torch.manual_seed(config.seed)
     model = make_model(config, VOCAB)

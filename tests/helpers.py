@@ -75,3 +75,11 @@ def oracle_case(batch: tuple, n: int, symmetric: bool, z, seed: int, mode: str) 
     same oracle, and the causal one (N dense inverses) is the slow part of the suite."""
     p = make_problem(batch=batch, n=n, symmetric=symmetric, z=z, seed=seed)
     return p, resnetbk.dense_resolvent_diag(*p.inputs(), mode)
+
+
+def make_config(**fields):
+    """A ``BenchmarkConfig`` from flat keyword fields (``d_model=16, use_act=True, epochs=2``),
+    each put in its place (``model``, ``methods``) by ``resnetbk.bench.config.nest``."""
+    from resnetbk.bench.config import BenchmarkConfig, nest
+
+    return BenchmarkConfig.from_dict(nest(fields))

@@ -30,8 +30,14 @@ def check_number(obj: Any, name: str, *, low: float, high: float = float("inf"),
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
     if too_low or too_high:
-        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-        raise ValueError(f"{name}: expected a number in {lo}{low}, {high}{hi}, got {value!r}")
+        if high == float("inf") and low == 0:
+            expected = "a positive number" if low_open else "a non-negative number"
+        elif high == float("inf"):
+            expected = f"a number {'>' if low_open else '>='} {low}"
+        else:
+            lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+            expected = f"a number in {lo}{low}, {high}{hi}"
+        raise ValueError(f"{name}: expected {expected}{' or null' if optional else ''}, got {value!r}")
 
 
 def check_choice(obj: Any, name: str, allowed: tuple) -> None:

@@ -14,21 +14,21 @@ from resnetbk.methods.base import AblationRow
 
 def test_rows_are_the_baseline_each_implemented_method_alone_and_all_together(monkeypatch):
     monkeypatch.setattr("resnetbk.methods.mixed_precision.slow_bf16_reason", lambda: None)  # a CPU with native bf16
-    rows = ablation_configs(BenchmarkConfig(**PRESETS["smoke"]))
+    rows = ablation_configs(BenchmarkConfig.from_dict(PRESETS["smoke"]))
     names = [name for name, _ in rows]
     assert names == ["baseline", *methods.FLAGS, "all"]
     for name, config in rows:
-        on = [f for f in methods.FLAGS if getattr(config, f)]
+        on = [f for f in methods.FLAGS if config.enabled(f)]
         expected = {"baseline": [], "all": list(methods.ORIGINAL_FLAGS)}.get(name, [name])
         assert on == expected, name
         assert config.seed == rows[0][1].seed and config.max_train_tokens == rows[0][1].max_train_tokens
 
 
 def test_rows_picks_some_rows_and_names_an_unknown_one():
-    rows = ablation_configs(BenchmarkConfig(**PRESETS["smoke"]), ["use_spectral_z"])
+    rows = ablation_configs(BenchmarkConfig.from_dict(PRESETS["smoke"]), ["use_spectral_z"])
     assert [name for name, _ in rows] == ["baseline", "use_spectral_z"]
     with pytest.raises(ValueError, match="--rows: expected method flags.*got use_nothing"):
-        ablation_configs(BenchmarkConfig(**PRESETS["smoke"]), ["use_nothing"])
+        ablation_configs(BenchmarkConfig.from_dict(PRESETS["smoke"]), ["use_nothing"])
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from helpers import make_config
 from resnetbk import data as wt2
 from resnetbk import methods
 from resnetbk.bench import BenchmarkConfig, BenchmarkResults, compare_results, model_config
@@ -16,12 +17,12 @@ from resnetbk.bench.recipe import train_model as train
 from resnetbk.measure.step_log import read_steps
 
 RESULT_FIELDS = {
-    "model_name", "config", "final_loss", "final_perplexity", "best_perplexity", "training_time", "forward_flops",
+    "model_name", "config", "training_time", "forward_flops",
     "backward_flops", "optimizer_flops", "total_flops_per_step", "total_training_flops", "peak_memory_mb",
     "model_size_mb", "epoch_losses", "epoch_perplexities", "epoch_times", "valid_perplexity", "test_perplexity",
     "best_valid_perplexity", "best_epoch", "train_loss", "train_perplexity", "tokens_per_second", "steps",
     "skipped_steps", "stopped_early", "vocab_size", "parameters", "non_embedding_parameters", "causal",
-    "perplexity_is_lm", "causality_probe", "peak_memory_method", "dataset", "device", "versions", "git_revision",
+    "causality_probe", "peak_memory_method", "dataset", "device", "versions", "git_revision",
     "flops_breakdown", "epoch_aux_losses", "methods", "schema_version", "peak_memory_above_baseline_mb",
     "throughput_method", "noncausal_perplexities", "valid_curve", "model_size_method", "context_reach",
 }
@@ -30,40 +31,69 @@ RESULT_FIELDS = {
 def smoke_config(tiny_data, **changes) -> BenchmarkConfig:
     fields = dict(PRESETS["smoke"], data_dir=str(tiny_data), device="cpu", threads=1)
     fields.update(changes)
-    return BenchmarkConfig.from_dict(fields)
+    return make_config(**fields)
 
 
 def test_config_rejects_unknown_keys_and_bad_values():
     with pytest.raises(ValueError, match="unknown config key\\(s\\): bogus"):
         BenchmarkConfig.from_dict({"bogus": 1})
     with pytest.raises(ValueError, match="d_model: expected a positive integer, got 0"):
-        BenchmarkConfig(d_model=0)
+        make_config(d_model=0)
     with pytest.raises(ValueError, match="lr: expected a positive number"):
-        BenchmarkConfig(lr=-1.0)
+        make_config(lr=-1.0)
     with pytest.raises(ValueError, match="bk_mode: expected one of \\('causal', 'bidirectional'\\)"):
-        BenchmarkConfig(bk_mode="future")
+        make_config(bk_mode="future")
     with pytest.raises(ValueError, match="n_heads: d_model = 10 must be divisible by n_heads = 4"):
-        BenchmarkConfig(architecture="transformer", d_model=10)
+        make_config(architecture="transformer", d_model=10)
 
 
 def test_model_configs_follow_the_seed(monkeypatch):
     monkeypatch.setattr("resnetbk.methods.mixed_precision.slow_bf16_reason", lambda: None)  # a CPU with native bf16
     base = BenchmarkConfig()
-    assert model_config("transformer_baseline", base).architecture == "transformer"
+    assert model_config("transformer_baseline", base).model.architecture == "transformer"
     baseline, full = model_config("resnet_bk_baseline", base), model_config("resnet_bk_full", base)
-    assert not baseline.use_analytic_gradient and not baseline.use_mixed_precision
-    assert full.use_analytic_gradient and full.use_mixed_precision
+    assert not baseline.enabled("use_analytic_gradient") and not baseline.enabled("use_mixed_precision")
+    assert full.enabled("use_analytic_gradient") and full.enabled("use_mixed_precision")
     with pytest.raises(ValueError, match="--models"):
         model_config("gpt5", base)
 
 
 def test_config_file_and_cli_errors(tmp_path, capsys, tiny_data):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("d_model: 16\nlearning_rate: 0.1\n")
+    bad.write_text("model: {d_model: 16}\nlearning_rate: 0.1\n")
     assert cli_main(["--config", str(bad), "--data-dir", str(tiny_data)]) == 2
     assert "unknown config key(s): learning_rate" in capsys.readouterr().err
+    for text, message in (("methods: {use_act: {enabled: true, threshold: 0.5}}", "unknown methods.use_act key(s): threshold"),
+                          ("methods: {use_nothing: {enabled: true}}", "methods: unknown method 'use_nothing'"),
+                          ("model: {d_modle: 16}", "unknown model key(s): d_modle")):
+        bad.write_text(text + "\n")
+        assert cli_main(["--config", str(bad), "--data-dir", str(tiny_data)]) == 2
+        assert message in capsys.readouterr().err, text
     assert cli_main(["--data-dir", str(tmp_path / "nowhere")]) == 2
     assert "missing: wiki.train.tokens" in capsys.readouterr().err
+
+
+def test_an_old_flat_config_key_is_an_error_naming_its_new_place(tmp_path, capsys, tiny_data):
+    old = tmp_path / "old.yaml"
+    old.write_text("d_model: 16\nuse_act: true\nact_threshold: 0.9\nepochs: 1\n")
+    assert cli_main(["--config", str(old), "--data-dir", str(tiny_data)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    for moved in ("d_model: now model.d_model", "use_act: now methods.use_act.enabled",
+                  "act_threshold: now methods.use_act.act_threshold"):
+        assert moved in err, err
+
+
+def test_a_nested_config_file_is_merged_over_the_preset(tmp_path):
+    from resnetbk.bench.options import build_base_config, parse_args
+
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {d_model: 24}\nepochs: 3\nmethods: {use_act: {enabled: true, act_threshold: 0.9}}\n")
+    config = build_base_config(parse_args(["--preset", "smoke", "--config", str(path)]))
+    assert (config.model.d_model, config.model.n_layers, config.model.n_seq) == (24, 3, 16)  # the rest: smoke's
+    assert config.epochs == 3 and config.batch_size == 4
+    assert config.enabled("use_act") and config.methods["use_act"].act_threshold == 0.9
+    assert BenchmarkConfig.from_dict(config.to_dict()) == config  # what the results record reads back
 
 
 @pytest.mark.parametrize("name, text, where", [
@@ -100,11 +130,12 @@ def test_smoke_run_writes_every_file_with_the_documented_schema(tmp_path, tiny_d
     for name in names:
         doc = json.loads((out / f"{name}_results.json").read_text())
         assert set(doc) == RESULT_FIELDS
-        assert doc["model_name"] == name and doc["schema_version"] == 5
-        assert doc["causal"] is True and doc["perplexity_is_lm"] is True
+        assert doc["model_name"] == name
+        assert doc["causal"] is True and doc["schema_version"] == 6
+        assert doc["config"]["model"]["architecture"] == ("transformer" if name.startswith("transformer") else "resnet_bk")
         assert len(doc["epoch_losses"]) == len(doc["epoch_perplexities"]) == len(doc["epoch_times"]) == 2
-        assert doc["test_perplexity"] > 1 and doc["test_perplexity"] == doc["final_perplexity"]
-        assert doc["best_perplexity"] == min(doc["epoch_perplexities"])
+        assert doc["test_perplexity"] > 1
+        assert doc["best_valid_perplexity"] == min(doc["epoch_perplexities"])
         assert doc["steps"] > 0 and doc["skipped_steps"] == 0 and doc["tokens_per_second"] > 0
         assert doc["peak_memory_mb"] > 0 and "RSS" in doc["peak_memory_method"]
         assert "custom dataset" in doc["dataset"]
@@ -231,10 +262,10 @@ def test_bidirectional_needs_allow_noncausal_and_is_labelled(tmp_path, tiny_data
         train(config, corpus, tmp_path, quiet=True, log=lambda *_: None)
     messages = []
     result = train(config.replace(allow_noncausal=True), corpus, tmp_path, quiet=True, log=messages.append)
-    assert result.causal is False and result.perplexity_is_lm is False
+    assert result.causal is False
     assert any("not language-model perplexities" in m for m in messages)
     # Its perplexities are never written as language-model perplexities.
-    assert math.isnan(result.test_perplexity) and math.isnan(result.final_perplexity) and not result.epoch_perplexities
+    assert math.isnan(result.test_perplexity) and math.isnan(result.best_valid_perplexity) and not result.epoch_perplexities
     assert result.noncausal_perplexities["test_perplexity"] > 1
 
 
@@ -259,9 +290,8 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, tiny_da
 
 def test_compare_results_arithmetic():
     def result(name, time, ppl, mem, size, flops=None):
-        return BenchmarkResults(model_name=name, config={}, final_loss=1.0, final_perplexity=ppl, best_perplexity=ppl,
-                                training_time=time, peak_memory_mb=mem, model_size_mb=size, test_perplexity=ppl,
-                                total_training_flops=flops)
+        return BenchmarkResults(model_name=name, config={}, training_time=time, peak_memory_mb=mem, model_size_mb=size,
+                                test_perplexity=ppl, best_valid_perplexity=ppl, total_training_flops=flops)
 
     c = compare_results(result("a", 10.0, 100.0, 200.0, 4.0, 1000), result("b", 5.0, 110.0, 150.0, 3.0, 250))
     assert c["speedup_time"] == 2.0 and c["speedup_flops"] == 4.0
@@ -271,12 +301,35 @@ def test_compare_results_arithmetic():
 
 
 def test_results_round_trip(tmp_path):
-    r = BenchmarkResults(model_name="m", config={"a": 1}, final_loss=math.nan, final_perplexity=2.0,
-                         best_perplexity=2.0, training_time=1.0)
+    r = BenchmarkResults(model_name="m", config={"a": 1}, train_loss=math.nan, test_perplexity=2.0,
+                         best_valid_perplexity=2.0, training_time=1.0)
     r.save(tmp_path / "r.json")
     doc = json.loads((tmp_path / "r.json").read_text())
-    assert doc["final_loss"] is None  # NaN is written as null, never as an invalid JSON token
-    assert BenchmarkResults.load(tmp_path / "r.json").final_perplexity == 2.0
+    assert doc["train_loss"] is None  # NaN is written as null, never as an invalid JSON token
+    assert BenchmarkResults.load(tmp_path / "r.json").test_perplexity == 2.0
+
+
+def test_the_committed_older_results_still_read_and_report(tmp_path):
+    """Every committed results file (schemas 1 to 5: a flat config, the original benchmark's duplicate
+    names) loads, its config reads through flat_view, and report rewrites a committed folder."""
+    import shutil
+    from pathlib import Path
+
+    from resnetbk.bench.config import flat_view
+    from resnetbk.bench.report import write_report
+
+    results = Path(__file__).resolve().parents[2] / "results"
+    files = sorted(results.glob("**/*_results.json"))
+    assert files, "no committed results found"
+    for path in files:
+        r = BenchmarkResults.load(path)
+        assert r.schema_version < 6 and "final_perplexity" not in r.to_dict()
+        assert flat_view(r.config)["model_name"] == r.model_name
+    folder = tmp_path / "quick"
+    shutil.copytree(results / "wikitext2-quick", folder)
+    write_report(folder)
+    report = (folder / "report.md").read_text()
+    assert "transformer_baseline" in report and "resnet_bk_baseline" in report and "| d_model | 64 |" in report
 
 
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path, tiny_data):
@@ -288,8 +341,8 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     config = tmp_path / "config.json"
     # No dropout (its random masks differ per process) and no load-balancing loss (it is per process).
     # An untied LM head: DDP must see the fused head's weight gradient as part of the forward.
-    config.write_text(json.dumps({"dropout": 0.0, "load_balance_weight": 0.0, "threads": 1, "device": "cpu",
-                                  "tie_embeddings": False}))
+    config.write_text(json.dumps({"model": {"dropout": 0.0, "tie_embeddings": False}, "load_balance_weight": 0.0,
+                                  "threads": 1, "device": "cpu"}))
     common = ["--preset", "smoke", "--models", "transformer_baseline,resnet_bk_baseline", "--config", str(config),
               "--data-dir", str(tiny_data), "--quiet"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -323,7 +376,7 @@ def test_cli_reports_a_missing_gpu_without_a_traceback(tmp_path, capsys, tiny_da
 def test_cli_reports_a_failure_inside_the_worker_process(tmp_path, capsys, tiny_data):
     """The model trains in a spawned worker; its exception reaches the parent as one error line."""
     config = tmp_path / "bidirectional.json"
-    config.write_text(json.dumps({"bk_mode": "bidirectional"}))  # refused in the worker without --allow-noncausal
+    config.write_text(json.dumps({"model": {"bk_mode": "bidirectional"}}))  # refused in the worker without --allow-noncausal
     code = cli_main(["--preset", "smoke", "--models", "resnet_bk_baseline", "--data-dir", str(tiny_data),
                      "--output-dir", str(tmp_path / "out"), "--device", "cpu", "--config", str(config), "--quiet"])
     err = capsys.readouterr().err
@@ -434,7 +487,7 @@ def test_the_benchmark_trains_and_compares_the_peers(tmp_path, tiny_data):
         doc = json.loads((out / f"{name}_results.json").read_text())
         assert doc["causal"] is True and math.isfinite(doc["test_perplexity"]) and doc["steps"] > 0
         assert doc["flops_breakdown"]["unknown_ops"] == {} and doc["backward_flops"] > doc["forward_flops"] > 0
-        assert doc["config"]["architecture"] == name
+        assert doc["config"]["model"]["architecture"] == name
         counts[name] = doc["non_embedding_parameters"]
         assert (out / f"comparison_resnet_bk_baseline_vs_{name}.json").exists()
     reference = json.loads((out / "resnet_bk_baseline_results.json").read_text())["non_embedding_parameters"]

@@ -5,6 +5,7 @@ same on every machine."""
 
 import pytest
 
+from helpers import make_config
 from resnetbk import data as wt2
 from resnetbk import hardware, methods
 from resnetbk.bench.config import PRESETS, BenchmarkConfig, model_config
@@ -26,7 +27,7 @@ def fast_cpu(monkeypatch):
 
 
 def cpu_config(**changes) -> BenchmarkConfig:
-    return BenchmarkConfig(**{**PRESETS["smoke"], "device": "cpu", **changes})
+    return make_config(**{**PRESETS["smoke"], "device": "cpu", **changes})
 
 
 def test_the_single_flag_is_a_named_error_on_a_cpu_without_native_bf16(slow_cpu):
@@ -41,26 +42,26 @@ def test_the_override_runs_it_anyway(slow_cpu):
     MixedPrecision.check_fast(cpu_config(use_mixed_precision=True, allow_slow_bf16=True))
     configs = build_configs(parse_args(["--preset", "smoke", "--device", "cpu", "--models", "resnet_bk_full",
                                         "--allow-slow-bf16"]))
-    assert configs[0].use_mixed_precision and configs[0].left_out_methods == {}
+    assert configs[0].enabled("use_mixed_precision") and configs[0].left_out_methods == {}
 
 
 def test_resnet_bk_full_leaves_it_out_and_says_why(slow_cpu):
     full = model_config("resnet_bk_full", cpu_config())
-    assert not full.use_mixed_precision
+    assert not full.enabled("use_mixed_precision")
     assert list(full.left_out_methods) == ["use_mixed_precision"]
     assert "no native bf16" in full.left_out_methods["use_mixed_precision"]
     # Every other method of the original twelve is still on.
-    on = {f for f in methods.ORIGINAL_FLAGS if getattr(full, f)}
+    on = {f for f in methods.ORIGINAL_FLAGS if full.enabled(f)}
     assert on == set(methods.ORIGINAL_FLAGS) - {"use_mixed_precision"}
 
 
 def test_nothing_changes_on_a_cpu_with_native_bf16_or_on_cuda(fast_cpu, monkeypatch):
     full = model_config("resnet_bk_full", cpu_config())
-    assert full.use_mixed_precision and full.left_out_methods == {}
+    assert full.enabled("use_mixed_precision") and full.left_out_methods == {}
     MixedPrecision.check_fast(cpu_config(use_mixed_precision=True))
     monkeypatch.setattr("resnetbk.methods.mixed_precision.slow_bf16_reason", lambda: SLOW)
     # On a GPU the CPU's bf16 support does not matter (the config is only inspected, not run).
-    assert model_config("resnet_bk_full", BenchmarkConfig(device="cuda")).use_mixed_precision
+    assert model_config("resnet_bk_full", make_config(device="cuda")).enabled("use_mixed_precision")
 
 
 def test_the_capability_query_answers_on_this_machine():

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from resnetbk.bench import BenchmarkConfig
+from helpers import make_config
 from resnetbk.bench.cli import main as cli_main
 from resnetbk.bench.recipe import make_model
 from resnetbk.bench.reproduce import REPRODUCTIONS, compare, reproduction_config
@@ -18,10 +18,10 @@ from resnetbk.train.optim import make_optimizer, make_scheduler
 
 def test_the_lstm_run_is_the_examples_model_and_protocol():
     config = reproduction_config("word_lm_lstm")
-    assert (config.architecture, config.optimizer, config.lr, config.lr_schedule, config.plateau_factor) == (
+    assert (config.model.architecture, config.optimizer, config.lr, config.lr_schedule, config.plateau_factor) == (
         "lstm", "sgd", 20.0, "plateau", 0.25)
-    assert (config.n_seq, config.batch_size, config.eval_batch_size, config.grad_clip, config.epochs) == (35, 20, 10, 0.25, 12)
-    assert config.carry_state and not config.shuffle_windows and not config.tie_embeddings
+    assert (config.model.n_seq, config.batch_size, config.eval_batch_size, config.grad_clip, config.epochs) == (35, 20, 10, 0.25, 12)
+    assert config.carry_state and not config.shuffle_windows and not config.model.tie_embeddings
     model = make_model(config, 33_278)
     lstms = [m for m in model.modules() if isinstance(m, torch.nn.LSTM)]
     assert [(m.input_size, m.hidden_size) for m in lstms] == [(200, 200), (200, 200)]
@@ -35,9 +35,9 @@ def test_the_lstm_run_is_the_examples_model_and_protocol():
 
 def test_the_transformer_run_is_post_norm_causal_with_sinusoidal_positions():
     config = reproduction_config("word_lm_transformer")
-    assert config.epochs == 6 and config.n_heads == 2 and config.d_ff == 200 and not config.carry_state
+    assert config.epochs == 6 and config.model.n_heads == 2 and config.model.d_ff == 200 and not config.carry_state
     torch.manual_seed(0)
-    model = make_model(config.replace(n_seq=16), 50)
+    model = make_model(config.with_model(n_seq=16), 50)
     layers = [m for m in model.modules() if isinstance(m, torch.nn.TransformerEncoderLayer)]
     assert len(layers) == 2 and not layers[0].norm_first and layers[0].linear1.out_features == 200
     assert model.position_embedding is None and model.fixed_positions.shape == (16, 200)
@@ -63,7 +63,7 @@ def test_a_carried_state_equals_one_long_window():
 
 
 def test_the_plateau_schedule_divides_by_four_after_an_epoch_that_is_not_strictly_better():
-    config = BenchmarkConfig(optimizer="sgd", lr=20.0, lr_schedule="plateau")
+    config = make_config(optimizer="sgd", lr=20.0, lr_schedule="plateau")
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
     scheduler = make_scheduler(optimizer, config, total_steps=100)
     lrs = []
@@ -78,12 +78,12 @@ def test_the_plateau_schedule_divides_by_four_after_an_epoch_that_is_not_strictl
     (dict(architecture="lstm", carry_state=True), "carry_state: needs windows in text order"),
     (dict(lr_schedule="plateau", warmup_steps=5), "warmup_steps: only the 'cosine' schedule warms up"),
     (dict(optimizer="adam"), "optimizer: expected one of \\('adamw', 'sgd'\\)"),
-    (dict(plateau_factor=1.5), "plateau_factor: expected a number in \\(0, 1\\)"),
+    (dict(plateau_factor=1.5), "plateau_factor: expected a number in \\(0.0, 1.0\\)"),
     (dict(transformer_style="post"), "transformer_style: expected one of"),
 ])
 def test_bad_protocol_settings_are_named(fields, message):
     with pytest.raises(ValueError, match=message):
-        BenchmarkConfig(**fields)
+        make_config(**fields)
 
 
 def test_both_runs_end_to_end_at_reduced_length(tmp_path, tiny_data, capsys):

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from helpers import make_config
 from resnetbk import _native
 from resnetbk.flops import FlopsTracer
 from resnetbk.models import ModelOptions, build_model
@@ -120,14 +121,13 @@ def test_moe_counts_the_tokens_actually_routed():
 # gets none has no gradient, and the executed AdamW step then skips its parameters).
 @pytest.mark.parametrize("b,n,d,layers,vocab", [(4, 16, 16, 1, 50), (4, 32, 32, 2, 300), (3, 64, 64, 3, 1000)])
 def test_closed_form_estimate_agrees_with_the_trace(arch, b, n, d, layers, vocab):
-    from resnetbk.bench import BenchmarkConfig
     from resnetbk.bench.config import model_options, step_shape
     from resnetbk.flops.estimate import estimate_step
     from resnetbk.train.optim import make_optimizer
 
     torch.manual_seed(0)
     resnet_only = {"use_analytic_gradient": arch == "resnet_bk"}
-    config = BenchmarkConfig(architecture=arch, d_model=d, n_layers=layers, n_seq=n, batch_size=b, **resnet_only)
+    config = make_config(architecture=arch, d_model=d, n_layers=layers, n_seq=n, batch_size=b, **resnet_only)
     model = build_model(model_options(config, vocab))
     optimizer = make_optimizer(model, config)
     tracer = FlopsTracer()

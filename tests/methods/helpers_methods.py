@@ -2,8 +2,8 @@
 
 import torch
 
+from helpers import make_config
 from resnetbk import methods
-from resnetbk.bench import BenchmarkConfig
 from resnetbk.flops import FlopsTracer
 from resnetbk.models import ModelOptions, build_model
 
@@ -24,8 +24,8 @@ def tiny(seed: int = 0, **options):
     fields.update(options)
     model = build_model(ModelOptions("resnet_bk", VOCAB, **fields))
     if flags:
-        config = BenchmarkConfig(d_model=fields["d_model"], n_layers=fields["n_layers"], n_seq=fields["n_seq"],
-                                 dropout=fields["dropout"], **{**{f: False for f in methods.FLAGS}, **flags}, **hyper)
+        config = make_config(d_model=fields["d_model"], n_layers=fields["n_layers"], n_seq=fields["n_seq"],
+                             dropout=fields["dropout"], **{**{f: False for f in methods.FLAGS}, **flags}, **hyper)
         methods.attach_all(model, config)
     return model
 
@@ -69,7 +69,7 @@ def small_config(**changes):
                   device="cpu", threads=1, method_eval_tokens=200, flops_trace_interval=1,
                   **{f: False for f in methods.FLAGS})
     fields.update(changes)
-    return BenchmarkConfig(**fields)
+    return make_config(**fields)
 
 
 def run_training(config, corpus, tmp_path, name="run", **kwargs):

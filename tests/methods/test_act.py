@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from helpers import make_config
 from helpers_methods import component_flops, tiny, tokens, traced_forward
 
 
@@ -47,11 +48,10 @@ def test_ponder_cost_reaches_the_halting_units_and_fewer_blocks_cost_less_comput
 def test_a_methods_evaluation_names_components_and_separates_the_blocks_from_the_head():
     from types import SimpleNamespace
 
-    from resnetbk.bench import BenchmarkConfig
     from resnetbk.methods.evaluation import record_evaluation
     from resnetbk.train.evaluate import evaluate
 
-    config = BenchmarkConfig(n_seq=20, eval_batch_size=4, method_eval_tokens=400, use_act=True)
+    config = make_config(n_seq=20, eval_batch_size=4, method_eval_tokens=400, use_act=True)
     model = tiny(act=True)
     state = SimpleNamespace(model=model, config=config, corpus=SimpleNamespace(valid=tokens(b=1, n=1000).flatten()),
                             evaluate=lambda t, **kw: evaluate(model, t, config, torch.device("cpu"), **kw))

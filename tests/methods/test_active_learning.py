@@ -60,7 +60,7 @@ def test_the_scoring_pass_is_priced_from_one_traced_window_per_shape(monkeypatch
     inputs, targets = wt2.streams(corpus.train, config.batch_size)
     state = SimpleNamespace(model=model, config=config, device=torch.device("cpu"), train_inputs=inputs,
                             train_targets=targets, forward_context=lambda: contextlib.nullcontext())
-    windows = list(wt2.windows(inputs, targets, config.n_seq))
+    windows = list(wt2.windows(inputs, targets, config.model.n_seq))
     shapes = {tuple(x.shape) for x, _ in windows}
     assert len(windows) > len(shapes) == 2  # full windows and a shorter last one
 

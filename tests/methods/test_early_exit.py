@@ -2,6 +2,7 @@
 
 import torch
 
+from helpers import make_config
 from helpers_methods import component_flops, tiny, tokens, traced_forward
 
 
@@ -39,13 +40,12 @@ def test_without_a_threshold_every_token_runs_every_block():
 def test_exit_losses_train_the_exits_and_the_confidence_heads():
     from types import SimpleNamespace
 
-    from resnetbk.bench import BenchmarkConfig
     from resnetbk.methods.early_exit import EarlyExit
 
     model = tiny(early_exit=True)
     x = tokens()
     state = SimpleNamespace(model=model, targets=x.roll(-1, 1), hidden=model(x, features_only=True), loss_terms={})
-    EarlyExit(BenchmarkConfig(use_early_exit=True, exit_loss_fraction=1.0)).on_loss(state)
+    EarlyExit(make_config(use_early_exit=True, exit_loss_fraction=1.0)).on_loss(state)
     assert set(state.loss_terms) == {"exit", "exit_confidence"}
     (state.loss_terms["exit"] + state.loss_terms["exit_confidence"]).backward()
     assert model.blocks[0].moe.router.weight.grad.abs().sum() > 0  # exit 0's loss reaches block 0

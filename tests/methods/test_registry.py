@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from helpers import make_config
 from resnetbk import methods
 from resnetbk.bench import BenchmarkConfig, model_config
 from resnetbk.bench.options import methods_help
@@ -39,36 +40,38 @@ def test_registry_holds_the_original_twelve_claims_in_order_then_our_own():
 
 def test_config_fields_cli_help_and_full_model_derive_from_the_registry(monkeypatch):
     monkeypatch.setattr("resnetbk.methods.mixed_precision.slow_bf16_reason", lambda: None)  # a CPU with native bf16
-    fields = {f.name: f for f in dataclasses.fields(BenchmarkConfig)}
+    settings = BenchmarkConfig().methods
     help_text = methods_help()
+    assert list(settings) == list(methods.FLAGS)
     for m in methods.REGISTRY:
-        assert m.flag in fields and fields[m.flag].default == m.default
-        assert all(name in fields for name in m.hyperparameters)
+        fields = {f.name: f.default for f in dataclasses.fields(settings[m.flag])}
+        assert fields == {"enabled": m.default, **{k: tuple(v) if isinstance(v, list) else v
+                                                   for k, v in m.hyperparameters.items()}}
         assert m.flag in help_text and m.claim in help_text
     full = model_config("resnet_bk_full", BenchmarkConfig())
-    assert [f for f in methods.FLAGS if getattr(full, f)] == list(methods.ORIGINAL_FLAGS)
-    assert not full.use_spectral_z
+    assert [f for f in methods.FLAGS if full.enabled(f)] == list(methods.ORIGINAL_FLAGS)
+    assert not full.enabled("use_spectral_z")
     baseline = model_config("resnet_bk_baseline", BenchmarkConfig())
-    assert not any(getattr(baseline, f) for f in methods.FLAGS)
+    assert not any(baseline.enabled(f) for f in methods.FLAGS)
 
 
 @pytest.mark.parametrize("flag", RESNET_BK_ONLY)
 def test_resnet_bk_methods_refuse_the_transformer(flag):
     others = {f: False for f in methods.FLAGS}
     with pytest.raises(ValueError, match=f"{flag}: acts on .*'transformer'"):
-        BenchmarkConfig(architecture="transformer", **{**others, flag: True})
+        make_config(architecture="transformer", **{**others, flag: True})
 
 
 def test_an_incompatible_pair_is_a_value_error_naming_both(monkeypatch):
     monkeypatch.setattr(methods.BY_FLAG["use_act"], "incompatible_with", ("use_early_exit",))
-    BenchmarkConfig(use_act=True)
+    make_config(use_act=True)
     with pytest.raises(ValueError, match="use_act and use_early_exit cannot be on together"):
-        BenchmarkConfig(use_act=True, use_early_exit=True)
+        make_config(use_act=True, use_early_exit=True)
 
 
 @pytest.mark.parametrize("field,value,message", [
     ("act_threshold", 0.0, "act_threshold: expected a number in \\(0.0, 1.0\\]"),
-    ("ponder_weight", -1.0, "ponder_weight: expected a number in \\[0.0"),
+    ("ponder_weight", -1.0, "ponder_weight: expected a non-negative number, got -1.0"),
     ("sparse_bk_target", 1.0, "sparse_bk_target: expected a number in \\[0.0, 1.0\\)"),
     ("exit_loss_fraction", 0.0, "exit_loss_fraction"),
     ("exit_thresholds", [0.5, 2.0], "exit_thresholds: expected a non-empty list"),
@@ -79,7 +82,7 @@ def test_hyperparameters_are_checked_with_named_errors(field, value, message):
             "exit_loss_fraction": "use_early_exit", "exit_thresholds": "use_early_exit",
             "n_layers": "use_multi_scale"}[field]
     with pytest.raises(ValueError, match=message):
-        BenchmarkConfig(**{flag: True, field: value})
+        make_config(**{flag: True, field: value})
 
 
 def _model(config, vocab=60, seed=0):
@@ -90,7 +93,7 @@ def _model(config, vocab=60, seed=0):
 def _config(**flags):
     base = {f: False for f in methods.FLAGS}
     base.update(flags)
-    return BenchmarkConfig(d_model=16, n_layers=4, n_seq=24, dropout=0.0, **base)
+    return make_config(d_model=16, n_layers=4, n_seq=24, dropout=0.0, **base)
 
 
 ALL_ON = {f: True for f in methods.FLAGS}

@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
+from helpers import make_config
 from resnetbk import bk_core, methods
-from resnetbk.bench import BenchmarkConfig
 from resnetbk.bench.config import model_options
 from resnetbk.bench.recipe import make_model
 from resnetbk.core.reference import dense_resolvent_diag
@@ -104,11 +104,11 @@ def test_parameters_start_as_documented_and_eta_is_floored():
 
 
 def test_the_method_sets_channels_and_range_and_the_model_learns_z():
-    config = BenchmarkConfig(d_model=16, n_layers=2, n_seq=12, use_spectral_z=True, spectral_channels=6,
+    config = make_config(d_model=16, n_layers=2, n_seq=12, use_spectral_z=True, spectral_channels=6,
                              eta_min=1e-2, eta_max=0.5)
     options = model_options(config, 50)
     assert options.bk_channels == 6
-    assert model_options(config.replace(spectral_channels=0), 50).bk_channels == config.bk_channels
+    assert model_options(config.with_methods(spectral_channels=0), 50).bk_channels == config.model.bk_channels
     torch.manual_seed(0)
     model = make_model(config, 50)
     for block in model.blocks:
@@ -123,12 +123,12 @@ def test_the_method_sets_channels_and_range_and_the_model_learns_z():
 
 @pytest.mark.parametrize("fields,message", [
     (dict(spectral_channels=-1), "spectral_channels: expected 0 \\(keep bk_channels\\) or a positive integer"),
-    (dict(eta_min=0.0), "eta_min: expected a number in \\(0.0"),
-    (dict(eta_min=0.5, eta_max=0.1), "eta_max: expected a number in \\[0.5"),
+    (dict(eta_min=0.0), "eta_min: expected a positive number, got 0.0"),
+    (dict(eta_min=0.5, eta_max=0.1), "eta_max: expected a number >= 0.5, got 0.1"),
 ])
 def test_bad_settings_are_named(fields, message):
     with pytest.raises(ValueError, match=message):
-        BenchmarkConfig(use_spectral_z=True, **fields)
+        make_config(use_spectral_z=True, **fields)
 
 
 def test_not_part_of_the_original_twelve_nor_of_resnet_bk_full():

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from helpers import make_config
 from resnetbk.measure.causality import probe_causality
 from resnetbk.models import ModelOptions, build_model
 
@@ -66,13 +67,12 @@ def test_bk_gradient_paths_agree():
 
 
 def test_an_unknown_architecture_is_a_value_error_everywhere():
-    from resnetbk.bench import BenchmarkConfig
     from resnetbk.flops.estimate import StepShape
 
     with pytest.raises(ValueError, match="architecture: expected one of"):
         ModelOptions("rnn", 10)
     with pytest.raises(ValueError, match="architecture: expected one of"):
-        BenchmarkConfig(architecture="rnn")
+        make_config(architecture="rnn")
     with pytest.raises(TypeError, match="options: expected a ModelOptions"):
         StepShape("rnn", batch=2)
     with pytest.raises(TypeError, match="options: expected a ModelOptions"):
@@ -80,9 +80,8 @@ def test_an_unknown_architecture_is_a_value_error_everywhere():
 
 
 def test_the_estimate_refuses_data_dependent_methods_instead_of_pricing_them_as_the_baseline():
-    from resnetbk.bench import BenchmarkConfig
     from resnetbk.bench.config import step_shape
 
     with pytest.raises(NotImplementedError, match="use_act: the closed-form estimate covers"):
-        step_shape(BenchmarkConfig(use_act=True), 10)
-    assert step_shape(BenchmarkConfig(use_analytic_gradient=True), 10).options.bk_grad == "exact"
+        step_shape(make_config(use_act=True), 10)
+    assert step_shape(make_config(use_analytic_gradient=True), 10).options.bk_grad == "exact"

@@ -4,7 +4,8 @@ priced by the FLOPs tracer). Their benchmark run: tests/bench/test_bench.py."""
 import pytest
 import torch
 
-from resnetbk.bench import BenchmarkConfig, model_config
+from helpers import make_config
+from resnetbk.bench import model_config
 from resnetbk.flops import FlopsTracer
 from resnetbk.measure.causality import probe_causality
 from resnetbk.models import ModelOptions, build_model, lstm_hidden, lstm_layer_parameters, mamba_layer_parameters
@@ -72,13 +73,13 @@ def test_a_training_step_of_the_peers_is_fully_priced(arch):
 
 
 def test_mamba_kernel_choice_is_validated():
-    assert model_config("mamba", BenchmarkConfig(device="cpu")).architecture == "mamba"
+    assert model_config("mamba", make_config(device="cpu")).model.architecture == "mamba"
     with pytest.raises(ValueError, match="mamba_kernel: expected one of"):
-        BenchmarkConfig(mamba_kernel="triton")
+        make_config(mamba_kernel="triton")
     if not mamba_cuda_available():
         from resnetbk.bench.config import model_options
 
-        config = model_config("mamba", BenchmarkConfig(mamba_kernel="mamba_ssm"))
+        config = model_config("mamba", make_config(mamba_kernel="mamba_ssm"))
         with pytest.raises(ValueError, match="mamba_kernel: 'mamba_ssm' needs a CUDA device"):
             model_options(config, 50)
 

@@ -31,7 +31,7 @@ from ..jsonfile import write_json_atomic
 from ..methods.base import AblationRow
 from ..methods.mixed_precision import slow_precision_reason
 from ..train.results import BenchmarkResults
-from .config import OPTIMIZATION_FLAGS, model_config
+from .config import OPTIMIZATION_FLAGS, flat_view, model_config
 from .options import build_base_config, parse_args
 from .runner import Interrupted, WikiText2Benchmark
 
@@ -57,13 +57,13 @@ def ablation_configs(base, only=None, left_out: dict | None = None) -> list:
         if unknown or not only:
             raise ValueError(f"--rows: expected method flags or 'all' ({', '.join(methods.FLAGS)}, "
                              f"all), got {', '.join(unknown) or 'nothing'}")
-    baseline = model_config("resnet_bk_baseline", base).replace(model_name="ablation_baseline", **none)
+    baseline = model_config("resnet_bk_baseline", base).replace(model_name="ablation_baseline").with_methods(**none)
     rows = [(BASELINE, baseline)]
     for flag in methods.FLAGS:
         if only is None or flag in only:
-            config = baseline.replace(model_name=f"ablation_{flag}", **{flag: True})
+            config = baseline.replace(model_name=f"ablation_{flag}").with_methods(**{flag: True})
             slow = slow_precision_reason(config) if flag == "use_mixed_precision" else None
-            if slow is not None and not config.allow_slow_bf16:
+            if slow is not None and not config.methods["use_mixed_precision"].allow_slow_bf16:
                 if left_out is not None:
                     left_out[flag] = f"left out: {slow} (--allow-slow-bf16 keeps it)"
                 continue
@@ -95,22 +95,22 @@ def _median_ms(fn, repeats: int = 7) -> float:
 
 def time_bk_op(config) -> dict:
     """The BK op at the benchmark's shape (batch, bk_channels, n_seq), float32, causal, side by side."""
-    shape = (config.batch_size, config.bk_channels, config.n_seq)
+    shape = (config.batch_size, config.model.bk_channels, config.model.n_seq)
     gen = torch.Generator().manual_seed(0)
     diag = (-2.0 + torch.randn(shape, generator=gen)).requires_grad_()
-    upper = torch.ones(config.n_seq - 1)
+    upper = torch.ones(config.model.n_seq - 1)
     mask = torch.rand(shape, generator=gen) < 0.5
 
     def fwd_bwd(grad, mask=None):
         def run():
             diag.grad = None
-            out = bk_core(diag, upper, mode=config.bk_mode, grad=grad, mask=mask)
+            out = bk_core(diag, upper, mode=config.model.bk_mode, grad=grad, mask=mask)
             out.real.sum().backward()
         return run
 
     def backward_only(grad):
         def run():
-            out = bk_core(diag, upper, mode=config.bk_mode, grad=grad)
+            out = bk_core(diag, upper, mode=config.model.bk_mode, grad=grad)
             loss = out.real.sum()
             start = time.perf_counter()
             loss.backward()
@@ -142,7 +142,7 @@ def _forward_by_component(r: BenchmarkResults) -> dict:
 def measured_row(name: str, r: BenchmarkResults, base: BenchmarkResults, bk_op: dict) -> AblationRow:
     """Run ``r`` measured against the baseline's results ``base``: what the methods assess."""
     return AblationRow(
-        row=name, model_name=r.model_name, flags=[f for f in OPTIMIZATION_FLAGS if r.config.get(f)],
+        row=name, model_name=r.model_name, flags=[f for f in OPTIMIZATION_FLAGS if flat_view(r.config).get(f)],
         claim=methods.BY_FLAG[name].claim if name in methods.BY_FLAG else ("-" if name == BASELINE else
                                                                             "all claims together"),
         valid_perplexity=r.valid_perplexity, test_perplexity=r.test_perplexity,

@@ -32,5 +32,5 @@ def compare_results(a: BenchmarkResults, b: BenchmarkResults) -> dict:
         "perplexity_difference_percent": percent(b.test_perplexity - a.test_perplexity, a.test_perplexity),
         "memory_reduction_percent": percent(None if mem_a is None or mem_b is None else mem_a - mem_b, mem_a),
         "size_reduction_percent": percent(a.model_size_mb - b.model_size_mb, a.model_size_mb),
-        "both_language_models": a.perplexity_is_lm and b.perplexity_is_lm,
+        "both_language_models": a.causal and b.causal,
     })

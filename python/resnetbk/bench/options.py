@@ -9,7 +9,7 @@ import shlex
 from .. import data as wt2
 from .. import methods
 from ..measure.environment import machine
-from .config import DEFAULT_MODELS, MODEL_NAMES, PRESETS, BenchmarkConfig, load_config_file, model_config
+from .config import DEFAULT_MODELS, MODEL_NAMES, PRESETS, BenchmarkConfig, load_config_file, merge, model_config
 
 
 def methods_help() -> str:
@@ -68,7 +68,7 @@ def build_base_config(args: argparse.Namespace):
     """The preset, then ``--config``, then the flags."""
     fields = dict(PRESETS[args.preset])
     if args.config:
-        fields.update(load_config_file(args.config))
+        fields = merge(fields, load_config_file(args.config))
     flags = {"epochs": args.epochs, "max_steps": args.max_steps, "max_train_tokens": args.max_train_tokens,
              "data_fraction": args.data_fraction, "device": args.device, "seed": args.seed, "threads": args.threads,
              "data_dir": args.data_dir}
@@ -76,7 +76,7 @@ def build_base_config(args: argparse.Namespace):
     if args.allow_noncausal:
         fields["allow_noncausal"] = True
     if args.allow_slow_bf16:
-        fields["allow_slow_bf16"] = True
+        fields = merge(fields, {"methods": {"use_mixed_precision": {"allow_slow_bf16": True}}})
     return BenchmarkConfig.from_dict(fields)
 
 
@@ -89,8 +89,8 @@ def build_configs(args: argparse.Namespace) -> list:
     for name in names:
         config = model_config(name, base)
         if args.amp:
-            config = config.replace(use_mixed_precision=True)
-        if config.use_mixed_precision:  # before the data: a precision this CPU runs slowly is known at once
+            config = config.with_methods(use_mixed_precision=True)
+        if config.enabled("use_mixed_precision"):  # before the data: a precision this CPU runs slowly is known at once
             methods.BY_FLAG["use_mixed_precision"].check_fast(config)
         configs.append(config)
     return configs

@@ -46,7 +46,7 @@ def plot_training_curves(results: list, path: str | Path) -> Path:
     per_step = True
     for i, r in enumerate(results):
         marker, line = STYLES[i % len(STYLES)]
-        style = dict(marker=marker, linestyle=line, label=r.model_name if r.perplexity_is_lm else f"{r.model_name} (not causal)")
+        style = dict(marker=marker, linestyle=line, label=r.model_name if r.causal else f"{r.model_name} (not causal)")
         epochs = range(1, len(r.epoch_losses) + 1)
         steps_csv = path.with_name(f"{r.model_name}_steps.csv")
         rows = [row for row in read_steps(steps_csv) if row["skipped"] == 0] if steps_csv.is_file() else []

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from ..measure.context_reach import shown_distances
+from .config import flat_view
 from .summary import compare_summaries, load_runs, seed_folders, summarize
 
 CONFIG_FIELDS = ("d_model", "n_layers", "n_seq", "batch_size", "epochs", "max_train_tokens", "lr", "warmup_steps",
@@ -31,7 +32,7 @@ def _fmt(stat: dict, spec: str, scale: float = 1.0) -> str:
 
 
 def _methods(result) -> str:
-    on = [k for k, v in result.config.items() if k.startswith("use_") and v is True]
+    on = [k for k, v in flat_view(result.config).items() if k.startswith("use_") and v is True]
     return ", ".join(on) or "none"
 
 
@@ -50,7 +51,7 @@ COST_COLUMNS = (("training time (s)", "training_time", ".0f"), ("tokens/s", "tok
 
 
 def quality_table(summaries: dict, runs: dict) -> list:
-    rows = [[name, "yes" if all(r.perplexity_is_lm for r in runs[name]) else "NO: not LM perplexities",
+    rows = [[name, "yes" if all(r.causal for r in runs[name]) else "NO: not LM perplexities",
              _fmt(s["best_valid_perplexity"], ".1f"), _fmt(s["test_perplexity"], ".1f"), _fmt(s["train_loss"], ".3f"),
              _fmt(s["steps"], ".0f")] for name, s in summaries.items()]
     return _markdown(["model", "causal", "best valid ppl", "test ppl (same weights)", "final train loss", "steps"], rows)
@@ -142,7 +143,7 @@ def render(folder: str | Path) -> str:
     folder = Path(folder)
     runs, summaries, comparisons = build(folder)
     first = next(iter(runs.values()))[0]
-    seeds = sorted({r.config.get("seed") for results in runs.values() for r in results})
+    seeds = sorted({flat_view(r.config).get("seed") for results in runs.values() for r in results})
     info_path = folder / RUN_INFO
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     lines = ["# WikiText-2 benchmark report", ""]
@@ -156,13 +157,13 @@ def render(folder: str | Path) -> str:
               f"Seeds: {', '.join(str(s) for s in seeds)} ({len(seeds)} run(s) per model"
               f"{'; figures are mean ± sample std' if len(seeds) > 1 else ''})", ""]
     lines += ["## Configuration", "", "| setting | value |", "|---|---|"]
-    lines += [f"| {k} | {first.config.get(k)} |" for k in CONFIG_FIELDS if k in first.config]
+    shown = flat_view(first.config)  # results of any schema: nested (6 on) or flat
+    lines += [f"| {k} | {shown.get(k)} |" for k in CONFIG_FIELDS if k in shown]
     lines += [f"| optimization methods of {name} | {_methods(results[0])} |" for name, results in runs.items()]
     lines += ["", "## Quality", "",
               "Validation and test perplexity of the same weights (the best-validation epoch's); a model that "
-              "fails the causality probe has no language-model perplexity. In the JSON files the original "
-              "benchmark's field names are kept: `final_perplexity` is the test perplexity, `best_perplexity` "
-              "the best validation perplexity.", ""]
+              "fails the causality probe has no language-model perplexity (in the JSON files: "
+              "`best_valid_perplexity` and `test_perplexity`).", ""]
     lines += quality_table(summaries, runs) + [""] + requirement_line(summaries)
     lines += ["", "## Cost", "",
               f"tokens/s: {first.throughput_method or 'training tokens / training time'}. Peak memory: "
@@ -194,12 +195,13 @@ def main_table(folder: str | Path) -> str:
     rows = [f"{'model':22s} {'causal':>6s} {'valid ppl':>16s} {'test ppl':>16s} {'tokens/s':>16s} {'peak MiB':>9s} "
             f"{'params':>10s}"]
     for name, s in summaries.items():
-        causal = all(r.perplexity_is_lm for r in runs[name])
+        causal = all(r.causal for r in runs[name])
         rows.append(f"{name:22s} {str(causal):>6s} {_fmt(s['best_valid_perplexity'], '.2f'):>16s} "
                     f"{_fmt(s['test_perplexity'], '.2f'):>16s} {_fmt(s['tokens_per_second'], ',.0f'):>16s} "
                     f"{_fmt(s['peak_memory_above_baseline_mb'], ',.0f'):>9s} {_fmt(s['parameters'], ',.0f'):>10s}")
-    rows.append("valid ppl: best validation perplexity (best_perplexity in the JSON); test ppl: the same weights "
-                "on the test split (final_perplexity); peak MiB: training's peak memory above the post-data baseline")
+    rows.append("valid ppl: best validation perplexity (best_valid_perplexity in the JSON); test ppl: the same "
+                "weights on the test split (test_perplexity); peak MiB: training's peak memory above the post-data "
+                "baseline")
     return "\n".join(rows)
 
 

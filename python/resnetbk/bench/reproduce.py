@@ -37,7 +37,7 @@ from pathlib import Path
 from .. import data as wt2
 from ..jsonfile import write_json_atomic
 from ..train.distributed import resolve_device
-from .config import OPTIMIZATION_FLAGS, BenchmarkConfig
+from .config import OPTIMIZATION_FLAGS, BenchmarkConfig, nest
 from .runner import Interrupted, WikiText2Benchmark
 
 _PROTOCOL = dict(d_model=200, n_layers=2, dropout=0.2, tie_embeddings=False, head_bias=True, init="uniform",
@@ -63,8 +63,8 @@ def reproduction_config(name: str, **overrides) -> BenchmarkConfig:
         raise ValueError(f"--which: expected names from {', '.join(REPRODUCTIONS)}, got {name!r}")
     architecture, fields, _, _ = REPRODUCTIONS[name]
     no_methods = {flag: False for flag in OPTIMIZATION_FLAGS}
-    return BenchmarkConfig.from_dict({"model_name": name, "architecture": architecture, **no_methods, **fields,
-                                      **overrides})
+    return BenchmarkConfig.from_dict(nest({"model_name": name, "architecture": architecture, **no_methods, **fields,
+                                           **overrides}))
 
 
 def compare(name: str, results, shortened: bool) -> dict:

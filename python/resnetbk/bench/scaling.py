@@ -43,6 +43,7 @@ from ..flops import FlopsTracer
 from ..jsonfile import write_json_atomic
 from ..measure.environment import environment
 from ..measure.memory import PeakMemory
+from ..models import ModelOptions
 from ..train.distributed import resolve_device
 from ..train.optim import make_optimizer
 from ..train.step import train_step
@@ -109,20 +110,21 @@ def measure_cell(model_name: str, seq_len: int, scope: str, settings: dict) -> d
         torch.set_num_threads(settings["threads"])
     torch.manual_seed(0)
     batch = max(1, settings["tokens_per_step"] // seq_len)
-    base = BenchmarkConfig(device=settings["device"], d_model=settings["d_model"], n_layers=settings["n_layers"],
-                           n_seq=seq_len, batch_size=batch, dropout=0.0)
+    base = BenchmarkConfig(device=settings["device"], batch_size=batch,
+                           model=ModelOptions(d_model=settings["d_model"], n_layers=settings["n_layers"], n_seq=seq_len,
+                                              dropout=0.0))
     config = model_config(model_name, base)
-    if config.architecture == "resnet_bk":
+    if config.model.architecture == "resnet_bk":
         # The exact O(N) adjoint (Rust kernels); the baseline's autograd through the torch
         # implementation costs O(N log N) FLOPs per sequence and is not what long inputs would use.
-        config = config.replace(use_analytic_gradient=True)
+        config = config.with_methods(use_analytic_gradient=True)
     vocab = settings["vocab_size"]
     model = make_model(config, vocab).to(device).train()
     tokens = batch * seq_len
 
     if scope == "blocks":
-        x = torch.randn(batch, seq_len, config.d_model, device=device, requires_grad=True)
-        upstream = torch.randn(batch, seq_len, config.d_model, device=device)
+        x = torch.randn(batch, seq_len, config.model.d_model, device=device, requires_grad=True)
+        upstream = torch.randn(batch, seq_len, config.model.d_model, device=device)
 
         def step(tracer=None):
             with tracer if tracer is not None else nullcontext():

@@ -36,20 +36,31 @@ FLAGS = tuple(BY_FLAG)
 ORIGINAL_FLAGS = tuple(m.flag for m in REGISTRY if m.original)
 
 
+def default_settings() -> dict:
+    """Flag -> that method's settings at their defaults: ``BenchmarkConfig.methods``' default."""
+    return {m.flag: m.Settings() for m in REGISTRY}
+
+
 def enabled(config) -> list:
     """The method classes whose flag is on in ``config``, in registry order."""
-    return [m for m in REGISTRY if getattr(config, m.flag)]
+    return [m for m in REGISTRY if config.methods[m.flag].enabled]
 
 
 def validate(config) -> None:
-    """Flag types, architectures, incompatible pairs, hyper-parameters."""
+    """The settings' types, architectures, incompatible pairs, hyper-parameters."""
+    unknown = sorted(set(config.methods) - set(BY_FLAG))
+    if unknown:
+        raise ValueError(f"methods: unknown method(s) {', '.join(unknown)}; known: {', '.join(FLAGS)}")
     for m in REGISTRY:
-        if not isinstance(getattr(config, m.flag), bool):
-            raise ValueError(f"{m.flag}: expected true or false, got {getattr(config, m.flag)!r}")
+        settings = config.methods.get(m.flag)
+        if not isinstance(settings, m.Settings):
+            raise ValueError(f"methods.{m.flag}: expected its settings ({m.flag}.Settings), got {settings!r}")
+        if not isinstance(settings.enabled, bool):
+            raise ValueError(f"methods.{m.flag}.enabled: expected true or false, got {settings.enabled!r}")
     on = enabled(config)
     for m in on:
-        if config.architecture not in m.architectures:
-            raise ValueError(f"{m.flag}: acts on {m.acts_on}, which architecture {config.architecture!r} does not "
+        if config.model.architecture not in m.architectures:
+            raise ValueError(f"{m.flag}: acts on {m.acts_on}, which architecture {config.model.architecture!r} does not "
                              f"have (supported: {', '.join(m.architectures)}); set it to false")
     flags = {m.flag for m in on}
     for m in on:
@@ -85,5 +96,5 @@ def listeners_for(config) -> list:
     return [m(config) for m in enabled(config)] + [Exporter()]
 
 
-__all__ = ["BY_FLAG", "FLAGS", "ORIGINAL_FLAGS", "REGISTRY", "Event", "Method", "attach_all", "attach_order", "enabled",
+__all__ = ["BY_FLAG", "FLAGS", "default_settings", "ORIGINAL_FLAGS", "REGISTRY", "Event", "Method", "attach_all", "attach_order", "enabled",
            "listeners_for", "validate"]

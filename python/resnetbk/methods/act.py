@@ -38,15 +38,15 @@ class ACT(Method):
 
     @classmethod
     def validate(cls, config) -> None:
-        check_number(config, "act_threshold", low=0.0, high=1.0, low_open=True)
-        check_number(config, "ponder_weight", low=0.0)
-        check_number(config, "act_bias_init", low=-20.0, high=20.0)
+        check_number(cls.settings_of(config), "act_threshold", low=0.0, high=1.0, low_open=True)
+        check_number(cls.settings_of(config), "ponder_weight", low=0.0)
+        check_number(cls.settings_of(config), "act_bias_init", low=-20.0, high=20.0)
 
     @classmethod
     def attach(cls, model, config) -> None:
-        units = model.init_attached(attached_depth(model).halting_units(config.act_threshold))
+        units = model.init_attached(attached_depth(model).halting_units(cls.settings_of(config).act_threshold))
         for unit in units:  # the bias sets how deep tokens go at first (the model's init zeroes biases)
-            nn.init.constant_(unit.bias, config.act_bias_init)
+            nn.init.constant_(unit.bias, cls.settings_of(config).act_bias_init)
 
     def __init__(self, config):
         super().__init__(config)
@@ -54,19 +54,19 @@ class ACT(Method):
 
     def on_loss(self, state) -> None:
         depth = state.model.depth
-        state.loss_terms["ponder"] = self.config.ponder_weight * state.aux_losses["ponder"]
+        state.loss_terms["ponder"] = self.settings.ponder_weight * state.aux_losses["ponder"]
         self._blocks += float(depth.blocks_per_token.float().mean())
         self._steps += 1
 
     def on_epoch_end(self, state) -> None:
-        figures = state.figures.setdefault(self.flag, {"n_layers": self.config.n_layers})
+        figures = state.figures.setdefault(self.flag, {"n_layers": self.config.model.n_layers})
         figures.setdefault("mean_blocks_per_token_train", []).append(self._blocks / max(self._steps, 1))
         self._blocks, self._steps = 0.0, 0
 
     def on_evaluation(self, state) -> None:
-        figures = state.figures.setdefault(self.flag, {"n_layers": self.config.n_layers})
+        figures = state.figures.setdefault(self.flag, {"n_layers": self.config.model.n_layers})
         figures["evaluation"] = record_evaluation(state, blocks=True)
-        figures["fraction_of_layers_used"] = figures["evaluation"]["mean_blocks_per_token"] / self.config.n_layers
+        figures["fraction_of_layers_used"] = figures["evaluation"]["mean_blocks_per_token"] / self.config.model.n_layers
 
     @classmethod
     def assess(cls, row):

@@ -52,7 +52,7 @@ def window_losses(state) -> tuple[torch.Tensor, int]:
     model.eval()
     try:
         with torch.no_grad():
-            for x, y in wt2.windows(state.train_inputs, state.train_targets, config.n_seq):
+            for x, y in wt2.windows(state.train_inputs, state.train_targets, config.model.n_seq):
                 shape = tuple(x.shape)
                 windows_of_shape[shape] += 1
                 tracer = FlopsTracer() if shape not in priced else contextlib.nullcontext()
@@ -79,11 +79,11 @@ class ActiveLearning(Method):
 
     @classmethod
     def validate(cls, config) -> None:
-        check_number(config, "active_learning_fraction", low=0.0, high=1.0, low_open=True)
+        check_number(cls.settings_of(config), "active_learning_fraction", low=0.0, high=1.0, low_open=True)
 
     @classmethod
     def windows_per_epoch(cls, config, windows: int) -> int:
-        return max(1, math.ceil(config.active_learning_fraction * windows))
+        return max(1, math.ceil(cls.settings_of(config).active_learning_fraction * windows))
 
     def on_epoch_start(self, state) -> None:
         start = time.perf_counter()
@@ -95,7 +95,7 @@ class ActiveLearning(Method):
         dropped = ~chosen
         # Keep the epoch's shuffled order among the kept windows.
         state.window_order = state.window_order[chosen[state.window_order]]
-        figures = state.figures.setdefault(self.flag, {"fraction": self.config.active_learning_fraction, "epochs": []})
+        figures = state.figures.setdefault(self.flag, {"fraction": self.settings.active_learning_fraction, "epochs": []})
         figures["epochs"].append({
             "windows_scored": losses.numel(), "windows_kept": keep,
             "mean_loss_kept": float(losses[hardest].mean()),

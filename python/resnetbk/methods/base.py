@@ -2,9 +2,11 @@
 
 Modelled on MosaicML Composer's algorithms and events, kept small. A method
 
-* declares its ``flag`` (the config field that turns it on), the original benchmark's ``claim``
-  for it (verbatim), what it ``acts_on``, the ``paper`` it follows, its ``hyperparameters``
-  (config fields with defaults; ``validate`` checks them) and the architectures it supports;
+* declares its ``flag`` (its name in the config: ``methods.<flag>``), the original benchmark's
+  ``claim`` for it (verbatim), what it ``acts_on``, the ``paper`` it follows, its
+  ``hyperparameters`` (names and defaults; ``validate`` checks them) and the architectures it
+  supports. From these its frozen ``Settings`` class is made: ``enabled`` (default ``default``)
+  and the hyper-parameters; a run's instance is ``config.methods[flag]`` (``self.settings``);
 * may change the model before it is built (``configure_model``: the same options feed
   ``build_model`` and the FLOPs estimate) or once built (``attach``: parametrizations, hooks),
   and wrap the forward (``forward_context``);
@@ -18,7 +20,7 @@ Modelled on MosaicML Composer's algorithms and events, kept small. A method
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, ClassVar, Optional
 
 from ..train.events import Event, Listener
@@ -78,8 +80,22 @@ class Method(Listener):
     #: for a method that changes what a step executes beyond the base options.
     estimable: ClassVar[bool] = False
 
+    #: Made from ``default`` and ``hyperparameters`` when the class is defined (a frozen dataclass).
+    Settings: ClassVar[type]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "flag" in vars(cls):  # a method (not an intermediate base): its settings class
+            cls.Settings = _settings_class(cls)
+
     def __init__(self, config: Any):
         self.config = config
+        self.settings = config.methods[self.flag]
+
+    @classmethod
+    def settings_of(cls, config: Any):
+        """This method's settings in ``config`` (``config.methods[flag]``)."""
+        return config.methods[cls.flag]
 
     @classmethod
     def validate(cls, config: Any) -> None:
@@ -110,6 +126,20 @@ class Method(Listener):
 
     def epoch_windows(self, windows: int) -> int:
         return self.windows_per_epoch(self.config, windows)
+
+
+def _settings_class(method: type) -> type:
+    """``<Method>.Settings``: ``enabled`` and the hyper-parameters, frozen (lists become tuples)."""
+    fields = [("enabled", bool, field(default=method.default))]
+    for name, default in method.hyperparameters.items():
+        if isinstance(default, list):
+            default = tuple(default)
+        fields.append((name, type(default), field(default=default)))
+    settings = make_dataclass("Settings", fields, frozen=True)
+    # Importable by pickle (a config travels to each model's worker process): <module>.<Method>.Settings.
+    settings.__module__, settings.__qualname__ = method.__module__, f"{method.__qualname__}.Settings"
+    settings.__doc__ = f"The settings of {method.flag}: enabled, then its hyper-parameters ({method.__name__})."
+    return settings
 
 
 __all__ = ["AblationRow", "Event", "Method", "check_int", "check_number"]

@@ -78,26 +78,26 @@ class Curriculum(Method):
 
     @classmethod
     def validate(cls, config) -> None:
-        value = config.curriculum_start_length
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= config.n_seq:
-            raise ValueError(f"curriculum_start_length: expected an integer in [1, n_seq = {config.n_seq}], got {value!r}")
-        check_number(config, "curriculum_fraction", low=0.0, high=1.0)
-        if config.curriculum_order not in ORDERS:
-            raise ValueError(f"curriculum_order: expected one of {ORDERS}, got {config.curriculum_order!r}")
+        value = cls.settings_of(config).curriculum_start_length
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= config.model.n_seq:
+            raise ValueError(f"curriculum_start_length: expected an integer in [1, n_seq = {config.model.n_seq}], got {value!r}")
+        check_number(cls.settings_of(config), "curriculum_fraction", low=0.0, high=1.0)
+        if cls.settings_of(config).curriculum_order not in ORDERS:
+            raise ValueError(f"curriculum_order: expected one of {ORDERS}, got {cls.settings_of(config).curriculum_order!r}")
 
     def on_epoch_start(self, state) -> None:
-        if self.config.curriculum_order == "unigram" and state.progress.epoch == 0:
-            scores = unigram_difficulty(state.train_targets, self.config.n_seq, state.corpus.vocab_size)
+        if self.settings.curriculum_order == "unigram" and state.progress.epoch == 0:
+            scores = unigram_difficulty(state.train_targets, self.config.model.n_seq, state.corpus.vocab_size)
             state.window_order = state.window_order[torch.argsort(scores[state.window_order], stable=True)]
 
     def on_batch_start(self, state) -> None:
         # Kept in state.figures (checkpointed with the progress), so a resumed run counts on.
         figures = state.figures.setdefault(self.flag, {
-            "steps_at_length": {}, "tokens_left_out": 0, "order": self.config.curriculum_order,
-            "warmup_fraction": self.config.curriculum_fraction})
+            "steps_at_length": {}, "tokens_left_out": 0, "order": self.settings.curriculum_order,
+            "warmup_fraction": self.settings.curriculum_fraction})
         n = state.inputs.shape[1]
-        length = warmup_length(state.progress.step, state.total_steps, self.config.curriculum_start_length,
-                               self.config.n_seq, self.config.curriculum_fraction)
+        length = warmup_length(state.progress.step, state.total_steps, self.settings.curriculum_start_length,
+                               self.config.model.n_seq, self.settings.curriculum_fraction)
         if length < n:
             before = int((state.targets != wt2.IGNORE_INDEX).sum())
             state.inputs = cut_into_sequences(state.inputs, length)

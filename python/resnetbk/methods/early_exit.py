@@ -41,9 +41,9 @@ class EarlyExit(Method):
 
     @classmethod
     def validate(cls, config) -> None:
-        check_number(config, "exit_loss_weight", low=0.0)
-        check_number(config, "exit_loss_fraction", low=0.0, high=1.0, low_open=True)
-        thresholds = config.exit_thresholds
+        check_number(cls.settings_of(config), "exit_loss_weight", low=0.0)
+        check_number(cls.settings_of(config), "exit_loss_fraction", low=0.0, high=1.0, low_open=True)
+        thresholds = cls.settings_of(config).exit_thresholds
         if (not isinstance(thresholds, (list, tuple)) or not thresholds
                 or not all(isinstance(t, (int, float)) and 0 < t <= 1 for t in thresholds)):
             raise ValueError(f"exit_thresholds: expected a non-empty list of numbers in (0, 1], got {thresholds!r}")
@@ -59,7 +59,7 @@ class EarlyExit(Method):
             return
         targets = state.targets.reshape(-1)
         positions = torch.nonzero(targets != wt2.IGNORE_INDEX, as_tuple=True)[0]
-        keep = max(1, round(self.config.exit_loss_fraction * positions.numel()))
+        keep = max(1, round(self.settings.exit_loss_fraction * positions.numel()))
         if keep < positions.numel():
             positions = positions[torch.randperm(positions.numel(), device=positions.device)[:keep]]
         with torch.no_grad():  # the final prediction at the sampled positions (the fused head keeps no logits)
@@ -74,14 +74,14 @@ class EarlyExit(Method):
             agrees = (logits.argmax(-1) == final_prediction).float()
             confidence = model.depth.confidence[i](hidden.detach()).float().squeeze(-1)
             confidence_loss = confidence_loss + F.binary_cross_entropy_with_logits(confidence, agrees)
-        state.loss_terms["exit"] = self.config.exit_loss_weight * exit_loss
+        state.loss_terms["exit"] = self.settings.exit_loss_weight * exit_loss
         state.loss_terms["exit_confidence"] = confidence_loss / len(exits)
 
     def on_evaluation(self, state) -> None:
         depth = state.model.depth
         figures = {"all_blocks": record_evaluation(state, blocks=True), "thresholds": {}}
         try:
-            for threshold in self.config.exit_thresholds:
+            for threshold in self.settings.exit_thresholds:
                 depth.exit_threshold = float(threshold)
                 figures["thresholds"][str(threshold)] = record_evaluation(state, blocks=True)
         finally:

@@ -118,18 +118,18 @@ class Koopman(Method):
     @classmethod
     def validate(cls, config) -> None:
         for name in ("koopman_dim", "koopman_rows"):
-            value = getattr(config, name)
+            value = getattr(cls.settings_of(config), name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-        check_number(config, "koopman_weight", low=0.0)
-        check_number(config, "koopman_decay", low=0.0, high=1.0, low_open=True)
-        start = config.koopman_start_block
-        if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start < config.n_layers:
-            raise ValueError(f"koopman_start_block: expected an integer in [0, n_layers = {config.n_layers}), got {start!r}")
+        check_number(cls.settings_of(config), "koopman_weight", low=0.0)
+        check_number(cls.settings_of(config), "koopman_decay", low=0.0, high=1.0, low_open=True)
+        start = cls.settings_of(config).koopman_start_block
+        if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start < config.model.n_layers:
+            raise ValueError(f"koopman_start_block: expected an integer in [0, n_layers = {config.model.n_layers}), got {start!r}")
 
     @classmethod
     def attach(cls, model, config) -> None:
-        model.koopman = KoopmanModels(len(model.blocks), config.d_model, config.koopman_dim)
+        model.koopman = KoopmanModels(len(model.blocks), config.model.d_model, cls.settings_of(config).koopman_dim)
         track_block_states(model)
 
     def __init__(self, config):
@@ -139,20 +139,20 @@ class Koopman(Method):
     def on_loss(self, state) -> None:
         consistency, reconstruction, self._lifted = state.model.koopman.losses(state.model.block_states)
         if self._lifted:
-            state.loss_terms["koopman"] = self.config.koopman_weight * (consistency + reconstruction)
+            state.loss_terms["koopman"] = self.settings.koopman_weight * (consistency + reconstruction)
 
     def on_after_optimizer_step(self, state) -> None:
         if self._lifted:
-            state.model.koopman.refit(self._lifted, self.config.koopman_decay, self.config.koopman_rows)
+            state.model.koopman.refit(self._lifted, self.settings.koopman_decay, self.settings.koopman_rows)
             self._residuals = state.model.koopman.residuals(self._lifted)
             self._lifted = []
 
     def on_evaluation(self, state) -> None:
         figures = state.figures.setdefault(self.flag, {})
         figures["normal"] = record_evaluation(state)
-        with koopman_mode(state.model, self.config.koopman_start_block):
+        with koopman_mode(state.model, self.settings.koopman_start_block):
             figures["koopman_mode"] = record_evaluation(state)
-        figures["replaced_blocks"] = list(range(self.config.koopman_start_block, self.config.n_layers))
+        figures["replaced_blocks"] = list(range(self.settings.koopman_start_block, self.config.model.n_layers))
         figures["fit_relative_residual_last_step"] = getattr(self, "_residuals", None)
 
     @classmethod

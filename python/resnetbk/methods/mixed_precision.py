@@ -31,7 +31,7 @@ def slow_precision_reason(config) -> Optional[str]:
     device = config.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device != "cpu" or config.amp_dtype != "bfloat16":
+    if device != "cpu" or config.methods["use_mixed_precision"].amp_dtype != "bfloat16":
         return None
     return slow_bf16_reason()
 
@@ -44,24 +44,27 @@ class MixedPrecision(Method):
     changes_model = False
     architectures = ("resnet_bk", "transformer")
     #: ``allow_slow_bf16``: run bf16 autocast even on a CPU without native bf16 (to measure it).
-    hyperparameters = {"allow_slow_bf16": False}
+    #: ``amp_dtype``: "bfloat16" (CPU or CUDA) or "float16" (CUDA, with a GradScaler).
+    hyperparameters = {"amp_dtype": "bfloat16", "allow_slow_bf16": False}
 
     @classmethod
     def validate(cls, config) -> None:
-        if not isinstance(config.allow_slow_bf16, bool):
-            raise ValueError(f"allow_slow_bf16: expected true or false, got {config.allow_slow_bf16!r}")
+        if cls.settings_of(config).amp_dtype not in ("bfloat16", "float16"):
+            raise ValueError(f"amp_dtype: expected one of ('bfloat16', 'float16'), got {cls.settings_of(config).amp_dtype!r}")
+        if not isinstance(cls.settings_of(config).allow_slow_bf16, bool):
+            raise ValueError(f"allow_slow_bf16: expected true or false, got {cls.settings_of(config).allow_slow_bf16!r}")
 
     @classmethod
     def check_fast(cls, config) -> None:
         """A ValueError, naming the flag and the way out, when ``config`` asks for a precision this
         machine cannot run fast and ``allow_slow_bf16`` is not set."""
         reason = slow_precision_reason(config)
-        if reason is not None and not config.allow_slow_bf16:
+        if reason is not None and not cls.settings_of(config).allow_slow_bf16:
             raise ValueError(f"use_mixed_precision: {reason}; turn mixed precision off (no --amp), or set "
                              "allow_slow_bf16: true (--allow-slow-bf16) to measure it anyway")
 
     def on_model_built(self, state) -> None:
-        if self.config.amp_dtype == "float16" and state.device.type != "cuda":
+        if self.settings.amp_dtype == "float16" and state.device.type != "cuda":
             raise ValueError("amp_dtype: float16 autocast needs a CUDA device (it uses a GradScaler); use bfloat16 on CPU")
         self.check_fast(self.config)
         reason = slow_precision_reason(self.config)
@@ -70,10 +73,10 @@ class MixedPrecision(Method):
 
     def grad_scaler(self, device):
         # float16's narrow range needs the loss scaled (bf16 has float32's range and needs none).
-        return torch.amp.GradScaler("cuda") if self.config.amp_dtype == "float16" else None
+        return torch.amp.GradScaler("cuda") if self.settings.amp_dtype == "float16" else None
 
     def forward_context(self, device):
-        dtype = torch.float16 if self.config.amp_dtype == "float16" else torch.bfloat16
+        dtype = torch.float16 if self.settings.amp_dtype == "float16" else torch.bfloat16
         return torch.autocast(device_type=device.type, dtype=dtype)
 
     @classmethod

@@ -72,19 +72,19 @@ class MultiScale(Method):
 
     @classmethod
     def validate(cls, config) -> None:
-        if config.n_layers < 3:
+        if config.model.n_layers < 3:
             raise ValueError(f"use_multi_scale: needs n_layers >= 3 (full-resolution blocks around shortened middle "
-                             f"blocks), got n_layers = {config.n_layers}")
+                             f"blocks), got n_layers = {config.model.n_layers}")
 
     @classmethod
     def attach(cls, model, config) -> None:
         model.stage_ranges = shortened_stage_ranges(len(model.blocks))
-        model.shortened = model.init_attached(ShortenedGroup(config.d_model))
+        model.shortened = model.init_attached(ShortenedGroup(config.model.d_model))
 
     def on_evaluation(self, state) -> None:
         figures = record_evaluation(state, components=True)
-        k = max(1, self.config.n_layers // 4)
-        figures["shortened_blocks"] = list(range(k, self.config.n_layers - k))
+        k = max(1, self.config.model.n_layers // 4)
+        figures["shortened_blocks"] = list(range(k, self.config.model.n_layers - k))
         state.figures[self.flag] = figures
 
     @classmethod

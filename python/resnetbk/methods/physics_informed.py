@@ -68,12 +68,12 @@ class PhysicsInformed(Method):
 
     @classmethod
     def validate(cls, config) -> None:
-        check_int(config, "physics_hidden", low=1, expected="a positive integer")
-        check_number(config, "physics_weight_init", low=0.0, low_open=True)
+        check_int(cls.settings_of(config), "physics_hidden", low=1, expected="a positive integer")
+        check_number(cls.settings_of(config), "physics_weight_init", low=0.0, low_open=True)
 
     @classmethod
     def attach(cls, model, config) -> None:
-        model.energies = Energies(config.d_model, config.physics_hidden, config.physics_weight_init)
+        model.energies = Energies(config.model.d_model, cls.settings_of(config).physics_hidden, cls.settings_of(config).physics_weight_init)
         track_block_states(model)
 
     def on_loss(self, state) -> None:

@@ -163,16 +163,16 @@ class Pruning(Method):
 
     @classmethod
     def validate(cls, config) -> None:
-        check_number(config, "pruning_target_sparsity", low=0.0, high=1.0, high_open=True)
-        check_number(config, "pruning_start_fraction", low=0.0, high=1.0)
-        check_number(config, "pruning_end_fraction", low=0.0, high=1.0)
-        if config.pruning_end_fraction < config.pruning_start_fraction:
+        check_number(cls.settings_of(config), "pruning_target_sparsity", low=0.0, high=1.0, high_open=True)
+        check_number(cls.settings_of(config), "pruning_start_fraction", low=0.0, high=1.0)
+        check_number(cls.settings_of(config), "pruning_end_fraction", low=0.0, high=1.0)
+        if cls.settings_of(config).pruning_end_fraction < cls.settings_of(config).pruning_start_fraction:
             raise ValueError(f"pruning_end_fraction: expected at least pruning_start_fraction = "
-                             f"{config.pruning_start_fraction}, got {config.pruning_end_fraction}")
-        value = config.pruning_interval
+                             f"{cls.settings_of(config).pruning_start_fraction}, got {cls.settings_of(config).pruning_end_fraction}")
+        value = cls.settings_of(config).pruning_interval
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"pruning_interval: expected a positive integer, got {value!r}")
-        check_number(config, "expert_removal_threshold", low=0.0, high=1.0)
+        check_number(cls.settings_of(config), "expert_removal_threshold", low=0.0, high=1.0)
 
     #: Every linear layer is pruned, the other methods' included: they attach first (quantization
     #: too, so that the mask applies to the fake-quantized weight).
@@ -189,16 +189,16 @@ class Pruning(Method):
                 module.router.register_forward_hook(module.expert_routing.on_router_output)
 
     def on_after_optimizer_step(self, state) -> None:
-        config, step, total = self.config, state.progress.step, state.total_steps
-        end_step = max(1, math.ceil(config.pruning_end_fraction * total))
-        if step % config.pruning_interval == 0 or step == end_step:
-            sparsity = scheduled_sparsity(step, total, config.pruning_start_fraction, config.pruning_end_fraction,
-                                          config.pruning_target_sparsity)
+        step, total = state.progress.step, state.total_steps
+        end_step = max(1, math.ceil(self.settings.pruning_end_fraction * total))
+        if step % self.settings.pruning_interval == 0 or step == end_step:
+            sparsity = scheduled_sparsity(step, total, self.settings.pruning_start_fraction, self.settings.pruning_end_fraction,
+                                          self.settings.pruning_target_sparsity)
             if sparsity > 0:
                 found = prunable(state.model)
                 for name, mask in masks(state.model).items():
                     prune_to(found[name], mask, sparsity)
-        if step < config.pruning_start_fraction * total:  # routing is counted from the window's start
+        if step < self.settings.pruning_start_fraction * total:  # routing is counted from the window's start
             for routing in _routings(state.model).values():
                 routing.routed_tokens.zero_()
         if step == end_step:
@@ -209,7 +209,7 @@ class Pruning(Method):
         for name, routing in _routings(state.model).items():
             counts = routing.routed_tokens
             share = counts / counts.sum().clamp_min(1)
-            keep = share >= self.config.expert_removal_threshold
+            keep = share >= self.settings.expert_removal_threshold
             keep[int(share.argmax())] = True
             for e in (~keep & routing.expert_alive).nonzero().flatten().tolist():
                 removed.append({"block": name, "expert": e, "share_of_tokens": float(share[e])})

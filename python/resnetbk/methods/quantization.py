@@ -46,7 +46,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..train.evaluate import evaluate
-from .base import Method
+from ..validate import check_bool
+from .base import Method, check_int
 from .export import describe_export
 
 _QCONFIG_BACKEND = "fbgemm"
@@ -163,11 +164,9 @@ class Quantization(Method):
 
     @classmethod
     def validate(cls, config) -> None:
-        if not isinstance(config.quantization_int4_experts, bool):
-            raise ValueError(f"quantization_int4_experts: expected true or false, got {config.quantization_int4_experts!r}")
-        value = config.quantization_group_size
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"quantization_group_size: expected a positive integer, got {value!r}")
+        settings = cls.settings_of(config)
+        check_bool(settings, "quantization_int4_experts")
+        check_int(settings, "quantization_group_size", low=1)
 
     #: Every linear layer is quantized, the other methods' included: they attach first.
     attach_after = ("use_koopman", "use_physics_informed", "use_act", "use_multi_scale", "use_sparse_bk",
@@ -176,8 +175,8 @@ class Quantization(Method):
     @classmethod
     def attach(cls, model, config) -> None:
         for name, module in quantized_linears(model).items():
-            if config.quantization_int4_experts and ".experts." in name:
-                parametrize.register_parametrization(module, "weight", GroupInt4(config.quantization_group_size))
+            if cls.settings_of(config).quantization_int4_experts and ".experts." in name:
+                parametrize.register_parametrization(module, "weight", GroupInt4(cls.settings_of(config).quantization_group_size))
             else:
                 parametrize.register_parametrization(module, "weight", FakeQuant(weight_fake_quant_module()))
             module.input_fake_quant = FakeQuant(activation_fake_quant_module())
@@ -292,5 +291,5 @@ def int8_inference(state) -> dict:
     figures["inference_path"] = ("torch.ao.quantization.quantize_dynamic (fbgemm): INT8 per-channel weights, activations "
                                  "quantized per batch at run time; embeddings weight-only 8-bit; the BK-Core, norms "
                                  "and the softmax in float32")
-    figures["int4_experts"] = state.config.quantization_int4_experts
+    figures["int4_experts"] = Quantization.settings_of(state.config).quantization_int4_experts
     return figures

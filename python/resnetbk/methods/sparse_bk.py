@@ -76,25 +76,25 @@ class SparseBK(Method):
 
     @classmethod
     def validate(cls, config) -> None:
-        check_number(config, "sparse_bk_target", low=0.0, high=1.0, high_open=True)
-        check_number(config, "sparsity_weight", low=0.0)
+        check_number(cls.settings_of(config), "sparse_bk_target", low=0.0, high=1.0, high_open=True)
+        check_number(cls.settings_of(config), "sparsity_weight", low=0.0)
 
     @classmethod
     def attach(cls, model, config) -> None:
         for block in model.blocks:
-            block.bk.gate = model.init_attached(SparseGate(config.d_model, config.sparse_bk_target))
+            block.bk.gate = model.init_attached(SparseGate(config.model.d_model, cls.settings_of(config).sparse_bk_target))
 
     def __init__(self, config):
         super().__init__(config)
         self._sum, self._steps = 0.0, 0
 
     def on_loss(self, state) -> None:
-        state.loss_terms["sparsity"] = self.config.sparsity_weight * state.aux_losses["sparsity"]
+        state.loss_terms["sparsity"] = self.settings.sparsity_weight * state.aux_losses["sparsity"]
         self._sum += mean_sparsity(state.model)
         self._steps += 1
 
     def _figures(self, state) -> dict:
-        return state.figures.setdefault(self.flag, {"target_sparsity": self.config.sparse_bk_target})
+        return state.figures.setdefault(self.flag, {"target_sparsity": self.settings.sparse_bk_target})
 
     def on_epoch_end(self, state) -> None:
         self._figures(state).setdefault("realised_sparsity_train", []).append(self._sum / max(self._steps, 1))

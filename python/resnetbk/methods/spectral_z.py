@@ -71,19 +71,19 @@ class SpectralZ(Method):
 
     @classmethod
     def validate(cls, config) -> None:
-        check_int(config, "spectral_channels", low=0, expected="0 (keep bk_channels) or a positive integer")
-        check_number(config, "eta_min", low=0.0, low_open=True)
-        check_number(config, "eta_max", low=config.eta_min)
+        check_int(cls.settings_of(config), "spectral_channels", low=0, expected="0 (keep bk_channels) or a positive integer")
+        check_number(cls.settings_of(config), "eta_min", low=0.0, low_open=True)
+        check_number(cls.settings_of(config), "eta_max", low=cls.settings_of(config).eta_min)
 
     @classmethod
     def configure_model(cls, options, config):
-        channels = config.spectral_channels or options.bk_channels
+        channels = cls.settings_of(config).spectral_channels or options.bk_channels
         return options.replace(bk_channels=channels)
 
     @classmethod
     def attach(cls, model, config) -> None:
         for block in model.blocks:
-            block.bk.shift = SpectralShift(block.bk.channels, config.eta_min, config.eta_max)
+            block.bk.shift = SpectralShift(block.bk.channels, cls.settings_of(config).eta_min, cls.settings_of(config).eta_max)
 
     def on_evaluation(self, state) -> None:
         blocks = []

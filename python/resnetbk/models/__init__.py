@@ -13,6 +13,8 @@ def build_model(options: ModelOptions) -> LanguageModel:
     """A ``LanguageModel`` of ``options.architecture`` (one of ``ARCHITECTURES``)."""
     if not isinstance(options, ModelOptions):
         raise TypeError(f"options: expected a ModelOptions, got {type(options).__name__}")
+    if options.vocab_size < 1:
+        raise ValueError("vocab_size: 0 means not known yet; set it (the benchmark's model_options sets it from the data)")
     o = options
     if o.word_lm_transformer:
         blocks = [PostNormTransformerBlock(o.d_model, o.n_heads, o.d_ff or 4 * o.d_model, o.dropout)

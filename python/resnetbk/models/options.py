@@ -1,8 +1,10 @@
 """``ModelOptions``: everything ``build_model`` needs, in one place (the FLOPs estimate reads it too).
 
-The benchmark derives it from its config (``resnetbk.bench.config.model_options``). No
-optimization method has a field here: a method changes the built model through its declared
-extension points when it attaches (``models.common``, ``models.resnet_bk``).
+It is the ``model`` part of the benchmark's config (``resnetbk.bench.config``: ``vocab_size`` 0
+there, set from the data by ``model_options``, as ``bk_grad`` and ``mamba_cuda`` are from the
+run's methods and device). No optimization method has a field here: a method changes the built
+model through its declared extension points when it attaches (``models.common``,
+``models.resnet_bk``).
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..validate import check_choice, check_int, check_number
+
 ARCHITECTURES = ("transformer", "resnet_bk", "lstm", "mamba")
 #: Architectures that carry position in their recurrent state: no position embedding.
 RECURRENT = ("lstm", "mamba")
 BK_GRADS = ("exact", "autograd")
+BK_MODES = ("causal", "bidirectional")
 #: "normal": every Linear and Embedding weight normal(0, 0.02), biases zero (GPT-2's scheme);
 #: "torch": PyTorch's own defaults (Linear: Kaiming-uniform; Embedding: normal(0, 1));
 #: "uniform": PyTorch's word_language_model example: token embedding and LM head uniform in
@@ -27,23 +32,25 @@ TRANSFORMER_STYLES = ("pre_norm", "word_language_model")
 
 @dataclass(frozen=True)
 class ModelOptions:
-    architecture: str
-    vocab_size: int
+    architecture: str = "resnet_bk"  # see ARCHITECTURES
+    vocab_size: int = 0  # 0: not known yet (the benchmark sets it from the data)
     d_model: int = 64
     n_layers: int = 4
-    n_seq: int = 128
+    n_seq: int = 128  # the longest input (and the training window)
     dropout: float = 0.1
-    tie_embeddings: bool = True
+    #: Untied by default: the defaults study (docs/benchmark.md) measured a tied head 13% (Transformer)
+    #: and 18% (ResNet-BK) worse in validation perplexity on the quick budget.
+    tie_embeddings: bool = False
     head_bias: bool = False  # a bias on the LM head
     init: str = "normal"  # see INITS
     n_heads: int = 4
     transformer_style: str = "pre_norm"  # see TRANSFORMER_STYLES
     d_ff: int = 0  # the word_language_model Transformer's MLP width (0: 4 * d_model)
     final_norm: bool = True  # a LayerNorm before the LM head (the word_language_model example has none)
-    num_experts: int = 4
-    bk_channels: int = 1
-    bk_mode: str = "causal"
-    potential_limit: float = 3.0
+    num_experts: int = 4  # ResNet-BK's MoE feed-forward: top-1 of this many experts
+    bk_channels: int = 1  # BK-Core channels per block (independent tridiagonal systems)
+    bk_mode: str = "causal"  # see BK_MODES: "bidirectional" reads future tokens (not a language model)
+    potential_limit: float = 3.0  # the soft clamp of the BK-Core's potential
     #: "exact": the BK-Core's O(N) analytic backward; "autograd": autograd through the torch implementation.
     bk_grad: str = "exact"
     #: LSTM cell width; 0: matched to ResNet-BK's non-embedding parameter count (models.recurrent).
@@ -57,10 +64,16 @@ class ModelOptions:
     mamba_cuda: bool = False
 
     def __post_init__(self) -> None:
-        for name, allowed in (("architecture", ARCHITECTURES), ("init", INITS),
+        for name, allowed in (("architecture", ARCHITECTURES), ("init", INITS), ("bk_mode", BK_MODES),
                               ("transformer_style", TRANSFORMER_STYLES), ("bk_grad", BK_GRADS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}: expected one of {allowed}, got {getattr(self, name)!r}")
+            check_choice(self, name, allowed)
+        for name in ("d_model", "n_layers", "n_seq", "n_heads", "num_experts", "bk_channels"):
+            check_int(self, name, low=1)
+        check_int(self, "vocab_size", low=0, expected="0 (from the data) or a positive integer")
+        check_number(self, "potential_limit", low=0.0, low_open=True)
+        check_number(self, "dropout", low=0.0, high=1.0, high_open=True)
+        if self.architecture == "transformer" and self.d_model % self.n_heads:
+            raise ValueError(f"n_heads: d_model = {self.d_model} must be divisible by n_heads = {self.n_heads}")
         for name in ("mamba_d_state", "mamba_layers_per_block"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -42,7 +42,7 @@ def evaluate(model, tokens: torch.Tensor, config: Any, device: torch.device, *,
              context: Callable[[], AbstractContextManager] = nullcontext, max_tokens: Optional[int] = None,
              tracer=None, on_batch: Optional[Callable[[int], None]] = None) -> tuple[float, int]:
     """Mean NLL per token over every (token, next token) pair of ``tokens`` (or its first
-    ``max_tokens``), and their count, in windows of ``config.n_seq`` over ``config.eval_batch_size``
+    ``max_tokens``), and their count, in windows of ``config.model.n_seq`` over ``config.eval_batch_size``
     streams. ``tracer`` (a FlopsTracer) records the forwards, ``on_batch(positions)`` runs after
     each window. A carried LSTM state (``config.carry_state``) runs through the split in text
     order from a fresh state; the training stream's state comes back afterwards."""
@@ -51,7 +51,7 @@ def evaluate(model, tokens: torch.Tensor, config: Any, device: torch.device, *,
     inputs, targets = wt2.streams(tokens, config.eval_batch_size)
     total, count = 0.0, 0
     with model.state_carry(config.carry_state):
-        windows = wt2.windows(inputs, targets, config.n_seq)
+        windows = wt2.windows(inputs, targets, config.model.n_seq)
         for nll_sum, n, x in window_nlls(model, windows, device, fused_head=config.fused_head, context=context,
                                          tracer_for=None if tracer is None else lambda _: tracer):
             total, count = total + nll_sum, count + n
@@ -63,4 +63,4 @@ def evaluate(model, tokens: torch.Tensor, config: Any, device: torch.device, *,
 def eval_windows(tokens: torch.Tensor, config: Any) -> int:
     """How many windows ``evaluate`` runs over ``tokens`` (for a progress bar)."""
     length = -(-max(len(tokens) - 1, 1) // config.eval_batch_size)  # as wt2.streams cuts it
-    return -(-length // config.n_seq)
+    return -(-length // config.model.n_seq)

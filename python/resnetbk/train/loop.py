@@ -65,9 +65,9 @@ def set_up(config, corpus, run_dir: Path, build_model, methods: list, *, resume:
     world = distributed.world(device)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    if config.architecture == "resnet_bk" and config.bk_mode != "causal" and not config.allow_noncausal:
+    if config.model.architecture == "resnet_bk" and config.model.bk_mode != "causal" and not config.allow_noncausal:
         raise ValueError(
-            f"{config.model_name}: bk_mode={config.bk_mode!r} reads future tokens, so its perplexity is not a "
+            f"{config.model_name}: bk_mode={config.model.bk_mode!r} reads future tokens, so its perplexity is not a "
             "language-model perplexity; pass --allow-noncausal (allow_noncausal: true) to train it anyway")
     if not world.is_main:
         log = lambda *_: None
@@ -80,7 +80,7 @@ def set_up(config, corpus, run_dir: Path, build_model, methods: list, *, resume:
     model = build_model().to(device)
     # An expert no token was routed to in a step, or a halted token's skipped block, has no
     # gradient: DDP must be told to expect that.
-    forward = (torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=config.architecture == "resnet_bk")
+    forward = (torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=config.model.architecture == "resnet_bk")
                if world.distributed else model)
     listeners = Listeners([*methods, *measurements(config, steps_csv=steps_csv, is_main=world.is_main,
                                                    tensorboard_dir=tensorboard_dir)])
@@ -90,7 +90,7 @@ def set_up(config, corpus, run_dir: Path, build_model, methods: list, *, resume:
     state.optimizer = make_optimizer(model, config)
     train_tokens = wt2.limit_tokens(corpus.train, config.max_train_tokens, config.data_fraction)
     state.train_inputs, state.train_targets = distributed.shard_rows(*wt2.streams(train_tokens, config.batch_size), world)
-    state.steps_per_epoch = wt2.num_windows(state.train_inputs, config.n_seq)
+    state.steps_per_epoch = wt2.num_windows(state.train_inputs, config.model.n_seq)
     # Methods that train on part of each epoch (active learning) shorten the schedule.
     state.total_steps = listeners.epoch_windows(state.steps_per_epoch) * config.epochs
     if config.max_steps is not None:
@@ -118,7 +118,7 @@ def run_epoch(state: TrainState) -> None:
     state.model.reset_state()  # a carried state starts each epoch fresh
     state.epoch = EpochRecord()
     state.listeners.fire(Event.EPOCH_START, state)
-    for x, y in wt2.windows(state.train_inputs, state.train_targets, config.n_seq, state.window_order):
+    for x, y in wt2.windows(state.train_inputs, state.train_targets, config.model.n_seq, state.window_order):
         if progress.step >= state.total_steps:
             break
         state.inputs, state.targets = x.to(state.device), y.to(state.device)
@@ -192,13 +192,13 @@ def finish(state: TrainState) -> BenchmarkResults:
     if state.progress.best_model is not None:
         model.load_state_dict(state.progress.best_model)
     with model.state_carry(False):  # the probes compare single windows, each from a fresh state
-        probe = probe_causality(model, state.corpus.vocab_size, config.n_seq, device=device)
+        probe = probe_causality(model, state.corpus.vocab_size, config.model.n_seq, device=device)
     if not probe.causal:
         state.log(f"[{config.model_name}] the causality probe FAILED: {probe.summary()}. Its perplexities are not "
                   "language-model perplexities and are reported under noncausal_perplexities only.")
     test_nll = state.evaluate(state.corpus.test, label="test")[0] if config.evaluate_test else math.nan
     with model.state_carry(False):
-        reach = context_reach(model, state.corpus.valid, config.n_seq, device=device, context=state.forward_context)
+        reach = context_reach(model, state.corpus.valid, config.model.n_seq, device=device, context=state.forward_context)
     state.listeners.fire(Event.EVALUATION, state)
     state.listeners.fire(Event.EXPORT, state)
     return build_results(state, probe, test_nll, reach)

@@ -1,8 +1,8 @@
 """``BenchmarkResults``: what a run measured, as a stable JSON document.
 
-Schema (``schema_version`` 5): every field below, JSON-typed; durations in seconds, memory in
-MiB, perplexities as ``exp(mean NLL)`` per token. ``final_perplexity`` is the test perplexity of
-the best-validation weights; ``best_perplexity`` the best validation perplexity;
+Schema (``schema_version`` 6): every field below, JSON-typed; durations in seconds, memory in
+MiB, perplexities as ``exp(mean NLL)`` per token. ``test_perplexity`` is the test perplexity of
+the best-validation weights; ``best_valid_perplexity`` the best validation perplexity;
 ``epoch_perplexities`` the validation perplexity after each epoch; ``epoch_losses`` the mean
 training loss of each epoch. FLOPs are measured from execution (``resnetbk.flops``): traced
 training steps are priced by the Rust engine; ``forward_flops``/``backward_flops``/
@@ -12,7 +12,7 @@ component and phase, the totals by category and any unknown (unpriced) ops. They
 only when no step ran. ``epoch_aux_losses`` has each named auxiliary loss term (weighted, as
 added to the loss: ``load_balance``, ``ponder``, ``sparsity``, ``exit``, ...) averaged per epoch;
 ``methods`` each enabled optimization method's own measurements, by flag (schema version 2
-added these two). ``perplexity_is_lm`` is false for a model that failed the causality probe:
+added these two). ``causal`` is false for a model that failed the causality probe:
 its perplexity is not a language-model perplexity, so every perplexity field is null and the
 measured values sit in ``noncausal_perplexities``.
 
@@ -31,6 +31,12 @@ the exported model (``runs/<model>/exported_model.pt``), otherwise the parameter
 Schema version 5 added ``context_reach`` (``resnetbk.context_reach``): the sensitivity of the
 loss at a validation window's last position to the embedded input ``d`` positions back, for
 every ``d`` (``gradient_norm``, and ``relative`` to ``d = 0``); null in files of older versions.
+
+Schema version 6: ``config`` is nested as the config is (``model``: the model's fields;
+``methods``: flag -> ``enabled`` and its hyper-parameters; ``resnetbk.bench.config.flat_view``
+reads either layout); the original benchmark's duplicate names ``final_perplexity``,
+``best_perplexity``, ``final_loss`` and ``perplexity_is_lm`` are gone (``test_perplexity``,
+``best_valid_perplexity``, ``train_loss``, ``causal``): reading an older file drops them.
 """
 
 from __future__ import annotations
@@ -48,17 +54,17 @@ from ..measure.environment import environment
 from ..validate import reject_unknown_fields
 from .state import TrainState, throughput
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
+#: Older schemas' second names for other fields (the original benchmark's), dropped on reading.
+LEGACY_DUPLICATES = ("final_perplexity", "best_perplexity", "final_loss", "perplexity_is_lm")
 
 
 @dataclass
 class BenchmarkResults:
-    # The original benchmark's fields.
+    # The original benchmark's fields (its final_loss, final_perplexity and best_perplexity are
+    # train_loss, test_perplexity and best_valid_perplexity below).
     model_name: str
     config: dict
-    final_loss: float
-    final_perplexity: float
-    best_perplexity: float
     training_time: float
     forward_flops: Optional[int] = None
     backward_flops: Optional[int] = None
@@ -85,8 +91,7 @@ class BenchmarkResults:
     vocab_size: int = 0
     parameters: int = 0
     non_embedding_parameters: int = 0
-    causal: bool = True
-    perplexity_is_lm: bool = True
+    causal: bool = True  # passed the causality probe: its perplexities are language-model perplexities
     causality_probe: str = ""
     peak_memory_method: str = ""
     peak_memory_above_baseline_mb: Optional[float] = None
@@ -108,6 +113,8 @@ class BenchmarkResults:
 
     @classmethod
     def from_dict(cls, data: dict) -> BenchmarkResults:
+        """From a results document of this or an older schema (their duplicate names dropped)."""
+        data = {k: v for k, v in data.items() if k not in LEGACY_DUPLICATES}
         reject_unknown_fields(cls, data, "results")
         return cls(**{k: (math.nan if v is None and k.endswith("perplexity") else v) for k, v in data.items()})
 
@@ -135,8 +142,7 @@ def build_results(state: TrainState, probe, test_nll: float, reach: Optional[dic
     versions, git = environment()
     flops = _flops_fields(progress.flops, progress.traced_steps, progress.step, state.world)
     last_loss = progress.epoch_losses[-1] if progress.epoch_losses else math.nan
-    perplexities = dict(final_perplexity=math.exp(test_nll), best_perplexity=progress.best_valid,
-                        epoch_perplexities=list(progress.epoch_perplexities),
+    perplexities = dict(epoch_perplexities=list(progress.epoch_perplexities),
                         valid_perplexity=progress.epoch_perplexities[-1] if progress.epoch_perplexities else math.nan,
                         test_perplexity=math.exp(test_nll), best_valid_perplexity=progress.best_valid)
     noncausal = None
@@ -151,7 +157,7 @@ def build_results(state: TrainState, probe, test_nll: float, reach: Optional[dic
     else:
         throughput_method = "training tokens / wall time of all steps, every one priced by the FLOPs tracer (its cost included)"
     return BenchmarkResults(
-        model_name=config.model_name, config=config.to_dict(), final_loss=last_loss, training_time=progress.train_time,
+        model_name=config.model_name, config=config.to_dict(), training_time=progress.train_time,
         peak_memory_mb=memory["peak_mb"], peak_memory_above_baseline_mb=memory["above_baseline_mb"],
         model_size_mb=size_mb, model_size_method=size_method, epoch_losses=progress.epoch_losses,
         epoch_times=progress.epoch_times, best_epoch=progress.best_epoch, train_loss=last_loss,
@@ -159,7 +165,7 @@ def build_results(state: TrainState, probe, test_nll: float, reach: Optional[dic
         tokens_per_second=tokens_per_second, throughput_method=throughput_method,
         steps=progress.step, skipped_steps=progress.skipped, stopped_early=progress.stopped_early,
         vocab_size=state.corpus.vocab_size, parameters=counts["total"], non_embedding_parameters=counts["non_embedding"],
-        causal=probe.causal, perplexity_is_lm=probe.causal, causality_probe=probe.summary(),
+        causal=probe.causal, causality_probe=probe.summary(),
         noncausal_perplexities=noncausal, peak_memory_method=memory["method"], dataset=state.corpus.describe(),
         device=str(state.device), versions=versions, git_revision=git, epoch_aux_losses=progress.epoch_aux_losses,
         methods={**{flag: {"left_out": why} for flag, why in config.left_out_methods.items()}, **progress.figures},
