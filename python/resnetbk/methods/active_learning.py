@@ -26,7 +26,6 @@ that the plain highest-loss rule also picks noisy, unlearnable examples: a known
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections import Counter
@@ -35,6 +34,7 @@ import torch
 
 from .. import data as wt2
 from ..flops import FlopsTracer
+from ..train.evaluate import window_nlls
 from .base import Method, check_number
 from .curves import interpolate
 
@@ -46,24 +46,22 @@ def window_losses(state) -> tuple[torch.Tensor, int]:
     (tracing every window was 95% of a quick-preset epoch), and every window of a shape runs the
     same ops (data-dependent parts, such as sparse gates or ACT halting, are priced at the traced
     window's rate)."""
-    model, config = state.model, state.config
-    losses, windows_of_shape, priced = [], Counter(), {}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for x, y in wt2.windows(state.train_inputs, state.train_targets, config.model.n_seq):
-                shape = tuple(x.shape)
-                windows_of_shape[shape] += 1
-                tracer = FlopsTracer() if shape not in priced else contextlib.nullcontext()
-                with tracer, state.forward_context():
-                    nll_sum, _ = model(x.to(state.device), y.to(state.device), fused_head=config.fused_head)
-                if shape not in priced:
-                    priced[shape] = tracer.report()["total"]
-                losses.append(float(nll_sum) / max(int((y != wt2.IGNORE_INDEX).sum()), 1))
-    finally:
-        model.train(was_training)
-    flops = sum(priced[shape] * count for shape, count in windows_of_shape.items())
+    windows_of_shape: Counter = Counter()
+    tracers: dict = {}
+
+    def tracer_for(x):
+        shape = tuple(x.shape)
+        windows_of_shape[shape] += 1
+        if shape in tracers:
+            return None
+        tracers[shape] = FlopsTracer()
+        return tracers[shape]
+
+    windows = wt2.windows(state.train_inputs, state.train_targets, state.config.model.n_seq)
+    losses = [nll / max(count, 1) for nll, count, _ in window_nlls(
+        state.model, windows, state.device, fused_head=state.config.fused_head, context=state.forward_context,
+        tracer_for=tracer_for)]
+    flops = sum(tracers[shape].report()["total"] * count for shape, count in windows_of_shape.items())
     return torch.tensor(losses), flops
 
 
