@@ -209,3 +209,15 @@ def test_priced_as_moves_ops_in_the_trace():
                 linear(x)  # the module again, as backward work
     booked = {(key[-2], key[-1]) for key in tracer.records}
     assert booked == {("forward", "loss"), ("backward", "model (top level)")}
+
+
+def test_profiler_range_markers_are_not_priced():
+    """``record_function`` ranges (the step's phases, named for torch.profiler) are no work."""
+    from torch.profiler import record_function
+
+    tracer = FlopsTracer()
+    a = torch.randn(8, 8)
+    with tracer, record_function("step.forward"):
+        a @ a
+    report = tracer.report()
+    assert report["unknown"] == {} and list(report["by_op"]) == ["aten.mm"]

@@ -8,8 +8,9 @@ each seed's runs in ``seed_<s>/`` and the means over seeds at the top). Subcomma
 (each optimization method against the ResNet-BK baseline; ``python -m resnetbk.bench ablation
 --help``), ``report DIR`` (rewrite ``report.md`` of a results folder), ``scaling`` (time,
 memory and FLOPs per token against the sequence length, measured), ``reproduce`` (PyTorch's
-word_language_model example's published runs, trained through this harness) and ``flops`` (the
-closed-form FLOPs sweep). Settings apply in this order: the dataclass defaults, ``--preset``, ``--config
+word_language_model example's published runs, trained through this harness), ``step`` (where a
+training step's time goes, against the machine's GEMM peak) and ``flops`` (the closed-form FLOPs
+sweep). Settings apply in this order: the dataclass defaults, ``--preset``, ``--config
 FILE``, then the other flags.
 """
 
@@ -23,7 +24,7 @@ from .. import data as wt2
 from ..jsonfile import write_json_atomic
 from ..train import distributed
 from ..train.distributed import resolve_device
-from . import ablation, flops_sweep, report, reproduce, scaling
+from . import ablation, flops_sweep, report, reproduce, scaling, step_report
 from .options import build_configs, parse_args, parse_seeds, run_info
 from .report import RUN_INFO, main_table, write_report
 from .runner import Interrupted, WikiText2Benchmark, write_comparisons
@@ -32,7 +33,7 @@ from .runner import Interrupted, WikiText2Benchmark, write_comparisons
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     subcommands = {"flops": flops_sweep.main, "ablation": ablation.main, "report": report.main, "scaling": scaling.main,
-                   "reproduce": reproduce.main}
+                   "reproduce": reproduce.main, "step": step_report.main}
     if argv[:1] and argv[0] in subcommands:
         return subcommands[argv[0]](argv[1:])
     args = parse_args(argv, description=__doc__)

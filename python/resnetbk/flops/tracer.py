@@ -209,7 +209,8 @@ class FlopsTracer(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if self._optimizer:  # priced per parameter by optimizer_step
+        # Priced per parameter by optimizer_step; torch.profiler's range markers are not work.
+        if self._optimizer or func.namespace == "profiler":
             return out
         packet = func.overloadpacket
         name = f"{func.namespace}.{packet.__name__}"

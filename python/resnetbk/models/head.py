@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from ..attribution import THE_MODULE, priced_as
 
@@ -136,7 +137,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 total += torch.where(valid, nll, 0.0).sum()
                 if not (want_h or want_w or want_b):
                     continue
-                with priced_as(phase="backward"):
+                # (Named for torch.profiler: the backward's work, done here; ``bench step`` reads it.)
+                with priced_as(phase="backward"), record_function("lm_head.gradient"):
                     # dlogits = softmax - onehot(target), zero on ignored rows: one pass.
                     probs.mul_(valid / norm)
                     probs.scatter_add_(0, safe_y, -valid.to(probs.dtype).unsqueeze(0))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from torch.profiler import record_function
 
 from .. import data as wt2
 from .distributed import SINGLE, World
@@ -47,8 +48,9 @@ def train_step(model, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, ta
     scaler = scaler if scaler is not None else torch.amp.GradScaler("cuda", enabled=False)
     (tokens,) = world.sum([int((targets != wt2.IGNORE_INDEX).sum())])
     optimizer.zero_grad(set_to_none=True)
+    # The phases are named for torch.profiler (``python -m resnetbk.bench step`` reads them).
     with tracer if tracer is not None else nullcontext():
-        with context():
+        with context(), record_function("step.forward"):
             nll_sum, hidden = forward(inputs, targets, fused_head=fused_head)
             # Normalised by the global token count (times the world size, which DDP's gradient
             # averaging divides out): exactly the gradient of the global batch's mean NLL.
@@ -61,23 +63,26 @@ def train_step(model, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, ta
                 loss = loss + term.to(loss.device)
         finite = world.all(bool(torch.isfinite(loss)))
         if finite:
-            scaler.scale(loss).backward()
+            with record_function("step.backward"):
+                scaler.scale(loss).backward()
     grad_norm = math.nan
     if finite:
         if on_backward is not None:
             on_backward()
         if grad_clip is not None:
-            scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+            with record_function("step.clip"):
+                scaler.unscale_(optimizer)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
             finite = world.all(math.isfinite(grad_norm))
     values = {k: float(v.detach()) for k, v in terms.items()}
     outcome = StepOutcome(taken=finite, nll_sum=math.nan, tokens=tokens, total_loss=float(loss.detach()),
                           grad_norm=grad_norm, terms=values)
     if finite:
-        if tracer is not None:
-            tracer.optimizer_step(optimizer, lambda: scaler.step(optimizer))
-        else:
-            scaler.step(optimizer)
-        scaler.update()
+        with record_function("step.optimizer"):
+            if tracer is not None:
+                tracer.optimizer_step(optimizer, lambda: scaler.step(optimizer))
+            else:
+                scaler.step(optimizer)
+            scaler.update()
         (outcome.nll_sum,) = world.sum([nll_sum.item()])
     return outcome
