@@ -11,8 +11,10 @@ op's own (self) time, attributed to the part of the step it ran in by the ranges
 ``lm_head.gradient``, its backward work done in the forward) and by hooks on the model's
 modules (the head, the blocks); what no op accounts for is Python and dispatch. The batch
 (cutting the window from the token streams) is timed on its own. Peak RSS of a step is given
-beside its float32 floor: parameters, their gradients, AdamW's two moments, and the activations
-the forward saves for the backward (counted by ``torch.autograd.graph.saved_tensors_hooks``).
+(from before the model is built, through its untraced steps) beside its float32 floor:
+parameters, their gradients, AdamW's two moments, and the activations the forward saves for the
+backward (counted by ``torch.autograd.graph.saved_tensors_hooks``). The models run one after the
+other in one process: a later one may reuse memory the allocator kept from an earlier one.
 
 Nothing is asserted about speed; ratios side by side in one run are what to compare.
 """
@@ -147,6 +149,8 @@ def measure_model(name: str, args) -> dict:
     base = BenchmarkConfig(model=ModelOptions(d_model=args.d_model, n_layers=args.layers, n_seq=args.seq),
                            batch_size=args.batch, device="cpu")
     config = model_config(name, base)
+    rss_before = current_rss_mb()  # the peak below is measured from here: the model, its state, its steps
+    reset_ok = reset_peak_rss()
     torch.manual_seed(0)
     model = make_model(config, args.vocab).train()
     optimizer = make_optimizer(model, config)
@@ -172,15 +176,12 @@ def measure_model(name: str, args) -> dict:
         step()
         step_times.append(time.perf_counter() - start)
     seconds = statistics.median(step_times)
+    peak_mb = peak_rss_mb() - rss_before if reset_ok and rss_before is not None else None
     tracer = FlopsTracer()
     step(tracer)
     flops = tracer.report()["total"]
     profiled = breakdown_ms(step, model, args.profile_steps, args.vocab)
     parts = {**scaled_to(profiled, 1000 * seconds), "batch": 1000 * statistics.median(batch_times)}
-    before = current_rss_mb()
-    reset_ok = reset_peak_rss()
-    step()
-    peak_mb = peak_rss_mb() - before if reset_ok and before is not None else None
     params = {id(p): p for p in model.parameters()}.values()
     param_mb = sum(p.numel() * p.element_size() for p in params) / 2**20
     activations_mb = saved_activation_mb(model, x, y)
