@@ -98,3 +98,17 @@ def test_crossover_speedup_and_flatness_arithmetic():
     assert scaling.crossover(_cells({(t, 128): 1.0, (r, 128): 2.0}), "end_to_end") is None
     held = {row[0]: row[2] for row in scaling.targets(_cells({(t, 8192): None, (r, 8192): 1.0}))}
     assert held["end to end training tokens/s at N = 8,192: at least 2x the Transformer's"] is True
+
+
+def test_the_default_grid_is_small_and_the_committed_one_is_named():
+    from resnetbk.bench.scaling import GRIDS, parse_args
+
+    small = parse_args([])
+    assert small.grid == "small" and small.seq_lens == "128,512,2048" and small.tokens_per_step == 4096
+    assert small.models.split(",") == ["transformer_baseline", "resnet_bk_baseline", "lstm", "mamba"]
+    committed = parse_args(["--grid", "committed"])
+    assert committed.seq_lens == ",".join(str(2**k) for k in range(7, 17)) and committed.tokens_per_step == 32_768
+    assert (committed.repeats, committed.budget_s) == (3, 60.0) == (GRIDS["committed"]["repeats"],
+                                                                    GRIDS["committed"]["budget_s"])
+    mine = parse_args(["--grid", "committed", "--seq-lens", "256", "--repeats", "5"])  # an option given wins
+    assert (mine.seq_lens, mine.repeats, mine.tokens_per_step) == ("256", 5, 32_768)

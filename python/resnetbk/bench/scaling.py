@@ -53,6 +53,15 @@ from .recipe import make_model
 
 DEFAULT_MODELS = ("transformer_baseline", "resnet_bk_baseline", "lstm", "mamba")
 DEFAULT_SEQ_LENS = tuple(2**k for k in range(7, 17))  # 128 .. 65,536
+#: ``--grid``: the settings a study starts from (each option given on the command line wins).
+#: "small" is the default: every model at three lengths, a few minutes on 2 cores; "committed" is
+#: the study in results/scaling-cpu (about two hours on 2 cores).
+GRIDS = {
+    "small": {"models": DEFAULT_MODELS, "seq_lens": (128, 512, 2048), "tokens_per_step": 4096, "repeats": 2,
+              "budget_s": 20.0},
+    "committed": {"models": DEFAULT_MODELS, "seq_lens": DEFAULT_SEQ_LENS, "tokens_per_step": 32_768, "repeats": 3,
+                  "budget_s": 60.0},
+}
 SCOPES = ("blocks", "end_to_end")
 REFERENCE, CANDIDATE = "transformer_baseline", "resnet_bk_baseline"
 
@@ -217,8 +226,10 @@ def run_cell(model_name: str, seq_len: int, scope: str, settings: dict) -> dict:
 
 def run_study(models, seq_lens, settings: dict, *, log=print, on_cell=None) -> list:
     """Every cell, longest-first failures carried forward: a model stopped at N is not run beyond.
-    ``on_cell(cells)`` runs after each measured cell (the CLI saves the cells so far)."""
+    ``on_cell(cells)`` runs after each measured cell (the CLI saves the cells so far); each cell's
+    line says how many are done and the time left at the mean cell time so far."""
     cells = []
+    total, start = len(models) * len(SCOPES) * len(seq_lens), time.perf_counter()
     for model_name in models:
         for scope in SCOPES:
             stopped = None
@@ -232,7 +243,10 @@ def run_study(models, seq_lens, settings: dict, *, log=print, on_cell=None) -> l
                 cell = {"model": model_name, "seq_len": n, "scope": scope, **result,
                         "wall_s": round(time.perf_counter() - started, 1)}
                 cells.append(cell)
-                log(describe_cell(cell))
+                elapsed = time.perf_counter() - start
+                left = elapsed / len(cells) * (total - len(cells))
+                log(f"[{len(cells)}/{total} cells, {elapsed / 60:.1f} min, about {left / 60:.1f} min left] "
+                    f"{describe_cell(cell)}")
                 if on_cell is not None:
                     on_cell(cells)
                 if cell["status"] != "ok":
@@ -400,19 +414,30 @@ def _ints(text: str, what: str) -> list:
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m resnetbk.bench scaling", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seq-lens", default=",".join(str(n) for n in DEFAULT_SEQ_LENS), help="comma-separated N")
-    p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated benchmark model names")
+    p.add_argument("--grid", choices=sorted(GRIDS), default="small",
+                   help="small (default: every model at N = 128, 512, 2,048 with 4,096 tokens per step, a few minutes "
+                        "on 2 cores) or committed (the study in results/scaling-cpu: N = 128 .. 65,536, 32,768 tokens "
+                        "per step, about two hours); the options below override its values")
+    p.add_argument("--seq-lens", help="comma-separated N (default: the grid's)")
+    p.add_argument("--models", help="comma-separated benchmark model names (default: the grid's)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     p.add_argument("--output-dir", default="benchmark_results/scaling")
-    p.add_argument("--budget-s", type=float, default=60.0,
+    p.add_argument("--budget-s", type=float,
                    help="seconds one cell may spend timing its training step (a model over it at N stops there)")
-    p.add_argument("--tokens-per-step", type=int, default=32_768)
-    p.add_argument("--repeats", type=int, default=3, help="timed steps per cell after one warm-up")
+    p.add_argument("--tokens-per-step", type=int)
+    p.add_argument("--repeats", type=int, help="timed steps per cell after one warm-up")
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--n-layers", type=int, default=4)
     p.add_argument("--vocab-size", type=int, default=33_278, help="random tokens of this vocabulary (WikiText-2's)")
     p.add_argument("--threads", type=int, default=None)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    grid = GRIDS[args.grid]
+    for name in ("budget_s", "tokens_per_step", "repeats"):
+        if getattr(args, name) is None:
+            setattr(args, name, grid[name])
+    args.seq_lens = args.seq_lens or ",".join(str(n) for n in grid["seq_lens"])
+    args.models = args.models or ",".join(grid["models"])
+    return args
 
 
 def main(argv=None) -> int:
