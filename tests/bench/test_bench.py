@@ -208,7 +208,9 @@ def test_seeds_give_mean_and_std_and_the_report_command_rewrites_the_report(tmp_
 
 
 @pytest.mark.parametrize("with_methods", (False, True), ids=("baseline", "every_method"))
-def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path, tiny_data, with_methods):
+def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path, tiny_data, with_methods, monkeypatch):
+    # Every method on, mixed precision included: as on a CPU with native bf16 (whatever this one has).
+    monkeypatch.setattr("resnetbk.methods.mixed_precision.slow_bf16_reason", lambda: None)
     corpus = wt2.load_corpus(str(tiny_data))
     flags = {flag: with_methods for flag in methods.FLAGS}
     config = smoke_config(tiny_data, architecture="resnet_bk", epochs=3, model_name="resume_check", valid_curve_interval=3,
@@ -493,3 +495,42 @@ def test_the_benchmark_trains_and_compares_the_peers(tmp_path, tiny_data):
     reference = json.loads((out / "resnet_bk_baseline_results.json").read_text())["non_embedding_parameters"]
     assert all(abs(c / reference - 1) < 0.10 for c in counts.values()), (counts, reference)
     assert "| lstm |" in (out / "report.md").read_text()
+
+
+def test_the_models_derived_fields_are_not_settings():
+    """vocab_size, bk_grad and mamba_cuda come from the data, the analytic-gradient method and the
+    device: a config that set them would record what did not run."""
+    with pytest.raises(ValueError, match="model.bk_grad: set by use_analytic_gradient"):
+        BenchmarkConfig.from_dict({"model": {"bk_grad": "autograd"}})
+    with pytest.raises(ValueError, match="model.vocab_size: set by the data's vocabulary"):
+        BenchmarkConfig.from_dict({"model": {"vocab_size": 10}})
+    assert not {"vocab_size", "bk_grad", "mamba_cuda"} & set(BenchmarkConfig().to_dict()["model"])
+
+
+def test_training_time_counts_a_methods_epoch_start_work_but_not_its_batch_start_work(tmp_path, tiny_data):
+    """As the loop measured before its measurements became listeners: active learning's scoring
+    pass (EPOCH_START) is training time; work a method does before each step (BATCH_START) is not."""
+    import time
+
+    from resnetbk.bench.recipe import make_model
+    from resnetbk.train.events import Listener
+    from resnetbk.train.loop import train as loop_train
+
+    class Slow(Listener):
+        def __init__(self, epoch_s: float, batch_s: float):
+            self.epoch_s, self.batch_s = epoch_s, batch_s
+
+        def on_epoch_start(self, state):
+            time.sleep(self.epoch_s)
+
+        def on_batch_start(self, state):
+            time.sleep(self.batch_s)
+
+    config = smoke_config(tiny_data, epochs=1, max_steps=3, model_name="timing", evaluate_test=False)
+    corpus = wt2.load_corpus(str(tiny_data))
+    runs = {}
+    for name, slow in (("plain", Slow(0.0, 0.0)), ("epoch", Slow(0.5, 0.0)), ("batch", Slow(0.0, 0.5))):
+        runs[name] = loop_train(config, corpus, tmp_path / name, build_model=lambda: make_model(config, corpus.vocab_size),
+                                methods=[slow], quiet=True, log=lambda *_: None)
+    assert runs["epoch"].training_time >= runs["plain"].training_time + 0.45
+    assert runs["batch"].training_time < runs["plain"].training_time + 0.45  # 3 steps x 0.5 s left out

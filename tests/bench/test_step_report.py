@@ -35,3 +35,8 @@ def test_bad_arguments_are_named(capsys):
     assert "--models: expected names from" in capsys.readouterr().err
     assert cli_main(["step", "--steps", "0"]) == 2
     assert "--steps: expected a positive integer" in capsys.readouterr().err
+
+
+def test_a_model_with_methods_is_refused(capsys):
+    assert cli_main(["step", "--models", "resnet_bk_full"]) == 2
+    assert "resnet_bk_full trains with optimization methods" in capsys.readouterr().err

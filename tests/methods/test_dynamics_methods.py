@@ -42,6 +42,23 @@ def test_koopman_mode_replaces_the_later_blocks_and_stays_causal():
         torch.testing.assert_close(model(x), normal)  # restored afterwards
 
 
+@pytest.mark.parametrize("start", (1, 2))
+def test_koopman_mode_with_multi_scale_replaces_exactly_the_blocks_it_names(start):
+    """With the middle blocks shortened (stages (0) (1, 2 shortened) (3) at 4 layers), every block
+    from ``start`` on runs as its Koopman model, the shortened group's own too, and no other."""
+    config = small_config(use_koopman=True, use_multi_scale=True, koopman_start_block=start, n_layers=4)
+    model = make_model(config, VOCAB).eval()
+    x = tokens(b=2, n=16)
+    tracer = FlopsTracer()
+    with torch.no_grad(), koopman_mode(model, start), tracer:
+        model(x)
+    by_component = tracer.report()["by_component"]
+    ran = {i for i in range(4) if any(c.startswith(f"blocks.{i}.") for c in by_component)}
+    lifted = {i for i in range(4) if any(c.startswith(f"koopman.lift.{i}") for c in by_component)}
+    assert ran == set(range(start)) and lifted == set(range(start, 4))
+    assert any(c.startswith("shortened.") for c in by_component)  # the group's shortening still runs
+
+
 def test_a_koopman_run_trains_the_lifts_fits_k_and_reports_both_modes(tmp_path):
     result = run_training(small_config(use_koopman=True, epochs=1), synthetic_corpus(), tmp_path)
     figures = result.methods["use_koopman"]

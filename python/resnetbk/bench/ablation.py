@@ -1,6 +1,6 @@
 """``python -m resnetbk.bench ablation``: what each optimization method really does.
 
-Rows: the ResNet-BK baseline (no method), each implemented method alone (the original
+Rows: the ResNet-BK baseline (no method), each method alone (the original
 benchmark's twelve, then this package's own), and the original twelve together
 (``resnet_bk_full``), with the same data, budget and seed; ``--rows`` picks some of them. Each row gives the flag, the
 original benchmark's claim, and what was measured against the baseline: validation and test
@@ -45,7 +45,7 @@ VALID_CURVE_INTERVAL = 10
 
 
 def ablation_configs(base, only=None, left_out: dict | None = None) -> list:
-    """``(row name, config)``: the baseline, each implemented method alone, all of the original
+    """``(row name, config)``: the baseline, each method alone, all of the original
     twelve together; with ``only`` (flags and/or ``"all"``), the baseline and those rows. A row
     this machine cannot run fairly (mixed precision on a CPU without native bf16, unless
     ``allow_slow_bf16``) is left out, with the reason put in ``left_out`` (row -> why)."""

@@ -108,6 +108,10 @@ class BenchmarkConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.model, ModelOptions):
             raise ValueError(f"model: expected the model's options (a ModelOptions), got {type(self.model).__name__}")
+        defaults = ModelOptions()
+        for name, source in DERIVED_MODEL_FIELDS.items():
+            if getattr(self.model, name) != getattr(defaults, name):
+                raise ValueError(f"model.{name}: set by {source} when the model is built (model_options); leave it out")
         self._validate_numbers()
         self._validate_choices()
         methods.validate(self)
@@ -179,7 +183,7 @@ class BenchmarkConfig:
     def to_dict(self) -> dict:
         """The nested dict a file holds (``from_dict`` reads it back)."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        data["model"] = dataclasses.asdict(self.model)
+        data["model"] = {k: v for k, v in dataclasses.asdict(self.model).items() if k not in DERIVED_MODEL_FIELDS}
         data["methods"] = {flag: dataclasses.asdict(s) for flag, s in self.methods.items()}
         return copy.deepcopy(data)
 
@@ -204,6 +208,10 @@ class BenchmarkConfig:
         return cls(**data)
 
 
+#: The model's fields a run derives (``model_options``), not settings: left at their defaults in the
+#: config and out of its files and results, which would otherwise state what did not run.
+DERIVED_MODEL_FIELDS = {"vocab_size": "the data's vocabulary", "bk_grad": "use_analytic_gradient",
+                        "mamba_cuda": "mamba_kernel and the device"}
 #: Hyper-parameter name -> the flag of the method that owns it.
 HYPERPARAMETER_OWNER = {name: m.flag for m in methods.REGISTRY for name in m.hyperparameters}
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelOptions))

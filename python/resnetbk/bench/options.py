@@ -14,7 +14,7 @@ from .config import DEFAULT_MODELS, MODEL_NAMES, PRESETS, BenchmarkConfig, load_
 
 def methods_help() -> str:
     """The optimization flags, from the method registry: claim, status, what each acts on."""
-    lines = ["optimization methods (config flags; resnet_bk_full turns on every implemented one of the original "
+    lines = ["optimization methods (config flags; resnet_bk_full turns on every one of the original "
              "benchmark's twelve; 'ours' marks this package's own):"]
     for m in methods.REGISTRY:
         status = "original" if m.original else "ours"
@@ -39,7 +39,7 @@ def parse_args(argv=None, *, prog: str = "python -m resnetbk.bench", description
                             "three; lstm and mamba are the peers, matched in non-embedding parameters)")
     if ablation_rows:
         p.add_argument("--rows", help="comma-separated method flags (e.g. use_spectral_z) and/or 'all': only these "
-                                      "rows besides the baseline (default: every implemented method, then all)")
+                                      "rows besides the baseline (default: every method, then all)")
     p.add_argument("--output-dir", default=default_output)
     p.add_argument("--config", help="JSON or YAML file of BenchmarkConfig fields (unknown keys are an error)")
     p.add_argument("--data-dir", help=f"folder with wiki.{{train,valid,test}}.tokens (else ${wt2.DATA_ENV}, else the hub)")

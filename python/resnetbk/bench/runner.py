@@ -41,8 +41,6 @@ class Interrupted(Exception):
 
 def checkpointed_epochs(run_dir: Path) -> Optional[int]:
     """The epochs the checkpoint in ``run_dir`` holds (None: no readable checkpoint)."""
-
-
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         return None

@@ -1,6 +1,7 @@
 """``python -m resnetbk.bench scaling``: cost per token against the sequence length N, measured.
 
-For every model and every N (default 128, 256, ..., 65,536) at a fixed number of tokens per
+For every model and every N (``--grid small``, the default: 128, 512, 2,048 at 4,096 tokens per
+step; ``--grid committed``: 128, 256, ..., 65,536 at 32,768) at a fixed number of tokens per
 step (batch = tokens / N, at least 1), a fresh process builds the model and measures, on random
 tokens of the WikiText-2 vocabulary size:
 

@@ -32,6 +32,7 @@ from torch.nn.modules import module as module_hooks
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from .. import data as wt2
+from .. import methods
 from ..flops import FlopsTracer
 from ..jsonfile import write_json_atomic
 from ..measure.environment import environment, machine
@@ -237,6 +238,12 @@ def main(argv=None) -> int:
     if unknown or not names or bad:
         print(f"error: {'--models: expected names from ' + ', '.join(MODEL_NAMES) if unknown or not names else ''}"
               f"{', '.join(bad) + ': expected a positive integer' if bad else ''}", file=sys.stderr)
+        return 2
+    with_methods = [n for n in names if any(model_config(n, BenchmarkConfig()).enabled(f) for f in methods.FLAGS)]
+    if with_methods:
+        print(f"error: --models: {', '.join(with_methods)} trains with optimization methods, whose work at the loop's "
+              "events this command does not run (it times the plain step); use the benchmark or the ablation",
+              file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -12,7 +12,7 @@ from __future__ import annotations
 def track_block_states(model) -> None:
     if getattr(model, "block_states", None) is not None:
         return
-    model.block_states = []
+    _reset(model, ())  # (a block called on its own, outside the model's forward, records here too)
     # The hooks reach the model through their module argument (never a captured reference), so a
     # copy of the model (quantization's float copy) records into its own list.
     model.register_forward_pre_hook(_reset)

@@ -14,7 +14,7 @@ resolvent stays causal and bounded (``|G| <= 1/eta``; ``eta`` is floored at
 every mixer as its ``shift`` extension point.
 
 Records: each block's learnt ``E`` and ``eta`` per channel at evaluation. The ablation compares
-the context reach (``resnetbk.context_reach``) with the baseline's.
+the context reach (``resnetbk.measure.context_reach``) with the baseline's.
 
 Measured effect (``results/spectral_quick``: quick preset, 150 steps, 2 CPU threads): the loss's
 sensitivity to the input 8 positions back 1e5x the fixed z's, 32 back still 5.7e-4 of the current

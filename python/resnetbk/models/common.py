@@ -8,7 +8,7 @@ model only through these declared extension points, set when they attach (``resn
   form ``shortened(x, blocks, active)`` (multi-scale's shortened middle group);
 * ``depth``: a module ``depth(x, stages)`` that runs the stages and decides, per position, where
   to stop (ACT halting, confident early exit);
-* ``stage_overrides``: ``{first block: fn(x, active)}`` run instead of a stage (Koopman mode);
+* ``stage_overrides``: ``{block: fn(x, active=None)}`` run instead of that block (Koopman mode);
 * inside the blocks, the BK-Core mixer's ``gate`` and ``shift`` (``models.resnet_bk``);
 * a submodule with an ``aux_loss_name`` contributes its ``aux_loss`` to ``aux_losses()``;
 * ``init_attached(module)``: the model's initialisation for a module attached later.
@@ -125,10 +125,11 @@ class LanguageModel(nn.Module):
         return x
 
     def _stage(self, first: int, stop: int, shortened: bool):
+        if shortened:  # an overridden block inside the group runs in its place, at the group's length
+            blocks = [self.stage_overrides.get(i, self.blocks[i]) for i in range(first, stop)]
+            return lambda x, active: self.shortened(x, blocks, active)
         if first in self.stage_overrides:
             return self.stage_overrides[first]
-        if shortened:
-            return lambda x, active: self.shortened(x, self.blocks[first:stop], active)
         block = self.blocks[first]
         return lambda x, active: block(x) if active is None else block(x, active)
 

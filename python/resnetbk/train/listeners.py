@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ..flops import FlopsTracer, merge_reports
+from ..flops import merge_reports
 from ..measure.step_log import StepLog
 from .events import Listener
 from .progress import progress_bar
@@ -21,26 +21,27 @@ from .progress import progress_bar
 
 class StepTimer(Listener):
     """Wall time and tokens of every step, of the untraced steps apart (the throughput: the FLOPs
-    tracer's own cost stays out of it), and of each epoch's EPOCH_START work."""
+    tracer's own cost stays out of it), and of each epoch's EPOCH_START work (the methods' own:
+    active learning's scoring pass is training time). The step's clock starts after the methods'
+    BATCH_START (``StepClock``, ordered after them), as the training step itself."""
 
     order = -100
 
     def __init__(self):
-        self._epoch_start: Optional[float] = None
-        self._step_start = 0.0
+        self.epoch_start: Optional[float] = None
+        self.step_start = 0.0
+        self.clock = StepClock(self)
 
     def on_epoch_start(self, state) -> None:
-        self._epoch_start = time.perf_counter()  # closed at the first step: the methods' EPOCH_START work
+        self.epoch_start = time.perf_counter()  # before the methods' EPOCH_START
 
     def on_batch_start(self, state) -> None:
-        now = time.perf_counter()
-        if self._epoch_start is not None:
-            state.epoch.time += now - self._epoch_start
-            self._epoch_start = None
-        self._step_start = now
+        if self.epoch_start is not None:  # the epoch's EPOCH_START work ends before the first step's BATCH_START
+            state.epoch.time += time.perf_counter() - self.epoch_start
+            self.epoch_start = None
 
     def on_step_end(self, state) -> None:
-        elapsed = time.perf_counter() - self._step_start
+        elapsed = time.perf_counter() - self.step_start
         tokens = state.inputs.numel() * state.world.size
         epoch = state.epoch
         epoch.time += elapsed
@@ -77,7 +78,6 @@ class FlopsTracing(Listener):
         if epoch.traced_steps:
             progress.flops = merge_reports(progress.flops, epoch.tracer.report())
             progress.traced_steps += epoch.traced_steps
-        epoch.tracer = FlopsTracer()
 
 
 class StepCsv(Listener):
@@ -158,10 +158,23 @@ class ProgressBar(Listener):
             self.bar = None
 
 
+class StepClock(Listener):
+    """``StepTimer``'s start of a step, after the methods' BATCH_START (curriculum's cut)."""
+
+    order = 200
+
+    def __init__(self, timer: StepTimer):
+        self.timer = timer
+
+    def on_batch_start(self, state) -> None:
+        self.timer.step_start = time.perf_counter()
+
+
 def measurements(config, *, steps_csv: Optional[Path], tensorboard_dir: Optional[Path], is_main: bool) -> list:
     """The loop's measuring listeners for ``config``: the step timer and FLOPs tracing always, the
     validation curve with ``valid_curve_interval``, the CSV on the main process, the progress bar."""
-    listeners = [StepTimer(), FlopsTracing(config.flops_trace_interval), ProgressBar()]
+    timer = StepTimer()
+    listeners = [timer, timer.clock, FlopsTracing(config.flops_trace_interval), ProgressBar()]
     if config.valid_curve_interval:
         listeners.append(ValidCurve(config.valid_curve_interval))
     if steps_csv is not None and is_main:

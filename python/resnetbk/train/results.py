@@ -28,7 +28,7 @@ tokens and the training time so far (``[{step, tokens, train_time, perplexity}]`
 ``model_size_method``: with quantization or pruning on, ``model_size_mb`` is the size on disk of
 the exported model (``runs/<model>/exported_model.pt``), otherwise the parameter and buffer bytes.
 
-Schema version 5 added ``context_reach`` (``resnetbk.context_reach``): the sensitivity of the
+Schema version 5 added ``context_reach`` (``resnetbk.measure.context_reach``): the sensitivity of the
 loss at a validation window's last position to the embedded input ``d`` positions back, for
 every ``d`` (``gradient_norm``, and ``relative`` to ``d = 0``); null in files of older versions.
 

@@ -115,7 +115,7 @@ class TrainState:
     hidden: Optional[torch.Tensor] = None  # the final hidden states the LM head read
     aux_losses: dict = field(default_factory=dict)  # the model's named auxiliary losses (unweighted)
     loss_terms: dict = field(default_factory=dict)  # named terms added to the loss (weighted)
-    step_record: dict = field(default_factory=dict)  # the last step's lr, loss, gradient norm, terms
+    step_record: dict = field(default_factory=dict)  # the last step's loss, gradient norm, terms, seconds, tokens
     # The end of the run.
     exports: dict = field(default_factory=dict)  # the methods' EXPORT contributions (methods.export)
     exported: Optional[dict] = None  # the exported model's file and size, when one was written
