@@ -64,12 +64,16 @@ def test_nothing_changes_on_a_cpu_with_native_bf16_or_on_cuda(fast_cpu, monkeypa
     assert model_config("resnet_bk_full", make_config(device="cuda")).enabled("use_mixed_precision")
 
 
-def test_the_capability_query_answers_on_this_machine():
-    # Whatever the CPU: a bool, and a reason exactly when it is False.
-    native = hardware.cpu_has_native_bf16()
-    assert isinstance(native, bool)
-    assert (hardware.slow_bf16_reason() is None) == native
-    assert hardware.cpu_capability()
+@pytest.mark.parametrize("avx512_bf16, amx, native", [(True, False, True), (False, True, True), (False, False, False)])
+def test_the_capability_query_reads_torchs_cpu_checks(monkeypatch, avx512_bf16, amx, native):
+    import torch
+
+    monkeypatch.setattr(hardware.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert hardware.cpu_has_native_bf16() is native
+    reason = hardware.slow_bf16_reason()
+    assert (reason is None) if native else ("no native bf16" in reason and hardware.cpu_capability() in reason)
 
 
 def test_a_model_left_out_method_is_in_its_results(tiny_data, tmp_path, slow_cpu):

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Method, check_number
+from .base import Method, check_int, check_number
 from .block_states import track_block_states
 from .evaluation import record_evaluation
 
@@ -118,9 +118,7 @@ class Koopman(Method):
     @classmethod
     def validate(cls, config) -> None:
         for name in ("koopman_dim", "koopman_rows"):
-            value = getattr(cls.settings_of(config), name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+            check_int(cls.settings_of(config), name, low=1)
         check_number(cls.settings_of(config), "koopman_weight", low=0.0)
         check_number(cls.settings_of(config), "koopman_decay", low=0.0, high=1.0, low_open=True)
         start = cls.settings_of(config).koopman_start_block

@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 
 from ..hardware import slow_bf16_reason
+from ..validate import check_bool, check_choice
 from .base import Method
 
 
@@ -49,10 +50,9 @@ class MixedPrecision(Method):
 
     @classmethod
     def validate(cls, config) -> None:
-        if cls.settings_of(config).amp_dtype not in ("bfloat16", "float16"):
-            raise ValueError(f"amp_dtype: expected one of ('bfloat16', 'float16'), got {cls.settings_of(config).amp_dtype!r}")
-        if not isinstance(cls.settings_of(config).allow_slow_bf16, bool):
-            raise ValueError(f"allow_slow_bf16: expected true or false, got {cls.settings_of(config).allow_slow_bf16!r}")
+        settings = cls.settings_of(config)
+        check_choice(settings, "amp_dtype", ("bfloat16", "float16"))
+        check_bool(settings, "allow_slow_bf16")
 
     @classmethod
     def check_fast(cls, config) -> None:

@@ -43,7 +43,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..models.resnet_bk import MoEFeedForward
-from .base import Method, check_number
+from .base import Method, check_int, check_number
 from .export import describe_export, effective_state_dict
 
 
@@ -169,9 +169,7 @@ class Pruning(Method):
         if cls.settings_of(config).pruning_end_fraction < cls.settings_of(config).pruning_start_fraction:
             raise ValueError(f"pruning_end_fraction: expected at least pruning_start_fraction = "
                              f"{cls.settings_of(config).pruning_start_fraction}, got {cls.settings_of(config).pruning_end_fraction}")
-        value = cls.settings_of(config).pruning_interval
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"pruning_interval: expected a positive integer, got {value!r}")
+        check_int(cls.settings_of(config), "pruning_interval", low=1)
         check_number(cls.settings_of(config), "expert_removal_threshold", low=0.0, high=1.0)
 
     #: Every linear layer is pruned, the other methods' included: they attach first (quantization

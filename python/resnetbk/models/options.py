@@ -75,13 +75,9 @@ class ModelOptions:
         if self.architecture == "transformer" and self.d_model % self.n_heads:
             raise ValueError(f"n_heads: d_model = {self.d_model} must be divisible by n_heads = {self.n_heads}")
         for name in ("mamba_d_state", "mamba_layers_per_block"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+            check_int(self, name, low=1)
         for name in ("lstm_hidden", "mamba_inner", "d_ff"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name}: expected 0 (matched) or a positive integer, got {value!r}")
+            check_int(self, name, low=0, expected="0 (matched) or a positive integer")
 
     def replace(self, **changes) -> ModelOptions:
         return dataclasses.replace(self, **changes)
