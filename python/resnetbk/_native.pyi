@@ -35,3 +35,12 @@ def price_trace(records: list[TracedOp]) -> dict:
     """``{"total", "by_phase", "by_category", "by_component", "by_op", "unknown"}``."""
 def bk_flops_per_element() -> dict[str, dict[str, int]]: ...
 def optimizer_flops_per_parameter(kind: str, weight_decay: bool) -> int: ...
+def softmax_xent_grad_f32(logits: npt.NDArray[np.float32], targets: npt.NDArray[np.int64], ignore_index: int,
+                          nll: npt.NDArray[np.float32], grad_bias: Optional[npt.NDArray[np.float32]],
+                          gradient: bool, threads: int) -> None:
+    """In place: ``logits`` (vocab, rows) becomes ``softmax - onehot(targets)`` per column (0 on
+    ignored rows), ``nll`` (rows) the NLL, ``grad_bias`` (vocab) += the gradient's row sums.
+    Without ``gradient`` only ``nll`` is computed (``grad_bias`` must be None)."""
+def dropout_f32(input: npt.NDArray[np.float32], out: npt.NDArray[np.float32], keep: float, seed: int, offset: int,
+                threads: int) -> None:
+    """``out[i] = input[i] / keep`` where element ``offset + i`` is kept under ``seed``, else 0."""

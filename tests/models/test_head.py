@@ -1,14 +1,18 @@
 """The fused chunked LM head (``models.head``) against the plain path: loss and every gradient,
 on odd sizes, ignored targets, blocks with nothing to predict, tied weights, autocast, and the
-FLOPs trace."""
+FLOPs trace; for float32 on a CPU both of its implementations (the Rust kernel and torch's
+ops)."""
 
 from __future__ import annotations
+
+from unittest import mock
 
 import pytest
 import torch
 
 from resnetbk.flops import FlopsTracer
 from resnetbk.models import ModelOptions, build_model
+from resnetbk.models import head as head_module
 from resnetbk.models.head import IGNORE_INDEX, block_rows, linear_cross_entropy, reference_linear_cross_entropy
 
 
@@ -19,6 +23,13 @@ def problem(rows=37, d=8, vocab=101, dtype=torch.float32, bias=True, seed=0):
     b = torch.randn(vocab, generator=gen, dtype=dtype).requires_grad_() if bias else None
     targets = torch.randint(0, vocab, (rows,), generator=gen)
     return hidden, weight, b, targets
+
+
+@pytest.fixture(params=["kernel", "torch"], autouse=True)
+def implementation(request, monkeypatch):
+    """Every test runs with float32 CPU blocks through the Rust kernel and through torch's ops."""
+    monkeypatch.setattr(head_module, "use_kernel", request.param == "kernel")
+    return request.param
 
 
 def loss_and_grads(fn, hidden, weight, bias, targets, **kwargs):
@@ -150,3 +161,53 @@ def test_without_grad_mode_no_gradient_work_is_done():
     report = tracer.report()
     assert report["by_phase"].get("backward", 0) == 0
     assert report["by_category"]["matmul"] == 2 * 40 * 8 * 101  # h W^T alone
+
+
+def test_the_kernel_runs_on_float32_cpu_blocks_and_nowhere_else(implementation):
+    calls = mock.Mock(wraps=head_module._native.softmax_xent_grad_f32)
+    hidden, weight, b, targets = problem(rows=20)
+    with mock.patch.object(head_module._native, "softmax_xent_grad_f32", calls):
+        linear_cross_entropy(hidden, weight, targets, b, rows_per_block=8)  # 3 blocks
+        linear_cross_entropy(hidden.double(), weight.double(), targets, b.double(), rows_per_block=8)
+        with FlopsTracer():
+            linear_cross_entropy(hidden, weight, targets, b, rows_per_block=8)
+    assert calls.call_count == (3 if implementation == "kernel" else 0)
+
+
+@pytest.mark.parametrize("rows, vocab, rows_per_block", [(300, 2_003, 128), (129, 33_278, 64)])
+def test_kernel_and_torch_ops_agree_at_benchmark_like_sizes(rows, vocab, rows_per_block):
+    hidden, weight, b, targets = problem(rows=rows, d=64, vocab=vocab)
+    targets[::7] = IGNORE_INDEX
+    results = {}
+    for kernel in (True, False):
+        with mock.patch.object(head_module, "use_kernel", kernel):
+            results[kernel] = loss_and_grads(linear_cross_entropy, hidden, weight, b, targets,
+                                             rows_per_block=rows_per_block)
+    (loss, grads), (loss_torch, grads_torch) = results[True], results[False]
+    torch.testing.assert_close(loss, loss_torch, rtol=1e-6, atol=0)
+    for g, g_torch in zip(grads, grads_torch):  # sums over thousands of words: float32 rounding of their scale
+        torch.testing.assert_close(g, g_torch, rtol=1e-5, atol=2e-6 * g_torch.abs().max().item())
+
+
+def test_evaluation_without_gradients_gives_the_same_loss():
+    hidden, weight, b, targets = problem(rows=50, vocab=300)
+    with_grad = linear_cross_entropy(hidden, weight, targets, b, rows_per_block=16)
+    with torch.no_grad():
+        without = linear_cross_entropy(hidden, weight, targets, b, rows_per_block=16)
+    torch.testing.assert_close(without, with_grad.detach(), rtol=1e-6, atol=1e-5)
+
+
+def test_a_target_outside_the_vocabulary_is_a_named_error(implementation):
+    hidden, weight, b, targets = problem(rows=10, vocab=50)
+    targets[3] = 50
+    # (torch's gather raises its own index error.)
+    error = (ValueError, "targets: row 3 has target 50") if implementation == "kernel" else (RuntimeError, "index")
+    with pytest.raises(error[0], match=error[1]):
+        linear_cross_entropy(hidden, weight, targets, b)
+
+
+def test_a_non_finite_hidden_state_gives_a_non_finite_loss():
+    hidden, weight, b, targets = problem(rows=10, vocab=50)
+    hidden = hidden.detach().clone()
+    hidden[2, 0] = float("nan")
+    assert not torch.isfinite(linear_cross_entropy(hidden, weight, targets, b))

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .dropout import Dropout
 from .head import IGNORE_INDEX, LMHead
 from .options import ModelOptions
 from .transformer import sinusoidal_positions
@@ -44,7 +45,7 @@ class LanguageModel(nn.Module):
         self.embedding_scale = math.sqrt(d_model) if options.word_lm_transformer else 1.0
         self.register_buffer("fixed_positions", sinusoidal_positions(options.n_seq, d_model)
                              if options.word_lm_transformer else None, persistent=False)
-        self.dropout = nn.Dropout(options.dropout)
+        self.dropout = Dropout(options.dropout)
         self.blocks = nn.ModuleList(blocks)
         # The extension points (see the module's doc); the methods set them when they attach.
         self.stage_ranges: list = [(i, i + 1, False) for i in range(options.n_layers)]  # (first, stop, shortened)

@@ -25,6 +25,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .dropout import Dropout
+
 
 class LSTMBlock(nn.Module):
     """One LSTM layer (+ a linear map back to ``d_model`` when wider), then dropout.
@@ -38,7 +40,7 @@ class LSTMBlock(nn.Module):
         super().__init__()
         self.lstm = nn.LSTM(d_model, hidden, batch_first=True)
         self.projection = nn.Linear(hidden, d_model) if hidden != d_model else None
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.carry = False
         self.state: tuple | None = None  # (h, c) after the last call, when carrying
 

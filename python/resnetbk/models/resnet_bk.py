@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import bk_core
+from .dropout import Dropout
 
 #: The Laplacian's diagonal and off-diagonal entries (H0).
 LAPLACIAN_DIAG, LAPLACIAN_OFF = -2.0, 1.0
@@ -142,7 +143,7 @@ class ResNetBKBlock(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.moe = MoEFeedForward(d_model, num_experts)
         self.bk = BKMixer(d_model, channels, mode=mode, potential_limit=potential_limit, grad=grad)
-        self.resid_dropout = nn.Dropout(dropout)
+        self.resid_dropout = Dropout(dropout)
 
     @property
     def aux_loss(self) -> Tensor | None:

