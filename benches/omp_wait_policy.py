@@ -24,7 +24,9 @@ import subprocess
 import sys
 import time
 
-POLICIES = ("unset", "PASSIVE")
+#: ``unset``, an ``OMP_WAIT_POLICY`` value, or ``GOMP_SPINCOUNT=N`` (libgomp's spin before it
+#: sleeps, policy unset); ``RESNETBK_OMP_POLICIES`` (comma-separated) chooses others.
+POLICIES = tuple(os.environ.get("RESNETBK_OMP_POLICIES", "unset,PASSIVE").split(","))
 THREADS = 2
 
 
@@ -92,7 +94,10 @@ def _load():
 def run(policy: str) -> dict:
     env = dict(os.environ)
     env.pop("OMP_WAIT_POLICY", None)
-    if policy != "unset":
+    env.pop("GOMP_SPINCOUNT", None)
+    if policy.startswith("GOMP_SPINCOUNT="):
+        env["GOMP_SPINCOUNT"] = policy.split("=", 1)[1]
+    elif policy != "unset":
         env["OMP_WAIT_POLICY"] = policy
     code = "import json, omp_wait_policy as b; print(json.dumps(b.measure()))"
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=os.path.dirname(os.path.abspath(__file__)),

@@ -1,5 +1,6 @@
 //! Batches of independent rows: grouped into lane-interleaved blocks (see [`crate::sweep`]) and
-//! run in parallel with rayon on a pool of a caller-chosen size.
+//! run in parallel on a caller-chosen number of threads (the `thread-team` crate: torch's OpenMP
+//! team where the process has one, else a rayon pool).
 //!
 //! Arrays are row-major and contiguous: `a` is `rows x n`, the off-diagonals are
 //! `rows x (n-1)`, `z` has one shift per row. The couplings `kap = upper * lower` are formed
@@ -15,9 +16,6 @@
 use crate::sweep::{backward_block, forward_block, lanes_of, BackwardScratch, Block};
 use crate::{Mode, Real};
 use num_complex::Complex;
-use rayon::prelude::*;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
 
 /// Below this many elements per parallel task, splitting costs more than it saves.
 const MIN_ELEMENTS_PER_TASK: usize = 16 * 1024;
@@ -51,24 +49,6 @@ fn check_inputs<T: Real>(a: &[T], off: &OffDiagonals<'_, T>, z: &[Complex<T>], n
     check("a", a.len(), rows * n)?;
     off.check(rows * (n - 1))?;
     Ok(rows)
-}
-
-/// One rayon pool per requested thread count, built on first use and kept.
-fn pool(threads: usize) -> Arc<rayon::ThreadPool> {
-    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
-    let mut pools = POOLS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    pools
-        .entry(threads)
-        .or_insert_with(|| {
-            Arc::new(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .thread_name(|i| format!("bk-core-{i}"))
-                    .build()
-                    .expect("building the bk-core thread pool"),
-            )
-        })
-        .clone()
 }
 
 /// Where a batch's rows live and which rows one block covers.
@@ -211,11 +191,7 @@ impl Plan {
                 work(first, rows_per_task.min(rows - first))
             }
         };
-        if self.tasks <= 1 {
-            task(0);
-        } else {
-            pool(threads).install(|| (0..self.tasks).into_par_iter().for_each(task));
-        }
+        thread_team::for_each_task(self.tasks, threads, task);
     }
 }
 
@@ -234,7 +210,7 @@ struct SharedOut<U>(*mut U);
 unsafe impl<U: Send> Send for SharedOut<U> {}
 // SAFETY: `SharedOut` is `Copy`, so a `&SharedOut<U>` on another thread is as good as a
 // `SharedOut<U>` there: it needs exactly what `Send` needs (above), `U: Send`. Tasks share it by
-// reference (the closure that `Plan::run` hands to rayon must be `Sync`).
+// reference (the closure that `Plan::run` hands to the thread team must be `Sync`).
 unsafe impl<U: Send> Sync for SharedOut<U> {}
 
 impl<U> SharedOut<U> {

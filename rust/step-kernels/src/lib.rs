@@ -5,7 +5,7 @@
 //! - [`dropout`]: dropout with masks from a counter-based hash, ~10x faster than torch's CPU
 //!   Bernoulli sampler, recomputed in the backward instead of stored.
 //!
-//! Both run on a caller-chosen number of threads (rayon) and are compiled three times (AVX-512,
+//! Both run on a caller-chosen number of threads (the `thread-team` crate) and are compiled three times (AVX-512,
 //! AVX2, baseline x86-64), the best chosen at run time: the loops are written so that the
 //! compiler vectorises them; nothing here is hand-written SIMD.
 
