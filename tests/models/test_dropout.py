@@ -1,7 +1,7 @@
 """``models.dropout``: the kernel's dropout against dropout's definition (share kept, scale, the
 backward's mask equal to the forward's, seeds from torch's generator), the fallbacks, and the
 Transformer's attention with its own dropout (equal to ``scaled_dot_product_attention`` without
-it, and causal)."""
+it, forward and every gradient, and causal)."""
 
 from __future__ import annotations
 
@@ -65,8 +65,12 @@ def test_attention_with_dropout_is_sdpa_without_it_and_causal():
     torch.manual_seed(2)
     q, k, v = (torch.randn(2, 3, 11, 8, requires_grad=True) for _ in range(3))
     with mock.patch.object(transformer, "dropout", lambda probs, p: probs):
-        torch.testing.assert_close(transformer.causal_attention_with_dropout(q, k, v, 0.5),
-                                   F.scaled_dot_product_attention(q, k, v, is_causal=True), rtol=1e-5, atol=1e-6)
+        ours = transformer.causal_attention_with_dropout(q, k, v, 0.5)
+    sdpa = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(ours, sdpa, rtol=1e-5, atol=1e-6)
+    upstream = torch.randn_like(sdpa)
+    for a, b in zip(torch.autograd.grad(ours, (q, k, v), upstream), torch.autograd.grad(sdpa, (q, k, v), upstream)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # every gradient too (the mask is outside autograd)
     y = transformer.causal_attention_with_dropout(q, k, v, 0.5)
     y[:, :, 4].sum().backward()
     for t in (q, k, v):

@@ -32,7 +32,10 @@ def left_ratios_scan(s: Tensor, kap: Tensor) -> Tensor:
         # (the identity before the start of the row).
         earlier = torch.cat([identity.expand((2, 2) + s.shape[:-1] + (offset,)), m[..., :-offset]], dim=-1)
         m = (m.unsqueeze(2) * earlier.unsqueeze(0)).sum(dim=1)
-        m = m / m.abs().amax(dim=(0, 1), keepdim=True)
+        # The scale is outside autograd: the ratio does not depend on it, so its exact gradient
+        # is zero, and differentiating it would only add passes (abs, max, division) to the
+        # backward of grad="autograd".
+        m = m * m.detach().abs().amax(dim=(0, 1), keepdim=True).reciprocal_()
         offset *= 2
     return m[0, 1] / m[1, 1]
 

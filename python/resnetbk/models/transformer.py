@@ -44,8 +44,12 @@ def causal_attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, p: float) -> 
     n = q.shape[-2]
     scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
     future = torch.ones(n, n, dtype=torch.bool, device=q.device).triu_(1)
-    probs = torch.softmax(scores.masked_fill_(future, float("-inf")), dim=-1)
-    return dropout(probs, p) @ v
+    # Masked outside autograd: the softmax's backward already gives the masked scores a zero
+    # gradient (their probabilities are 0), and nothing saved for the backward reads the scores,
+    # so recording the fill would only add a pass over them to the backward.
+    with torch.no_grad():
+        scores.masked_fill_(future, float("-inf"))
+    return dropout(torch.softmax(scores, dim=-1), p) @ v
 
 
 class TransformerBlock(nn.Module):
