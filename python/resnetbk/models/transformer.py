@@ -42,7 +42,7 @@ def causal_attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, p: float) -> 
     CPU (its math path: scores, causal mask, softmax, dropout, values), with the attention
     probabilities dropped out by ``models.dropout`` instead of torch's slow CPU sampler."""
     n = q.shape[-2]
-    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+    scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)  # scaled on q: N/d x fewer products
     future = torch.ones(n, n, dtype=torch.bool, device=q.device).triu_(1)
     # Masked outside autograd: the softmax's backward already gives the masked scores a zero
     # gradient (their probabilities are 0), and nothing saved for the backward reads the scores,
