@@ -186,7 +186,7 @@ def test_kernel_and_torch_ops_agree_at_benchmark_like_sizes(rows, vocab, rows_pe
     (loss, grads), (loss_torch, grads_torch) = results[True], results[False]
     torch.testing.assert_close(loss, loss_torch, rtol=1e-6, atol=0)
     for g, g_torch in zip(grads, grads_torch):  # sums over thousands of words: float32 rounding of their scale
-        torch.testing.assert_close(g, g_torch, rtol=1e-5, atol=2e-6 * g_torch.abs().max().item())
+        torch.testing.assert_close(g, g_torch, rtol=1e-5, atol=1e-5 * g_torch.abs().max().item())
 
 
 def test_evaluation_without_gradients_gives_the_same_loss():
