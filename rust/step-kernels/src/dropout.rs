@@ -73,14 +73,13 @@ mod best {
             unsafe fn avx2(input: &[f32], out: &mut [f32], first: u64, seed: u64, threshold: u64, scale: f32) {
                 apply_generic(input, out, first, seed, threshold, scale)
             }
-            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512dq") {
-                // SAFETY: the body is safe code; its only precondition, the CPU features, was
-                // just checked.
-                return unsafe { avx512(input, out, first, seed, threshold, scale) };
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
+            match crate::isa::chosen() {
+                // SAFETY: the body is safe code; its only precondition, the CPU features, is
+                // what `chosen` checked at run time.
+                crate::isa::Isa::Avx512 => return unsafe { avx512(input, out, first, seed, threshold, scale) },
                 // SAFETY: as above.
-                return unsafe { avx2(input, out, first, seed, threshold, scale) };
+                crate::isa::Isa::Avx2 => return unsafe { avx2(input, out, first, seed, threshold, scale) },
+                crate::isa::Isa::Baseline => {}
             }
         }
         apply_generic(input, out, first, seed, threshold, scale)

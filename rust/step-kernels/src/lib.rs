@@ -6,11 +6,13 @@
 //!   Bernoulli sampler, recomputed in the backward instead of stored.
 //!
 //! Both run on a caller-chosen number of threads (the `thread-team` crate) and are compiled three times (AVX-512,
-//! AVX2, baseline x86-64), the best chosen at run time: the loops are written so that the
-//! compiler vectorises them; nothing here is hand-written SIMD.
+//! AVX2, baseline x86-64), the best chosen at run time (`RESNETBK_KERNEL_ISA=avx2|baseline` caps
+//! it, to test and time another CPU's build): the loops are written so that the compiler
+//! vectorises them; nothing here is hand-written SIMD.
 
 pub mod dropout;
 mod exp;
+mod isa;
 mod parallel;
 pub mod xent;
 

@@ -292,14 +292,13 @@ mod best {
                     #[target_feature(enable = "avx2,fma")]
                     #[allow(clippy::too_many_arguments)]
                     unsafe fn avx2($($arg: $ty),*) { $generic::<true>($($arg),*) }
-                    if std::arch::is_x86_feature_detected!("avx512f") {
-                        // SAFETY: the body is the safe generic pass; its only precondition,
-                        // that the CPU has AVX-512F, was just checked.
-                        return unsafe { avx512($($arg),*) };
-                    }
-                    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    match crate::isa::chosen() {
+                        // SAFETY: the body is the safe generic pass; its only precondition, that
+                        // the CPU has AVX-512F and FMA, is what `chosen` checked at run time.
+                        crate::isa::Isa::Avx512 => return unsafe { avx512($($arg),*) },
                         // SAFETY: as above, for AVX2 and FMA.
-                        return unsafe { avx2($($arg),*) };
+                        crate::isa::Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                        crate::isa::Isa::Baseline => {}
                     }
                 }
                 $generic::<false>($($arg),*)

@@ -1,0 +1,40 @@
+"""The step kernels' narrower builds (what an AVX2-only or a baseline x86-64 CPU runs), forced on
+this machine with ``RESNETBK_KERNEL_ISA``: the LM head and dropout against torch's ops, in a fresh
+process per build (the choice is read once per process)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+CHECK = """
+import torch
+from resnetbk.models import head
+from resnetbk.models.dropout import dropout
+torch.manual_seed(0)
+h = torch.randn(150, 64, requires_grad=True)
+w = (0.1 * torch.randn(2003, 64)).requires_grad_()
+y = torch.randint(0, 2003, (150,))
+y[::9] = -100
+results = []
+for kernel in (True, False):
+    head.use_kernel = kernel
+    loss = head.linear_cross_entropy(h, w, y, rows_per_block=64)
+    results.append((loss.detach(), *torch.autograd.grad(loss, (h, w))))
+for a, b in zip(*results):
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+x = torch.rand(100_000) + 0.5
+kept = dropout(x, 0.25) != 0
+assert abs(kept.float().mean().item() - 0.75) < 0.01
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+def test_the_narrower_builds_agree_with_torch(isa):
+    env = {**os.environ, "RESNETBK_KERNEL_ISA": isa}
+    out = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
