@@ -63,3 +63,14 @@ def test_no_gpu_and_no_data_are_one_line_each(tmp_path, capsys, monkeypatch):
 def test_card_names_become_folder_names():
     assert gpu_evidence._card_slug("NVIDIA H200") == "h200"
     assert gpu_evidence._card_slug("NVIDIA H100 80GB HBM3") == "h100-80gb-hbm3"
+
+
+def test_a_run_stopped_at_the_budget_still_reports_its_step_log(tmp_path):
+    folder = tmp_path / "original" / "resnet_bk_baseline"
+    folder.mkdir(parents=True)
+    (folder / "resnet_bk_baseline_steps.csv").write_text(
+        "step,epoch,lr,loss,total_loss,grad_norm,tokens_per_second,flops_traced,skipped\n"
+        "1,1,0.001,10.4,10.4,1.3,500.0,1,0\n2,1,0.001,10.3,10.3,1.2,9000.0,0,0\n3,2,0.001,10.2,10.2,1.1,11000.0,0,0\n")
+    row = gpu_evidence.training_row(folder, "resnet_bk_baseline", None)
+    assert row["status"] == "stopped at the time budget (resumable)"
+    assert row["steps"] == 3 and row["epochs_started"] == 2 and row["tokens_per_second"] == 10000.0

@@ -28,8 +28,10 @@ of the test suite, so the script works the first time a GPU is lent.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -149,6 +151,8 @@ class Run:
             props = torch.cuda.get_device_properties(0)
             entry.update(card=props.name, memory_gib=round(props.total_memory / 2**30, 1))
         entry["copy_bandwidth_gb_s"] = round(copy_bandwidth_gb_s(self.device, 2**22 if self.args.dry_run else 2**28), 1)
+        if self.device == "cuda":
+            torch.cuda.empty_cache()  # the training processes get the card's memory
         return entry
 
     def _tests(self) -> dict:
@@ -187,12 +191,14 @@ class Run:
                 else ["--preset", "original"]
             folder.mkdir(parents=True, exist_ok=True)
             log = open(folder / "run.log", "w")
-            procs[model] = (subprocess.Popen([sys.executable, *argv], stdout=log, stderr=subprocess.STDOUT), log)
+            # Its own process group: at the budget's end the run and any worker it spawned stop.
+            procs[model] = (subprocess.Popen([sys.executable, *argv], stdout=log, stderr=subprocess.STDOUT,
+                                             start_new_session=True), log)
         for model, (proc, log) in procs.items():
             try:
                 code = proc.wait(timeout=max(1.0, self.left()))
             except subprocess.TimeoutExpired:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 code = None
             log.close()
@@ -319,7 +325,22 @@ def training_row(folder: Path, model: str, code) -> dict:
                     "steps"):
             if key in data:
                 row[key] = data[key]
+    else:  # stopped before its results: what its step log recorded (throughput of untraced steps)
+        row.update(_partial_figures(folder / f"{model}_steps.csv"))
     return row
+
+
+def _partial_figures(steps_csv: Path) -> dict:
+    if not steps_csv.is_file():
+        return {}
+    with open(steps_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    rates = [float(r["tokens_per_second"]) for r in rows if r.get("flops_traced") in ("0", "False", "false")]
+    figures = {"steps": len(rows), "epochs_started": max((int(r["epoch"]) for r in rows), default=0)}
+    if rates:
+        figures["tokens_per_second"] = statistics.median(rates)
+        figures["tokens_per_second_from"] = "the step log's untraced steps (the run stopped before its results)"
+    return figures
 
 
 def _last_line(path: Path) -> str:

@@ -240,9 +240,9 @@ class _KernelBlocks(_Blocks):
         super().__init__(*args)
         rows = min(self.rows, self.h.shape[0])
         vocab, width = self.w.shape
-        self.buffer = torch.empty(vocab * rows)
-        self.grad_h_t = torch.empty(width * rows) if self.grad_h is not None else None
-        self.nll = torch.empty(rows)
+        self.buffer = torch.empty(vocab * rows, dtype=torch.float32)  # (whatever the default dtype)
+        self.grad_h_t = torch.empty(width * rows, dtype=torch.float32) if self.grad_h is not None else None
+        self.nll = torch.empty(rows, dtype=torch.float32)
         self.threads = torch.get_num_threads()
 
     def logits(self, h_blk: Tensor) -> Tensor:

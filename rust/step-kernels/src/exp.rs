@@ -15,7 +15,8 @@ const ROUND: f32 = 12_582_912.0;
 const LOWEST: f32 = -87.3;
 const HIGHEST: f32 = 88.7;
 
-/// `e^x` for `x <= 88.7` (larger `x` gives `e^88.7`; below -87.3 it is 0); NaN propagates.
+/// `e^x`, for the kernels' arguments `x <= 0` (above about 88.37 it overflows to +inf; below -87.3
+/// it is 0); NaN propagates.
 /// Branch-free (selects only) and without a float-to-int conversion, both of which keep the
 /// compiler from vectorising. `FMA`: contract each multiply-add into one fused instruction (only
 /// where the CPU has FMA: elsewhere `mul_add` is a slow library call); the two differ in the

@@ -27,8 +27,10 @@ use crate::parallel::{for_each_task, split, Shared};
 /// Vocabulary rows per chunk: 32 rows of 128 float32 (one block row count) are 16 KiB, inside
 /// every x86 L1 data cache.
 const CHUNK: usize = 32;
-/// Lanes of the explicit partial sums (wide enough for AVX-512; the order of the additions, and
-/// so the result, is the same whatever the vector width the compiler picks).
+/// Lanes of the explicit partial sums (wide enough for AVX-512; the order of the additions is the
+/// same whatever the vector width the compiler picks). Results do depend, in the last bits, on
+/// the thread count (each thread's share of the vocabulary is summed apart, then merged) and on
+/// whether the CPU has FMA.
 const LANES: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,8 +96,9 @@ pub fn softmax_xent_grad(
     let mut lse = vec![0.0_f32; cols];
     for (r, value) in lse.iter_mut().enumerate() {
         let top = (0..tasks).map(|t| partial[t * cols + r].0).fold(f32::NEG_INFINITY, f32::max);
-        let sum: f32 = (0..tasks).map(|t| partial[t * cols + r].1 * (partial[t * cols + r].0 - top).exp()).sum();
-        *value = top + sum.ln();
+        let shift = finite_or_zero(top);
+        let sum: f32 = (0..tasks).map(|t| partial[t * cols + r].1 * (partial[t * cols + r].0 - shift).exp()).sum();
+        *value = shift + sum.ln();
     }
     for r in 0..cols {
         nll[r] = if targets.of[r].is_some() { lse[r] - target_logit[r] } else { 0.0 };
@@ -198,6 +201,11 @@ fn pass1<const FMA: bool>(block: &mut [f32], cols: usize, maxima: &mut [f32], pa
                 *m = if x > *m { x } else { *m };
             }
         }
+        // A row whose logits in this chunk are all -inf is shifted by 0 (its exponentials are
+        // 0), not by -inf (-inf - -inf would be NaN).
+        for m in top.iter_mut() {
+            *m = finite_or_zero(*m);
+        }
         sum.fill(0.0);
         for row in chunk.chunks_exact_mut(cols) {
             for ((x, s), &m) in row.iter_mut().zip(sum.iter_mut()).zip(top.iter()) {
@@ -208,7 +216,7 @@ fn pass1<const FMA: bool>(block: &mut [f32], cols: usize, maxima: &mut [f32], pa
         }
         // (Iterators, not indices: bounds checks would keep this loop from vectorising.)
         for (((run_m, run_s), &m_chunk), &s_chunk) in run_max.iter_mut().zip(run_sum.iter_mut()).zip(top.iter()).zip(&sum) {
-            let m = if m_chunk > *run_m { m_chunk } else { *run_m };
+            let m = if m_chunk > *run_m { m_chunk } else { *run_m }; // finite: m_chunk is
             *run_s = *run_s * exp::<FMA>(*run_m - m) + s_chunk * exp::<FMA>(m_chunk - m);
             *run_m = m;
         }
@@ -257,6 +265,16 @@ fn pass2<const FMA: bool>(
                 bias[c * CHUNK + v] += lane_sum(row);
             }
         }
+    }
+}
+
+/// `x`, or 0 where `x` is -inf (or +inf, NaN: those poison the row's loss anyway, as in torch).
+#[inline(always)]
+fn finite_or_zero(x: f32) -> f32 {
+    if x.is_infinite() {
+        0.0
+    } else {
+        x
     }
 }
 
@@ -371,6 +389,38 @@ mod tests {
         for (vocab, cols) in [(1, 1), (7, 3), (33, 5), (100, 17), (257, 64), (1000, 33)] {
             for threads in [1, 2, 3] {
                 case(vocab, cols, threads);
+            }
+        }
+    }
+
+    #[test]
+    fn rows_with_minus_infinite_logits_in_whole_chunks_stay_finite() {
+        // vocab 70: chunks of 32, 32, 6; row 0 is -inf in the whole first chunk, row 1 in every
+        // chunk but the last, row 2 everywhere but word 69 (its target).
+        let (vocab, cols) = (70, 3);
+        let mut logits: Vec<f32> = (0..vocab * cols).map(|i| ((i * 37) % 11) as f32 * 0.3 - 1.0).collect();
+        for v in 0..vocab {
+            if v < 32 {
+                logits[v * cols] = f32::NEG_INFINITY;
+            }
+            if v < 64 {
+                logits[v * cols + 1] = f32::NEG_INFINITY;
+            }
+            if v != 69 {
+                logits[v * cols + 2] = f32::NEG_INFINITY;
+            }
+        }
+        let targets = [40, 65, 69];
+        let (want_nll, want_grad, _) = reference(&logits, vocab, cols, &targets, -100);
+        for threads in [1, 2, 3] {
+            let mut got = logits.clone();
+            let mut nll = vec![f32::NAN; cols];
+            softmax_xent_grad(&mut got, vocab, cols, &targets, -100, &mut nll, None, true, threads).unwrap();
+            for r in 0..cols {
+                assert!((nll[r] as f64 - want_nll[r]).abs() < 1e-5, "row {r}: {} vs {}", nll[r], want_nll[r]);
+            }
+            for i in 0..vocab * cols {
+                assert!((got[i] as f64 - want_grad[i]).abs() < 1e-6, "{i}: {} vs {}", got[i], want_grad[i]);
             }
         }
     }

@@ -3,12 +3,13 @@
 //! torch runs its own CPU ops on an OpenMP team whose idle threads spin for a while after every
 //! op. A second pool (rayon's) competes with those spinning threads for the same cores: measured
 //! here, a two-thread rayon kernel called between torch ops ran 1.8x slower than with OpenMP's
-//! threads asleep. So the tasks run on torch's own team when the process has loaded an OpenMP
-//! runtime that exports libgomp's entry points (GNU libgomp, LLVM's libomp and Intel's libiomp5
-//! all do), found at run time without linking to it; else on a rayon pool.
+//! threads asleep. So on Linux the tasks run on torch's own team when the process has loaded an
+//! OpenMP runtime that exports libgomp's entry points (GNU libgomp, LLVM's libomp and Intel's
+//! libiomp5 all do), found at run time without linking to it; elsewhere, or with none loaded, on
+//! a rayon pool. A task that panics aborts the process on the OpenMP path (a panic must not
+//! unwind into C); on rayon it reaches the caller. The kernels' tasks do not panic.
 
 use std::collections::HashMap;
-use std::ffi::{c_char, c_int, c_uint, c_void};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
@@ -19,10 +20,31 @@ use rayon::prelude::*;
 pub fn for_each_task(tasks: usize, threads: usize, work: impl Fn(usize) + Sync + Send) {
     if tasks <= 1 || threads <= 1 {
         (0..tasks).for_each(work);
-    } else if let Some(omp) = openmp::runtime() {
+    } else if let Some(omp) = openmp_runtime() {
         omp.run(tasks, threads.min(tasks), &work);
     } else {
         pool(threads).install(|| (0..tasks).into_par_iter().for_each(work));
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn openmp_runtime() -> Option<&'static openmp::Runtime> {
+    openmp::runtime()
+}
+
+/// (glibc's `dlopen` flags and libgomp's ABI are what the OpenMP path relies on: Linux only.)
+#[cfg(not(target_os = "linux"))]
+fn openmp_runtime() -> Option<&'static Never> {
+    None
+}
+
+#[cfg(not(target_os = "linux"))]
+enum Never {}
+
+#[cfg(not(target_os = "linux"))]
+impl Never {
+    fn run(&self, _tasks: usize, _threads: usize, _work: &(dyn Fn(usize) + Sync)) {
+        match *self {}
     }
 }
 
@@ -44,13 +66,16 @@ fn pool(threads: usize) -> Arc<rayon::ThreadPool> {
         .clone()
 }
 
+#[cfg(target_os = "linux")]
 mod openmp {
-    use super::*;
+    use std::ffi::{c_char, c_int, c_uint, c_void};
+    use std::sync::OnceLock;
 
     extern "C" {
         fn dlopen(filename: *const c_char, flags: c_int) -> *mut c_void;
         fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
     }
+    // glibc's values.
     const RTLD_LAZY: c_int = 0x1;
     const RTLD_NOLOAD: c_int = 0x4;
 
@@ -73,7 +98,7 @@ mod openmp {
         if std::env::var_os("RESNETBK_KERNEL_THREADS").is_some_and(|v| v == "rayon") {
             return None;
         }
-        for name in [c"libgomp.so.1", c"libomp.so", c"libiomp5.so", c"libomp.dylib", c"libiomp5.dylib"] {
+        for name in [c"libgomp.so.1", c"libomp.so", c"libiomp5.so"] {
             // SAFETY: dlopen with RTLD_NOLOAD only returns a handle to a library that is already
             // loaded (or null); dlsym reads that library's symbol table. The three symbols have
             // the libgomp ABI's signatures in every runtime that exports them.
