@@ -1,11 +1,13 @@
 """Does torch's OpenMP spin-waiting slow the Rust kernels?  ``python benches/omp_wait_policy.py``
 
 After a parallel region, the OpenMP workers of torch (GNU libgomp) spin for a while before they
-sleep (``OMP_WAIT_POLICY`` unset: a short spin; ``ACTIVE``: spin; ``PASSIVE``: sleep at once).
-The BK-Core's Rust kernels run on their own thread pool right after torch ops, so spinning
-workers compete with them for the cores. libgomp reads the policy once, when it loads, so each
-policy runs in a fresh process, side by side in one run: idle, then with a competing process
-busy on the same cores (a loaded machine). Figures: median ms of
+sleep (``OMP_WAIT_POLICY`` unset: ~300,000 spins; ``ACTIVE``: spin; ``PASSIVE``: sleep at once;
+``GOMP_SPINCOUNT=N``: N spins). The Rust kernels run on that same team since revision
+``538bf92`` (on a rayon pool of their own before, which spinning workers starved), but the spin
+still decides how fast back-to-back torch ops follow each other and how much a loaded machine
+suffers. libgomp reads the settings once, when it loads, so each runs in a fresh process, side by
+side in one run: idle, then with a competing process busy on the same cores (a loaded machine).
+Figures: median ms of
 
 - ``bk``: ``bk_core`` forward+backward at 32 x 2048 (float32, causal), alone;
 - ``bk after matmul``: the same right after a torch matmul (the interleaving of a training step);

@@ -77,18 +77,25 @@ pub fn softmax_xent_grad(
 
     let (logits_ptr, max_ptr, partial_ptr) =
         (Shared(logits.as_mut_ptr()), Shared(chunk_max.as_mut_ptr()), Shared(partial.as_mut_ptr()));
-    for_each_task(tasks, threads, |task| {
+    // Task `task`'s vocabulary rows, and its parts of the block and of the chunks' maxima.
+    // SAFETY (of every call below): split gives disjoint ranges starting on chunk boundaries,
+    // so each task alone owns its rows, their chunks' maxima and (below) its own partials and
+    // bias rows; all lie inside the buffers, and each pass makes each task's slices once.
+    let share = |task: usize| {
         let rows = split(vocab, tasks, task, CHUNK);
-        let first_chunk = rows.start / CHUNK;
-        // SAFETY: task `task` alone owns vocabulary rows `rows` (split gives disjoint ranges),
-        // their chunks' maxima, and its own `cols` partials; all lie inside the buffers.
-        let (block, maxima, part) = unsafe {
+        // SAFETY: as said above `share`.
+        let (block, maxima) = unsafe {
             (
                 logits_ptr.slice(rows.start * cols, rows.len() * cols),
-                max_ptr.slice(first_chunk * cols, rows.len().div_ceil(CHUNK) * cols),
-                partial_ptr.slice(task * cols, cols),
+                max_ptr.slice(rows.start / CHUNK * cols, rows.len().div_ceil(CHUNK) * cols),
             )
         };
+        (rows, block, maxima)
+    };
+    for_each_task(tasks, threads, |task| {
+        let (_, block, maxima) = share(task);
+        // SAFETY: see `share`.
+        let part = unsafe { partial_ptr.slice(task * cols, cols) };
         best::pass1(block, cols, maxima, part);
     });
 
@@ -110,16 +117,9 @@ pub fn softmax_xent_grad(
     let bias_ptr = grad_bias.map(|b| Shared(b.as_mut_ptr()));
     let (lse, targets) = (&lse, &targets);
     for_each_task(tasks, threads, |task| {
-        let rows = split(vocab, tasks, task, CHUNK);
-        let first_chunk = rows.start / CHUNK;
-        // SAFETY: as in pass 1; the bias gradient's rows `rows` are this task's alone.
-        let (block, maxima, bias) = unsafe {
-            (
-                logits_ptr.slice(rows.start * cols, rows.len() * cols),
-                max_ptr.slice(first_chunk * cols, rows.len().div_ceil(CHUNK) * cols),
-                bias_ptr.map(|b| b.slice(rows.start, rows.len())),
-            )
-        };
+        let (rows, block, maxima) = share(task);
+        // SAFETY: see `share`.
+        let bias = bias_ptr.map(|b| unsafe { b.slice(rows.start, rows.len()) });
         best::pass2(block, cols, maxima, lse, &targets.valid, targets.in_rows(rows.clone()), rows.start, bias);
     });
     Ok(())

@@ -6,8 +6,9 @@
 //! threads asleep. So on Linux the tasks run on torch's own team when the process has loaded an
 //! OpenMP runtime that exports libgomp's entry points (GNU libgomp, LLVM's libomp and Intel's
 //! libiomp5 all do), found at run time without linking to it; elsewhere, or with none loaded, on
-//! a rayon pool. A task that panics aborts the process on the OpenMP path (a panic must not
-//! unwind into C); on rayon it reaches the caller. The kernels' tasks do not panic.
+//! a rayon pool (`RESNETBK_KERNEL_THREADS=rayon` chooses rayon anyway). A task that panics
+//! aborts the process on the OpenMP path (a panic must not unwind into C); on rayon it reaches
+//! the caller. The kernels' tasks do not panic.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -20,31 +21,10 @@ use rayon::prelude::*;
 pub fn for_each_task(tasks: usize, threads: usize, work: impl Fn(usize) + Sync + Send) {
     if tasks <= 1 || threads <= 1 {
         (0..tasks).for_each(work);
-    } else if let Some(omp) = openmp_runtime() {
+    } else if let Some(omp) = openmp::runtime() {
         omp.run(tasks, threads.min(tasks), &work);
     } else {
         pool(threads).install(|| (0..tasks).into_par_iter().for_each(work));
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn openmp_runtime() -> Option<&'static openmp::Runtime> {
-    openmp::runtime()
-}
-
-/// (glibc's `dlopen` flags and libgomp's ABI are what the OpenMP path relies on: Linux only.)
-#[cfg(not(target_os = "linux"))]
-fn openmp_runtime() -> Option<&'static Never> {
-    None
-}
-
-#[cfg(not(target_os = "linux"))]
-enum Never {}
-
-#[cfg(not(target_os = "linux"))]
-impl Never {
-    fn run(&self, _tasks: usize, _threads: usize, _work: &(dyn Fn(usize) + Sync)) {
-        match *self {}
     }
 }
 
@@ -66,18 +46,9 @@ fn pool(threads: usize) -> Arc<rayon::ThreadPool> {
         .clone()
 }
 
-#[cfg(target_os = "linux")]
 mod openmp {
-    use std::ffi::{c_char, c_int, c_uint, c_void};
+    use std::ffi::{c_int, c_uint, c_void};
     use std::sync::OnceLock;
-
-    extern "C" {
-        fn dlopen(filename: *const c_char, flags: c_int) -> *mut c_void;
-        fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
-    }
-    // glibc's values.
-    const RTLD_LAZY: c_int = 0x1;
-    const RTLD_NOLOAD: c_int = 0x4;
 
     type Body = unsafe extern "C" fn(*mut c_void);
 
@@ -94,7 +65,22 @@ mod openmp {
         RUNTIME.get_or_init(find).as_ref()
     }
 
+    /// (glibc's `dlopen` flags and libgomp's ABI are what this relies on: Linux only.)
+    #[cfg(not(target_os = "linux"))]
     fn find() -> Option<Runtime> {
+        None
+    }
+
+    /// `RESNETBK_KERNEL_THREADS=rayon` declines the team (to compare the two).
+    #[cfg(target_os = "linux")]
+    fn find() -> Option<Runtime> {
+        use std::ffi::c_char;
+        extern "C" {
+            fn dlopen(filename: *const c_char, flags: c_int) -> *mut c_void;
+            fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
+        }
+        const RTLD_LAZY: c_int = 0x1; // glibc's values
+        const RTLD_NOLOAD: c_int = 0x4;
         if std::env::var_os("RESNETBK_KERNEL_THREADS").is_some_and(|v| v == "rayon") {
             return None;
         }
