@@ -8,6 +8,9 @@ Prints the median ms per step and each change's own gain (its variant's time ove
 - ``head kernel``: the LM head's blocks through torch's ops instead of the Rust kernel
   (``models.head.use_kernel``);
 - ``head 32-row blocks``: the landed block size (8 MiB of logits: 32 rows) instead of 192;
+- ``attention kernel``: the Transformer's attention through torch's ops
+  (``transformer.causal_attention_with_dropout``, same masks) instead of the Rust kernel
+  (``models.attention.use_kernel``);
 - ``dropout kernel``: torch's dropout (``models.dropout.use_kernel``; the attention then runs
   ``scaled_dot_product_attention`` with its own dropout);
 - ``fused AdamW``: torch's per-tensor loop instead of its fused kernel.
@@ -31,6 +34,7 @@ import torch
 from resnetbk.bench.config import BenchmarkConfig, model_config
 from resnetbk.bench.recipe import make_model
 from resnetbk.models import ModelOptions
+from resnetbk.models import attention as attention_module
 from resnetbk.models import dropout as dropout_module
 from resnetbk.models import head as head_module
 from resnetbk.train import optim
@@ -46,6 +50,7 @@ def switched_off(change: str):
         "all on": [],
         "head kernel": [mock.patch.object(head_module, "use_kernel", False)],
         "head 32-row blocks": [mock.patch.object(head_module, "block_rows", lambda vocab: 32)],
+        "attention kernel": [mock.patch.object(attention_module, "use_kernel", False)],
         "dropout kernel": [mock.patch.object(dropout_module, "use_kernel", False)],
         "fused AdamW": [mock.patch.object(optim, "_fusable", lambda model: False)],
     }[change]
@@ -58,7 +63,7 @@ def switched_off(change: str):
             p.stop()
 
 
-CHANGES = ("all on", "head kernel", "head 32-row blocks", "dropout kernel", "fused AdamW")
+CHANGES = ("all on", "head kernel", "head 32-row blocks", "attention kernel", "dropout kernel", "fused AdamW")
 
 
 def main(rounds: int = 3, steps: int = 4) -> None:

@@ -44,3 +44,15 @@ def softmax_xent_grad_f32(logits: npt.NDArray[np.float32], targets: npt.NDArray[
 def dropout_f32(input: npt.NDArray[np.float32], out: npt.NDArray[np.float32], keep: float, seed: int, offset: int,
                 threads: int) -> None:
     """``out[i] = input[i] / keep`` where element ``offset + i`` is kept under ``seed``, else 0."""
+def causal_attention_forward_f32(qkv: npt.NDArray[np.float32], out: npt.NDArray[np.float32],
+                                 lse: npt.NDArray[np.float32], batch: int, seq: int, heads: int, head_dim: int,
+                                 scale: float, keep: float, seed: int, threads: int) -> None:
+    """Causal self-attention with dropout (kept with probability ``keep``, masks from ``seed``) on
+    its probabilities: from ``qkv`` (batch, seq, 3, heads, head_dim) writes ``out`` (batch, seq,
+    heads, head_dim) and the log-sum-exp ``lse`` (batch, heads, seq); flat float32 arrays."""
+def causal_attention_backward_f32(qkv: npt.NDArray[np.float32], grad_out: npt.NDArray[np.float32],
+                                  lse: npt.NDArray[np.float32], grad_qkv: npt.NDArray[np.float32], batch: int,
+                                  seq: int, heads: int, head_dim: int, scale: float, keep: float, seed: int,
+                                  threads: int) -> None:
+    """The backward of ``causal_attention_forward_f32``: writes ``grad_qkv`` from ``grad_out``
+    and the forward's ``lse``, with the forward's ``scale``, ``keep`` and ``seed``."""

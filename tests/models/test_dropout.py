@@ -78,11 +78,12 @@ def test_attention_with_dropout_is_sdpa_without_it_and_causal():
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_the_attention_module_takes_the_kernel_path_only_when_training_on_float32_cpu(training):
+def test_the_attention_module_takes_the_manual_path_only_when_training_on_float32_cpu_without_its_kernel(training):
     torch.manual_seed(3)
     attention = transformer.CausalSelfAttention(16, 4, dropout=0.1).train(training)
-    with mock.patch.object(transformer, "causal_attention_with_dropout",
-                           wraps=transformer.causal_attention_with_dropout) as manual:
+    with mock.patch.object(transformer.attention, "use_kernel", False), \
+            mock.patch.object(transformer, "causal_attention_with_dropout",
+                              wraps=transformer.causal_attention_with_dropout) as manual:
         attention(torch.randn(2, 7, 16))
         attention.double()(torch.randn(2, 7, 16, dtype=torch.float64))
     assert manual.call_count == (1 if training else 0)

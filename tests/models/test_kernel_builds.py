@@ -1,5 +1,5 @@
 """The step kernels' narrower builds (what an AVX2-only or a baseline x86-64 CPU runs), forced on
-this machine with ``RESNETBK_KERNEL_ISA``: the LM head and dropout against torch's ops, in a fresh
+this machine with ``RESNETBK_KERNEL_ISA``: the LM head, dropout and attention against torch's ops, in a fresh
 process per build (the choice is read once per process)."""
 
 from __future__ import annotations
@@ -29,6 +29,20 @@ for a, b in zip(*results):
 x = torch.rand(100_000) + 0.5
 kept = dropout(x, 0.25) != 0
 assert abs(kept.float().mean().item() - 0.75) < 0.01
+from resnetbk.models import attention, transformer
+for heads, width in ((2, 16), (3, 5)):  # a head width compiled in, and one that is not
+    qkv = torch.randn(2, 70, 3 * heads * width, requires_grad=True)
+    results = []
+    for kernel in (True, False):
+        torch.manual_seed(2)  # the same masks
+        if kernel:
+            y = attention.causal_attention(qkv, heads, 0.2)
+        else:
+            q, k, v = qkv.view(2, 70, 3, heads, width).permute(2, 0, 3, 1, 4)
+            y = transformer.causal_attention_with_dropout(q, k, v, 0.2).transpose(1, 2).reshape(2, 70, heads * width)
+        results.append((y, *torch.autograd.grad(y.square().sum(), qkv)))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 print("ok")
 """
 

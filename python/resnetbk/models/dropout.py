@@ -29,8 +29,12 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
         return x
     if p == 1.0 or not kernel_applies(x):
         return F.dropout(x, p, training)
-    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-    return _Dropout.apply(x, 1.0 - p, seed)
+    return _Dropout.apply(x, 1.0 - p, draw_seed())
+
+
+def draw_seed() -> int:
+    """A kernel call's seed, drawn from torch's default generator (one draw per call)."""
+    return int(torch.randint(0, 2**62, (), dtype=torch.int64))
 
 
 def kernel_applies(x: Tensor) -> bool:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import attention
 from .dropout import Dropout, dropout, kernel_applies
 
 
@@ -28,8 +29,11 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, n, d = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x)
         dropping = self.training and self.dropout > 0
+        if dropping and attention.kernel_applies(qkv):
+            return self.resid_dropout(self.proj(attention.causal_attention(qkv, self.n_heads, self.dropout)))
+        q, k, v = qkv.view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         if dropping and kernel_applies(x):
             y = causal_attention_with_dropout(q, k, v, self.dropout)
         else:
@@ -40,7 +44,8 @@ class CausalSelfAttention(nn.Module):
 def causal_attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, p: float) -> Tensor:
     """What ``scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)`` computes on a
     CPU (its math path: scores, causal mask, softmax, dropout, values), with the attention
-    probabilities dropped out by ``models.dropout`` instead of torch's slow CPU sampler."""
+    probabilities dropped out by ``models.dropout`` instead of torch's slow CPU sampler: the
+    reference of ``models.attention``'s kernel, and the path where that kernel is switched off."""
     n = q.shape[-2]
     scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)  # scaled on q: N/d x fewer products
     future = torch.ones(n, n, dtype=torch.bool, device=q.device).triu_(1)

@@ -227,6 +227,70 @@ fn dropout_f32(
     Ok(())
 }
 
+fn attention_shape(batch: usize, seq: usize, heads: usize, head_dim: usize) -> step_kernels::attention::Shape {
+    step_kernels::attention::Shape { batch, seq, heads, head_dim }
+}
+
+/// Causal multi-head self-attention with dropout on its probabilities (see
+/// step_kernels::attention): from `qkv` `(batch, seq, 3, heads, head_dim)` writes `out`
+/// `(batch, seq, heads, head_dim)` and `lse` `(batch, heads, seq)`, flat C-contiguous arrays.
+#[pyfunction]
+#[pyo3(signature = (qkv, out, lse, batch, seq, heads, head_dim, scale, keep, seed, threads))]
+#[allow(clippy::too_many_arguments)]
+fn causal_attention_forward_f32(
+    py: Python<'_>,
+    qkv: PyReadonlyArray1<'_, f32>,
+    mut out: PyReadwriteArray1<'_, f32>,
+    mut lse: PyReadwriteArray1<'_, f32>,
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+    scale: f32,
+    keep: f32,
+    seed: u64,
+    threads: usize,
+) -> PyResult<()> {
+    let qkv = contiguous("qkv", qkv.as_slice())?;
+    let out = contiguous_mut("out", out.as_slice_mut())?;
+    let lse = contiguous_mut("lse", lse.as_slice_mut())?;
+    let dropout = step_kernels::attention::Dropout { keep, seed };
+    py.detach(|| {
+        step_kernels::attention::forward(qkv, out, lse, attention_shape(batch, seq, heads, head_dim), scale, dropout, threads)
+    })
+    .map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+/// The backward of `causal_attention_forward_f32`: writes `grad_qkv` (as `qkv`) from `grad_out`
+/// (as `out`) and the forward's `lse`, with the forward's `scale`, `keep` and `seed`.
+#[pyfunction]
+#[pyo3(signature = (qkv, grad_out, lse, grad_qkv, batch, seq, heads, head_dim, scale, keep, seed, threads))]
+#[allow(clippy::too_many_arguments)]
+fn causal_attention_backward_f32(
+    py: Python<'_>,
+    qkv: PyReadonlyArray1<'_, f32>,
+    grad_out: PyReadonlyArray1<'_, f32>,
+    lse: PyReadonlyArray1<'_, f32>,
+    mut grad_qkv: PyReadwriteArray1<'_, f32>,
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+    scale: f32,
+    keep: f32,
+    seed: u64,
+    threads: usize,
+) -> PyResult<()> {
+    let qkv = contiguous("qkv", qkv.as_slice())?;
+    let grad_out = contiguous("grad_out", grad_out.as_slice())?;
+    let lse = contiguous("lse", lse.as_slice())?;
+    let grad_qkv = contiguous_mut("grad_qkv", grad_qkv.as_slice_mut())?;
+    let dropout = step_kernels::attention::Dropout { keep, seed };
+    let shape = attention_shape(batch, seq, heads, head_dim);
+    py.detach(|| step_kernels::attention::backward(qkv, grad_out, lse, grad_qkv, shape, scale, dropout, threads))
+        .map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(price_trace, m)?)?;
@@ -238,6 +302,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(bk_backward_f64, m)?)?;
     m.add_function(wrap_pyfunction!(softmax_xent_grad_f32, m)?)?;
     m.add_function(wrap_pyfunction!(dropout_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(causal_attention_forward_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(causal_attention_backward_f32, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
@@ -287,7 +353,7 @@ mod tests {
             _native(&module).unwrap();
             for name in ["price_trace", "bk_flops_per_element", "optimizer_flops_per_parameter", "bk_forward_f32",
                          "bk_forward_f64", "bk_backward_f32", "bk_backward_f64", "softmax_xent_grad_f32",
-                         "dropout_f32", "__version__"] {
+                         "dropout_f32", "causal_attention_forward_f32", "causal_attention_backward_f32", "__version__"] {
                 assert!(module.hasattr(name).unwrap(), "{name}");
             }
         });

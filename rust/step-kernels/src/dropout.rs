@@ -25,10 +25,20 @@ fn lowbias32(mut x: u32) -> u32 {
 /// The 32 random bits of element `index` under `seed`.
 #[inline(always)]
 pub fn bits(index: u64, seed: u64) -> u32 {
-    let (seed_lo, seed_hi) = (seed as u32, (seed >> 32) as u32);
-    // Elements past 2^32 (not reached at the benchmark's sizes) get their own second key.
-    let key = seed_hi ^ lowbias32((index >> 32) as u32);
-    lowbias32(lowbias32((index as u32) ^ seed_lo) ^ key)
+    low_bits(index as u32, seed as u32, key((index >> 32) as u32, seed))
+}
+
+/// The second key of the elements whose index has `high` as its upper 32 bits (every element
+/// below 2^32, at the benchmark's sizes, shares one).
+#[inline(always)]
+pub(crate) fn key(high: u32, seed: u64) -> u32 {
+    ((seed >> 32) as u32) ^ lowbias32(high)
+}
+
+/// `bits(index, seed)` from the index's lower 32 bits, the seed's and the index's `key`.
+#[inline(always)]
+pub(crate) fn low_bits(index_low: u32, seed_low: u32, key: u32) -> u32 {
+    lowbias32(lowbias32(index_low ^ seed_low) ^ key)
 }
 
 /// Dropout: `out[i] = input[i] / keep` where element `i` is kept (probability `keep`,

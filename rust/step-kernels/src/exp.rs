@@ -40,7 +40,7 @@ pub(crate) fn exp<const FMA: bool>(x: f32) -> f32 {
 }
 
 #[inline(always)]
-fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+pub(crate) fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FMA {
         a.mul_add(b, c)
     } else {
@@ -49,7 +49,7 @@ fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 }
 
 #[inline(always)]
-fn select(condition: bool, yes: f32, no: f32) -> f32 {
+pub(crate) fn select(condition: bool, yes: f32, no: f32) -> f32 {
     if condition {
         yes
     } else {

@@ -2,14 +2,17 @@
 //!
 //! - [`xent`]: the LM head's softmax cross-entropy and its logits gradient for one block of
 //!   rows, in two passes over the block (torch's ops take seven), with one exponential per logit.
+//! - [`attention`]: causal multi-head self-attention with dropout on its probabilities,
+//!   forward and backward, one (batch, head) pair's tile of scores at a time in the L2 cache.
 //! - [`dropout`]: dropout with masks from a counter-based hash, ~10x faster than torch's CPU
 //!   Bernoulli sampler, recomputed in the backward instead of stored.
 //!
-//! Both run on a caller-chosen number of threads (the `thread-team` crate) and are compiled three times (AVX-512,
+//! All run on a caller-chosen number of threads (the `thread-team` crate) and are compiled three times (AVX-512,
 //! AVX2, baseline x86-64), the best chosen at run time (`RESNETBK_KERNEL_ISA=avx2|baseline` caps
 //! it, to test and time another CPU's build): the loops are written so that the compiler
 //! vectorises them; nothing here is hand-written SIMD.
 
+pub mod attention;
 pub mod dropout;
 mod exp;
 mod isa;
