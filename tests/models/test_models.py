@@ -85,3 +85,33 @@ def test_the_estimate_refuses_data_dependent_methods_instead_of_pricing_them_as_
     with pytest.raises(NotImplementedError, match="use_act: the closed-form estimate covers"):
         step_shape(make_config(use_act=True), 10)
     assert step_shape(make_config(use_analytic_gradient=True), 10).options.bk_grad == "exact"
+
+
+def moe_by_definition(moe, flat):
+    """Every expert on every row, each row keeping its chosen expert's output times its probability."""
+    probs = torch.softmax(moe.router(flat), dim=-1)
+    chosen_prob, chosen = probs.max(dim=-1)
+    every = torch.stack([expert(flat) for expert in moe.experts])  # (E, T, d)
+    return every[chosen, torch.arange(flat.shape[0])] * chosen_prob[:, None]
+
+
+@pytest.mark.parametrize("rows", [1, 37, 300])
+def test_moe_rows_grouped_by_expert_equal_the_definition_forward_and_gradients(rows):
+    from resnetbk.models.resnet_bk import MoEFeedForward
+
+    torch.manual_seed(rows)
+    moe = MoEFeedForward(12, 5)
+    with torch.no_grad():
+        moe.router.bias[3] = -50.0  # expert 3 gets no rows
+    flat = torch.randn(rows, 12, requires_grad=True)
+    upstream = torch.randn(rows, 12)
+    results = []
+    for run in (moe, lambda x: moe_by_definition(moe, x)):
+        out = run(flat)
+        results.append((out, *torch.autograd.grad(out, [flat, *moe.parameters()], upstream, allow_unused=True)))
+    for ours, theirs in zip(*results):
+        if theirs is None or ours is None:
+            assert ours is None or not ours.abs().any()  # expert 3's weights: no gradient either way
+            continue
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert moe(flat[:0]).shape == (0, 12) and moe.aux_loss.item() == 0.0

@@ -63,19 +63,42 @@ class MoEFeedForward(nn.Module):
         logits = self.router(flat)  # (a method may hook the router: pruning masks removed experts)
         probs = F.softmax(logits, dim=-1)
         chosen_prob, chosen = probs.max(dim=-1)
-        out = torch.zeros_like(flat)
-        for e, expert in enumerate(self.experts):
-            rows = (chosen == e).nonzero(as_tuple=True)[0]
-            if rows.numel():
-                out.index_add_(0, rows, (expert(flat[rows]) * chosen_prob[rows, None]).to(out.dtype))
         num_experts = len(self.experts)
-        if flat.shape[0]:
-            counts = torch.bincount(chosen, minlength=num_experts)
-            fraction = counts.to(probs.dtype) / chosen.numel()
-            self.aux_loss = num_experts * (fraction * probs.mean(dim=0)).sum()
-        else:
+        if not flat.shape[0]:
             self.aux_loss = probs.new_zeros(())
-        return out
+            return torch.zeros_like(flat)
+        counts = torch.bincount(chosen, minlength=num_experts)
+        # The rows grouped by expert (a stable sort: each expert's rows keep their order, so its
+        # product is the same as on those rows gathered alone), one product per expert on its
+        # slice, then back in place. Both moves, and their backwards, are row gathers: torch's
+        # CPU scatter-add behind a gather's backward took ~0.7 ms of a 5.8 ms layer.
+        order = torch.argsort(chosen, stable=True)
+        inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+        grouped = permute_rows(flat, order, inverse)
+        sizes = counts.tolist()  # the one host sync: the experts' row counts
+        outputs = [expert(rows) for expert, rows in zip(self.experts, grouped.split(sizes)) if rows.shape[0]]
+        weighted = torch.cat(outputs) * permute_rows(chosen_prob, order, inverse)[:, None]
+        fraction = counts.to(probs.dtype) / chosen.numel()
+        self.aux_loss = num_experts * (fraction * probs.mean(dim=0)).sum()
+        return permute_rows(weighted.to(flat.dtype), inverse, order)
+
+
+def permute_rows(x: Tensor, order: Tensor, inverse: Tensor) -> Tensor:
+    """``x[order]`` for a permutation ``order`` of ``x``'s rows (``inverse`` its inverse), whose
+    backward is the gather ``grad[inverse]`` rather than a scatter-add into zeros."""
+    return _PermuteRows.apply(x, order, inverse)
+
+
+class _PermuteRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, order, inverse):
+        ctx.save_for_backward(inverse, order)
+        return x.index_select(0, order)
+
+    @staticmethod
+    def backward(ctx, grad):
+        inverse, order = ctx.saved_tensors
+        return permute_rows(grad, inverse, order), None, None
 
 
 class BKMixer(nn.Module):
