@@ -57,8 +57,9 @@ def test_ablation_writes_json_markdown_and_figure(ablation_run):
         for key in ("valid_perplexity", "test_perplexity", "tokens_per_second_ratio", "forward_flops_ratio",
                     "backward_flops_ratio", "peak_memory_ratio", "model_size_ratio"):
             assert isinstance(row[key], float), (flag, key)
-    # The compute-saving methods change the measured FLOPs; ACT starts at about 2 of 3 blocks.
-    assert rows["use_act"]["forward_flops_ratio"] < 0.95
+    # The compute-saving methods change the measured FLOPs: ACT starts every token at full depth
+    # (its halting units cost a little more), multi-scale halves the middle blocks' sequence.
+    assert rows["use_act"]["forward_flops_ratio"] > 1.0
     assert rows["use_multi_scale"]["forward_flops_ratio"] < 1.0
     assert doc["bk_op"]["backward_speedup_exact_vs_autograd"] > 0
     markdown = (ablation_run / "ablation.md").read_text()
@@ -67,7 +68,8 @@ def test_ablation_writes_json_markdown_and_figure(ablation_run):
 
 
 def test_a_claim_the_measurement_does_not_bear_out_says_so():
-    base = AblationRow(row="use_mixed_precision", tokens_per_second_ratio=0.6, peak_memory_ratio=1.1)
+    base = AblationRow(row="use_mixed_precision", tokens_per_second_ratio=0.6, peak_memory_ratio=1.1,
+                       test_perplexity_change_percent=0.0)
     own, verdict = methods.BY_FLAG["use_mixed_precision"].assess(base)
-    assert verdict.startswith("not borne out") and "0.60x speed" in verdict
+    assert verdict.startswith("not borne out: speed (tokens/s) 0.60x (claimed 2x, needs 1.80x); peak memory")
 

@@ -140,6 +140,10 @@ def test_closed_form_estimate_agrees_with_the_trace(arch, b, n, d, layers, vocab
     assert estimated["unknown"] == {} and measured["unknown"] == {}
     for phase in ("forward", "backward", "optimizer"):
         assert estimated["by_phase"][phase] == pytest.approx(measured["by_phase"][phase], rel=0.02), phase
+    if arch == "resnet_bk":  # the MoE's own ops (routing, grouping, scaling), component by component
+        for phase in ("forward", "backward"):
+            want = measured["by_component"]["blocks.0.moe"][phase]
+            assert estimated["by_component"]["blocks.0.moe"][phase] == pytest.approx(want, rel=0.02), phase
     # The optimizer phase, independently of parameter_groups (which both sides use): AdamW's 14
     # FLOPs per decayed element (weight matrices, not the embeddings) and its cost without decay
     # for the rest (norms, biases, embeddings, bk_scale).

@@ -81,11 +81,16 @@ def test_the_steps_verdict_reads_both_validation_curves():
     from resnetbk.methods.curves import assess_steps
 
     base = [{"step": s, "tokens": 10 * s, "train_time": float(s), "perplexity": 100.0 / s} for s in (10, 20, 30)]
-    fast = [{**p, "perplexity": p["perplexity"] / 3} for p in base]  # reaches 3.33 at step 10
-    assert assess_steps(AblationRow(valid_curve=fast, baseline_valid_curve=base), 0.7, "30% fewer")[1] == "held"
+
+    def verdict(curve, change=0.0):
+        row = AblationRow(valid_curve=curve, baseline_valid_curve=base, test_perplexity_change_percent=change)
+        return assess_steps(row, claimed=1 / 0.7)[1]
+
+    fast = [{**p, "perplexity": p["perplexity"] / 3} for p in base]  # reaches 3.33 at step 10: 3x fewer
+    assert verdict(fast).startswith("held: fewer steps to the baseline's best validation perplexity 3.00x")
+    assert verdict(fast, change=2.5).startswith("not borne out: test perplexity +2.5% (more than the allowed +2.0%)")
     slow = [{**p, "perplexity": p["perplexity"] * 2} for p in base]
-    assert assess_steps(AblationRow(valid_curve=slow, baseline_valid_curve=base), 0.7, "30% fewer")[1].startswith(
-        "not borne out: never reached")
-    assert assess_steps(AblationRow(valid_curve=base, baseline_valid_curve=base), 0.7, "30% fewer")[1] == (
-        "not borne out: 1.00x the baseline's steps (claimed 30% fewer)")
-    assert assess_steps(AblationRow(valid_curve=[], baseline_valid_curve=base), 0.7, "x")[1].startswith("not measured")
+    assert "never reached it" in verdict(slow) and verdict(slow).startswith("not borne out")
+    assert verdict(base).startswith("not borne out: fewer steps to the baseline's best validation perplexity 1.00x "
+                                    "(claimed 1.43x, needs 1.29x)")
+    assert assess_steps(AblationRow(valid_curve=[], baseline_valid_curve=base), claimed=2)[1].startswith("not measured")

@@ -80,6 +80,8 @@ def test_the_same_result_whatever_the_thread_count():
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="qkv: expected"):
         attention.causal_attention(torch.randn(2, 5, 10), 2, 0.1)
+    with pytest.raises(ValueError, match="qkv: the kernel takes float32 on the CPU"):
+        attention.causal_attention(torch.randn(2, 5, 12, dtype=torch.float64), 2, 0.1)
     with pytest.raises(ValueError, match="p: expected"):
         attention.causal_attention(torch.randn(2, 5, 12), 2, 1.0)
     flat = np.zeros(10, dtype=np.float32)

@@ -110,8 +110,12 @@ def test_moe_rows_grouped_by_expert_equal_the_definition_forward_and_gradients(r
         out = run(flat)
         results.append((out, *torch.autograd.grad(out, [flat, *moe.parameters()], upstream, allow_unused=True)))
     for ours, theirs in zip(*results):
-        if theirs is None or ours is None:
-            assert ours is None or not ours.abs().any()  # expert 3's weights: no gradient either way
+        if ours is None:  # expert 3's weights: no gradient, and a zero one by the definition
+            assert theirs is None or not theirs.abs().any()
             continue
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    moe(flat)
+    probs = torch.softmax(moe.router(flat), dim=-1)
+    fraction = torch.bincount(probs.argmax(-1), minlength=5).float() / rows
+    torch.testing.assert_close(moe.aux_loss, 5 * (fraction * probs.mean(0)).sum())
     assert moe(flat[:0]).shape == (0, 12) and moe.aux_loss.item() == 0.0

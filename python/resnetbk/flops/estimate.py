@@ -118,23 +118,29 @@ def _resnet_bk_block(ops: _Ops, s: StepShape, i: int) -> None:
     ops.linear(f"{moe}.router", t, d, e)
     ops.op("forward", moe, "aten._softmax", [(t, e)])
     ops.op("backward", moe, "aten._softmax_backward_data", [(t, e), (t, e)])
-    ops.op("forward", moe, "aten.max", [(t, e)])
-    ops.elementwise("forward", moe, "eq", t, count=e)
-    ops.op("forward", moe, "aten.nonzero", [(t,)], count=e)
+    ops.op("forward", moe, "aten.max", [(t, e)], [(t,), (t,)])
+    ops.op("backward", moe, "aten.scatter", [(t, e), (t, 1), (t, 1)], [(t, e)])  # max's backward
+    ops.op("backward", moe, "aten.add", [(t, e), (t, e)])  # the probabilities' two gradients meet
+    # Rows grouped by expert (models.resnet_bk: a stable sort, its inverse permutation, gathers
+    # in and out, the experts' outputs concatenated) and scaled by the chosen probability.
+    ops.op("forward", moe, "aten.sort", [(t,)], [(t,), (t,)])
+    ops.op("forward", moe, "aten.scatter_", [(t,), (t,), (t,)], [(t,)])
     base, extra = divmod(t, e)
-    for x in range(e):  # even routing: the first `extra` experts get one more token
-        routed = base + (1 if x < extra else 0)
+    routed = [base + (1 if x < extra else 0) for x in range(e)]  # even routing
+    for phase in ("forward", "backward"):
+        ops.op(phase, moe, "aten.index_select", [(t, d), (t,)], [(t, d)], count=2)
+        ops.op(phase, moe, "aten.index_select", [(t,), (t,)], [(t,)])
+        ops.op(phase, moe, "aten.cat", [(r, d) for r in routed if r], [(t, d)])
+    ops.op("forward", moe, "aten.mul", [(t, d), (t, 1)], [(t, d)])
+    ops.op("backward", moe, "aten.mul", [(t, d), (t, 1)], [(t, d)])
+    ops.op("backward", moe, "aten.mul", [(t, d), (t, d)], [(t, d)])
+    ops.op("backward", moe, "aten.sum", [(t, d)], [(t, 1)])
+    for x, tokens in enumerate(routed):
         expert = f"{moe}.experts.{x}"
-        ops.linear(f"{expert}.0", routed, d, 2 * d)
-        ops.elementwise("forward", f"{expert}.1", "relu", routed * 2 * d)
-        ops.op("backward", f"{expert}.1", "aten.threshold_backward", [(routed * 2 * d,), (routed * 2 * d,)])
-        ops.linear(f"{expert}.2", routed, 2 * d, d)
-        ops.elementwise("forward", moe, "mul", routed * d)  # scale by the chosen probability
-        ops.op("forward", moe, "aten.index_add_", [(t, d), (routed,), (routed, d)])
-        ops.elementwise("backward", moe, "mul", routed * d, count=2)
-        ops.op("backward", moe, "aten.sum", [(routed, d)])
-    ops.elementwise("backward", moe, "add", t, count=e - 1)  # chosen-probability gradients
-    ops.elementwise("backward", moe, "add", t * d, count=e - 1)  # index_add_ gradients
+        ops.linear(f"{expert}.0", tokens, d, 2 * d)
+        ops.elementwise("forward", f"{expert}.1", "relu", tokens * 2 * d)
+        ops.op("backward", f"{expert}.1", "aten.threshold_backward", [(tokens * 2 * d,), (tokens * 2 * d,)])
+        ops.linear(f"{expert}.2", tokens, 2 * d, d)
     # Load balancing: bincount, fractions, mean probabilities, their product.
     ops.op("forward", moe, "aten.bincount", [(t,)])
     ops.elementwise("forward", moe, "div", e)

@@ -37,6 +37,7 @@ from ..flops import FlopsTracer
 from ..train.evaluate import window_nlls
 from .base import Method, check_number
 from .curves import interpolate
+from .verdict import Factor, judge
 
 
 def window_losses(state) -> tuple[torch.Tensor, int]:
@@ -123,8 +124,8 @@ class ActiveLearning(Method):
                      "baseline at equal tokens: outside its curve")
         words.append(f"at equal compute (scoring included) {at_compute:.1f}" if at_compute is not None else
                      "at equal compute: outside the baseline's curve")
-        held = final["perplexity"] <= base_final
-        verdict = ("held: as good as the baseline's full data" if held else
-                   f"not borne out: valid ppl {final['perplexity']:.1f} against the baseline's {base_final:.1f} "
-                   "with all the data")
-        return "; ".join(words), verdict
+        words.append(f"final valid ppl {final['perplexity']:.1f} against the baseline's {base_final:.1f}")
+        less = Factor("less data (the baseline's training tokens over this row's)",
+                      base[-1]["tokens"] / max(final["tokens"], 1), 2)
+        return "; ".join(words), judge([less], row.test_perplexity_change_percent,
+                                       noise_percent=row.perplexity_noise_percent)

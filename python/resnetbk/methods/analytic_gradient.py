@@ -14,6 +14,7 @@ Paper: the adjoint (reverse-mode) differentiation of a linear recurrence; the or
 """
 
 from .base import Method
+from .verdict import Factor, judge
 
 
 class AnalyticGradient(Method):
@@ -38,6 +39,5 @@ class AnalyticGradient(Method):
                if speedup else f"whole step {step:.2f}x")
         if speedup is None:
             return own, "not measured"
-        held = "held" if speedup >= 50 else "not borne out"
-        return own, (f"{held} for the BK op's backward ({speedup:.1f}x against 50x); the training step "
-                     f"gains {step:.2f}x because the BK-Core is a small share of it")
+        return own, judge([Factor("the BK op's backward", speedup, 50)], row.test_perplexity_change_percent,
+                          noise_percent=row.perplexity_noise_percent)

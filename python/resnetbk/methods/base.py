@@ -59,6 +59,9 @@ class AblationRow:
     baseline_flops_per_step: Optional[float] = None
     context_reach: Optional[dict] = None
     baseline_context_reach: Optional[dict] = None
+    #: The baseline's test perplexity's seed standard deviation in percent, where the ablation
+    #: ran seeds (``methods.verdict``: the allowed perplexity margin is twice it, at least 2%).
+    perplexity_noise_percent: Optional[float] = None
 
 
 class Method(Listener):

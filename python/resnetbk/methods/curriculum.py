@@ -110,4 +110,4 @@ class Curriculum(Method):
 
     @classmethod
     def assess(cls, row):
-        return assess_steps(row, held_at=0.7, claim="30% fewer")
+        return assess_steps(row, claimed=1 / 0.7)  # 30% fewer steps

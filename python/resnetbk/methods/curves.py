@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Optional
 
 from .base import AblationRow
+from .verdict import Factor, judge
 
 
 def first_reaching(curve: list, target: float) -> Optional[dict]:
@@ -52,17 +53,18 @@ def describe_steps(figures: Optional[dict]) -> str:
             f"{figures['time_ratio']:.2f}x the training time)")
 
 
-def assess_steps(row: AblationRow, held_at: float, claim: str) -> tuple:
-    """The ablation's ``(own figure, verdict)`` for a claim of fewer training steps: held when the
-    row reaches the baseline's best perplexity in at most ``held_at`` times its steps."""
+def assess_steps(row: AblationRow, claimed: float) -> tuple:
+    """The ablation's ``(own figure, verdict)`` for a claim of ``claimed`` times fewer training
+    steps (``methods.verdict``): the factor is the baseline's steps to its best validation
+    perplexity over this row's steps to the same perplexity."""
     figures = steps_to_baseline(row)
     own = describe_steps(figures)
     if figures is None:
         return own, "not measured (no validation curve)"
-    if not figures["reached"]:
-        return own, "not borne out: never reached the baseline's perplexity"
-    ratio = figures["steps_ratio"]
-    return own, ("held" if ratio <= held_at else f"not borne out: {ratio:.2f}x the baseline's steps (claimed {claim})")
+    what = "fewer steps to the baseline's best validation perplexity"
+    factor = (Factor(what, 0.0, claimed, note="never reached it") if not figures["reached"] else
+              Factor(what, 1.0 / figures["steps_ratio"], claimed))
+    return own, judge([factor], row.test_perplexity_change_percent, noise_percent=row.perplexity_noise_percent)
 
 
 def interpolate(curve: list, key: str, value: float) -> Optional[float]:

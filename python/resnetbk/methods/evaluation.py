@@ -6,18 +6,21 @@ import math
 from collections.abc import Callable
 from typing import Optional
 
+import torch
+
 from ..flops import FlopsTracer, component_summary
 
 
 def record_evaluation(state, *, blocks: bool = False, components: bool = False,
                       per_window: Optional[dict[str, Callable]] = None) -> dict:
     """Perplexity and forward FLOPs per token on the first ``method_eval_tokens`` validation tokens,
-    plus (optionally) mean blocks per token, forward FLOPs per token by component, and for each
+    plus (optionally) mean blocks per token and the fraction of tokens at each depth
+    (``depth_fractions[k]``: the share that ran k blocks), forward FLOPs per token by component, and for each
     ``name -> fn`` of ``per_window`` the mean of ``fn(model)`` after each window (a method's own
     figure, e.g. realised sparsity)."""
     model = state.model
     tracer = FlopsTracer()
-    totals = {"blocks": 0.0, "positions": 0, "windows": 0}
+    totals = {"blocks": 0.0, "positions": 0, "windows": 0, "depths": None}
     per_window = per_window or {}
     sums = dict.fromkeys(per_window, 0.0)
 
@@ -27,6 +30,9 @@ def record_evaluation(state, *, blocks: bool = False, components: bool = False,
         if blocks:
             totals["blocks"] += float(model.depth.blocks_per_token.float().sum()) if model.depth is not None else (
                 model.options.n_layers * positions)
+            if model.depth is not None:
+                counts = depth_counts(model.depth.blocks_per_token, model.options.n_layers)
+                totals["depths"] = counts if totals["depths"] is None else totals["depths"] + counts
         for name, fn in per_window.items():
             sums[name] += fn(model)
 
@@ -43,6 +49,8 @@ def record_evaluation(state, *, blocks: bool = False, components: bool = False,
                "blocks_forward_flops_per_token": blocks_flops / max(count, 1)}
     if blocks:
         figures["mean_blocks_per_token"] = totals["blocks"] / max(totals["positions"], 1)
+        if totals["depths"] is not None:
+            figures["depth_fractions"] = depth_fractions(totals["depths"])
     for name, total in sums.items():
         figures[name] = total / max(totals["windows"], 1)
     if components:
@@ -51,3 +59,14 @@ def record_evaluation(state, *, blocks: bool = False, components: bool = False,
             for name, value in component_summary(report["by_component"], 1).items() if value.get("forward")
         }
     return figures
+
+
+def depth_counts(blocks_per_token, n_layers: int):
+    """How many tokens ran 0, 1, ..., ``n_layers`` blocks (a tensor on the model's device: no host sync)."""
+    return torch.bincount(blocks_per_token.detach().flatten().round().long(), minlength=n_layers + 1)
+
+
+def depth_fractions(counts) -> list:
+    """``depth_counts`` as fractions of the tokens counted."""
+    total = max(float(counts.sum()), 1.0)
+    return [float(c) / total for c in counts.tolist()]

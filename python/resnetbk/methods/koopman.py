@@ -31,6 +31,7 @@ numerical and experimental data"; learned lifts with a linear operator: Lusch, K
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,7 @@ from torch import nn
 from .base import Method, check_int, check_number
 from .block_states import track_block_states
 from .evaluation import record_evaluation
+from .verdict import Factor, judge
 
 
 class KoopmanModels(nn.Module):
@@ -162,9 +164,6 @@ class Koopman(Method):
         own = (f"Koopman mode ppl {k['perplexity']:.1f} vs {n['perplexity']:.1f} normal (blocks "
                f"{figures['replaced_blocks']} replaced; forward FLOPs {k['forward_flops_per_token'] / n['forward_flops_per_token']:.2f}x); "
                f"training backward FLOPs {row.backward_flops_ratio:.2f}x, tokens/s {row.tokens_per_second_ratio:.2f}x")
-        if row.backward_flops_ratio <= 0.01:
-            return own, "held"
-        verdict = f"not borne out: the gradient costs {row.backward_flops_ratio:.2f}x the baseline's (claimed 0.01x)"
-        if k["perplexity"] > 1.1 * n["perplexity"]:
-            verdict += "; the Koopman mode is no substitute for the blocks"
-        return own, verdict
+        cheaper = 1.0 / row.backward_flops_ratio if row.backward_flops_ratio else math.nan
+        return own, judge([Factor("gradient cost (the baseline's backward FLOPs over this row's)", cheaper, 100)],
+                          row.test_perplexity_change_percent, noise_percent=row.perplexity_noise_percent)

@@ -17,6 +17,7 @@ Paper: Micikevicius et al. 2018, "Mixed Precision Training"; bf16: Kalamkar et a
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -24,6 +25,7 @@ import torch
 from ..hardware import slow_bf16_reason
 from ..validate import check_bool, check_choice
 from .base import Method
+from .verdict import Factor, judge
 
 
 def slow_precision_reason(config) -> Optional[str]:
@@ -83,6 +85,6 @@ class MixedPrecision(Method):
     def assess(cls, row):
         speed, memory = row.tokens_per_second_ratio, row.peak_memory_ratio
         own = f"tokens/s {speed:.2f}x, peak memory {memory:.2f}x"
-        held = speed >= 2 and memory <= 0.5
-        return own, ("held" if held else
-                     f"not borne out: {speed:.2f}x speed (claimed 2x), {memory:.2f}x peak memory (claimed 0.5x)")
+        factors = [Factor("speed (tokens/s)", speed, 2),
+                   Factor("peak memory (the baseline's over this row's)", 1.0 / memory if memory else math.nan, 2)]
+        return own, judge(factors, row.test_perplexity_change_percent, noise_percent=row.perplexity_noise_percent)

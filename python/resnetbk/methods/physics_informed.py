@@ -90,4 +90,4 @@ class PhysicsInformed(Method):
 
     @classmethod
     def assess(cls, row):
-        return assess_steps(row, held_at=0.1, claim="10x fewer")
+        return assess_steps(row, claimed=10.0)

@@ -45,6 +45,7 @@ from torch.nn.utils import parametrize
 from ..models.resnet_bk import MoEFeedForward
 from .base import Method, check_int, check_number
 from .export import describe_export, effective_state_dict
+from .verdict import Factor, judge
 
 
 class WeightMask(nn.Module):
@@ -237,6 +238,5 @@ class Pruning(Method):
         own = (f"sparsity {100 * figures['sparsity_of_pruned_matrices']:.0f}% of the pruned matrices, "
                f"{figures['nonzero_parameters']:,} of {figures['parameters']:,} parameters non-zero, "
                f"{len(figures['experts_removed'])} expert(s) removed; {size}")
-        held = ratio >= 4 * 0.95
-        return own, ("held" if held else f"not borne out: {ratio:.2f}x smaller (claimed 4x)") + (
-            f"; test perplexity {row.test_perplexity_change_percent:+.1f}%")
+        return own, judge([Factor("export size", ratio, 4)], row.test_perplexity_change_percent,
+                          noise_percent=row.perplexity_noise_percent)

@@ -49,6 +49,7 @@ from ..train.evaluate import evaluate
 from ..validate import check_bool
 from .base import Method, check_int
 from .export import describe_export
+from .verdict import Factor, judge
 
 _QCONFIG_BACKEND = "fbgemm"
 
@@ -205,8 +206,8 @@ class Quantization(Method):
         if inference:
             own += (f"; INT8 inference ppl {inference['perplexity']:.1f} vs float {figures['float_inference']['perplexity']:.1f}, "
                     f"{inference['tokens_per_second'] / figures['float_inference']['tokens_per_second']:.2f}x tokens/s")
-        held = ratio >= 4 * 0.95
-        return own, ("held (the low end of 4-8x)" if held else f"not borne out: {ratio:.2f}x smaller (claimed 4-8x)")
+        return own, judge([Factor("export size (4x, the low end of the claimed 4-8x)", ratio, 4)],
+                          row.test_perplexity_change_percent, noise_percent=row.perplexity_noise_percent)
 
 
 def float_copy(model):

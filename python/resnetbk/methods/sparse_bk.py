@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from .base import Method, check_number
 from .evaluation import record_evaluation
+from .verdict import Factor, judge
 
 
 class SparseGate(nn.Module):
@@ -112,6 +113,5 @@ class SparseBK(Method):
                f"step tokens/s {row.tokens_per_second_ratio:.2f}x") if speedup and sparsity is not None else "-"
         if speedup is None:
             return own, "not measured"
-        return own, ("held" if speedup >= 1.8 else
-                     f"not borne out: the BK op gains {speedup:.2f}x at 50% sparsity (claimed 1.8x): the recursion "
-                     "passes through every position and only the read-out can be skipped")
+        return own, judge([Factor("the BK op's forward+backward at a 50% mask", speedup, 1.8)],
+                          row.test_perplexity_change_percent, noise_percent=row.perplexity_noise_percent)

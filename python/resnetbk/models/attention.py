@@ -38,6 +38,9 @@ def causal_attention(qkv: Tensor, n_heads: int, p: float) -> Tensor:
     """Causal multi-head attention of the fused projection ``qkv`` (``(batch, N, 3 * d)``: query,
     key and value, each ``n_heads`` heads of ``d // n_heads``) with dropout ``p`` on its
     probabilities: ``(batch, N, d)``, the heads side by side (the output projection's input)."""
+    if qkv.dtype != torch.float32 or qkv.device.type != "cpu":
+        raise ValueError(f"qkv: the kernel takes float32 on the CPU, got {qkv.dtype} on {qkv.device} "
+                         "(use transformer.causal_attention_with_dropout or scaled_dot_product_attention)")
     if qkv.dim() != 3 or qkv.shape[-1] % (3 * n_heads):
         raise ValueError(f"qkv: expected (batch, N, 3 * n_heads * head_dim) with n_heads = {n_heads}, "
                          f"got shape {tuple(qkv.shape)}")

@@ -31,7 +31,7 @@ class CausalSelfAttention(nn.Module):
         b, n, d = x.shape
         qkv = self.qkv(x)
         dropping = self.training and self.dropout > 0
-        if dropping and attention.kernel_applies(qkv):
+        if dropping and self.dropout < 1 and attention.kernel_applies(qkv):
             return self.resid_dropout(self.proj(attention.causal_attention(qkv, self.n_heads, self.dropout)))
         q, k, v = qkv.view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         if dropping and kernel_applies(x):

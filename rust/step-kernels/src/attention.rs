@@ -52,6 +52,16 @@ impl Shape {
         self.heads * self.head_dim
     }
 
+    /// `(qkv, out, lse)` element counts, or an error where a product overflows.
+    fn lengths(&self) -> Result<(usize, usize, usize), AttentionError> {
+        let product = |factors: &[usize]| factors.iter().try_fold(1_usize, |acc, &f| acc.checked_mul(f));
+        let Shape { batch, seq, heads, head_dim } = *self;
+        match (product(&[batch, seq, 3, heads, head_dim]), product(&[batch, seq, heads, head_dim]), product(&[batch, heads, seq])) {
+            (Some(qkv), Some(out), Some(lse)) => Ok((qkv, out, lse)),
+            _ => Err(AttentionError(format!("shape: {self:?} has more elements than memory can address"))),
+        }
+    }
+
     fn check(&self, what: &[(&str, usize, usize)]) -> Result<(), AttentionError> {
         if self.heads == 0 || self.head_dim == 0 {
             return Err(AttentionError(format!(
@@ -110,12 +120,8 @@ pub fn forward(
     dropout: Dropout,
     threads: usize,
 ) -> Result<(), AttentionError> {
-    let Shape { batch, seq, heads, .. } = shape;
-    shape.check(&[
-        ("qkv", batch * seq * 3 * shape.width(), qkv.len()),
-        ("out", batch * seq * shape.width(), out.len()),
-        ("lse", batch * heads * seq, lse.len()),
-    ])?;
+    let (qkv_len, out_len, lse_len) = shape.lengths()?;
+    shape.check(&[("qkv", qkv_len, qkv.len()), ("out", out_len, out.len()), ("lse", lse_len, lse.len())])?;
     dropout.check()?;
     let work = Work { qkv, shape, scale, dropout };
     run(&work, threads, Pass::Forward { out: Shared(out.as_mut_ptr()), lse: Shared(lse.as_mut_ptr()) });
@@ -135,12 +141,12 @@ pub fn backward(
     dropout: Dropout,
     threads: usize,
 ) -> Result<(), AttentionError> {
-    let Shape { batch, seq, heads, .. } = shape;
+    let (qkv_len, out_len, lse_len) = shape.lengths()?;
     shape.check(&[
-        ("qkv", batch * seq * 3 * shape.width(), qkv.len()),
-        ("grad_out", batch * seq * shape.width(), grad_out.len()),
-        ("lse", batch * heads * seq, lse.len()),
-        ("grad_qkv", batch * seq * 3 * shape.width(), grad_qkv.len()),
+        ("qkv", qkv_len, qkv.len()),
+        ("grad_out", out_len, grad_out.len()),
+        ("lse", lse_len, lse.len()),
+        ("grad_qkv", qkv_len, grad_qkv.len()),
     ])?;
     dropout.check()?;
     let work = Work { qkv, shape, scale, dropout };
@@ -633,5 +639,25 @@ mod tests {
         assert!(err.0.starts_with("keep:"), "{err}");
         let s0 = Shape { heads: 0, ..s };
         assert!(forward(&[], &mut [], &mut [], s0, 1.0, Dropout { keep: 1.0, seed: 0 }, 1).is_err());
+        let huge = Shape { batch: 1 << 62, seq: 2, heads: 1, head_dim: 1 }; // products wrap to 0 unchecked
+        let err = forward(&[], &mut [], &mut [], huge, 1.0, Dropout { keep: 1.0, seed: 0 }, 1).unwrap_err();
+        assert!(err.0.starts_with("shape:"), "{err}");
+    }
+
+    /// A row of 64 queries whose mask indices cross a multiple of 2^32 takes the 64-bit path;
+    /// both paths give `bits` of each element's index.
+    #[test]
+    fn the_mask_of_a_row_is_the_dropout_mask_on_both_sides_of_2_pow_32() {
+        let dropout = Dropout { keep: 0.5, seed: 0x1234_5678_9abc_def0 };
+        let threshold = dropout.threshold();
+        for n in [1_usize, 7, 128, 70_000] {
+            for first in [0_u64, (1 << 32) - 63 * n as u64, (1 << 32) - 5 * n as u64, 3 << 32, (5 << 32) - 1] {
+                let row = mask_row(&dropout, threshold, first, n);
+                for (t, &f) in row.iter().enumerate() {
+                    let kept = (bits(first + (t * n) as u64, dropout.seed) as u64) < threshold;
+                    assert_eq!(f, if kept { 2.0 } else { 0.0 }, "n {n} first {first} t {t}");
+                }
+            }
+        }
     }
 }
