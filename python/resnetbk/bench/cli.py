@@ -10,7 +10,8 @@ each seed's runs in ``seed_<s>/`` and the means over seeds at the top). Subcomma
 memory and FLOPs per token against the sequence length, measured), ``reproduce`` (PyTorch's
 word_language_model example's published runs, trained through this harness), ``step`` (where a
 training step's time goes, against the machine's GEMM peak), ``gpu-evidence`` (everything to
-measure on a lent GPU, in one budgeted run) and ``flops`` (the closed-form FLOPs sweep).
+measure on a lent GPU, in one budgeted run), ``sweep`` (one method's hyper-parameter chosen on
+validation data) and ``flops`` (the closed-form FLOPs sweep).
 Settings apply in this order: the dataclass defaults, ``--preset``, ``--config FILE``, then the
 other flags.
 """
@@ -25,7 +26,7 @@ from .. import data as wt2
 from ..jsonfile import write_json_atomic
 from ..train import distributed
 from ..train.distributed import resolve_device
-from . import ablation, flops_sweep, gpu_evidence, report, reproduce, scaling, step_report
+from . import ablation, flops_sweep, gpu_evidence, report, reproduce, scaling, step_report, sweep
 from .options import build_configs, parse_args, parse_seeds, run_info
 from .report import RUN_INFO, main_table, write_report
 from .runner import Interrupted, WikiText2Benchmark, write_comparisons
@@ -34,7 +35,8 @@ from .runner import Interrupted, WikiText2Benchmark, write_comparisons
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     subcommands = {"flops": flops_sweep.main, "ablation": ablation.main, "report": report.main, "scaling": scaling.main,
-                   "reproduce": reproduce.main, "step": step_report.main, "gpu-evidence": gpu_evidence.main}
+                   "reproduce": reproduce.main, "step": step_report.main, "gpu-evidence": gpu_evidence.main,
+                   "sweep": sweep.main}
     if argv[:1] and argv[0] in subcommands:
         return subcommands[argv[0]](argv[1:])
     args = parse_args(argv, description=__doc__)

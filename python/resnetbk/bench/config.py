@@ -369,6 +369,9 @@ def merge(base: dict, changes: dict) -> dict:
 PRESETS = {
     # The original benchmark's exact configuration.
     "original": dict(),
+    # One full pass over the training data with the original model and optimizer (510 steps):
+    # a budget at which the methods can act (the ablation's rows: ~5-10 minutes each here).
+    "epoch": dict(epochs=1),
     # About 10 minutes for all three models on 2 CPU cores; full valid/test evaluation.
     "quick": dict(epochs=1, max_train_tokens=614_400, warmup_steps=15, lr=2e-3),
     # A tiny model trained on 2,000 tokens (the tests' preset): seconds on tiny data; it still evaluates

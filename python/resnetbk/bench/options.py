@@ -31,8 +31,10 @@ def parse_args(argv=None, *, prog: str = "python -m resnetbk.bench", description
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick",
                    help="quick: ~10 min for all three models on 2 CPU cores (default); original: the original "
-                        "benchmark's exact configuration; smoke: a tiny model trained on 2,000 tokens, then the "
-                        "full validation and test evaluation (seconds on tiny data, ~3 min on WikiText-2)")
+                        "benchmark's exact configuration; epoch: the original configuration for one epoch (510 "
+                        "steps, the ablation's budget where methods can act); smoke: a tiny model trained on 2,000 "
+                        "tokens, then the full validation and test evaluation (seconds on tiny data, ~3 min on "
+                        "WikiText-2)")
     if models:
         p.add_argument("--models", default=",".join(DEFAULT_MODELS),
                        help=f"comma-separated, from {', '.join(MODEL_NAMES)} (default: the original benchmark's "

@@ -4,9 +4,11 @@ own), writes their results, the pairwise comparisons and the training-curve figu
 from __future__ import annotations
 
 import itertools
+import json
 import multiprocessing
 import os
 import signal
+import sys
 import traceback
 from pathlib import Path
 from typing import Optional
@@ -95,6 +97,9 @@ class WikiText2Benchmark:
         """Train and evaluate one model; write ``<model_name>_results.json``."""
         run_dir = self.output_dir / "runs" / config.model_name
         result_path = self.results_path(config.model_name)
+        kept = self._finished(config, result_path) if self.resume else None
+        if kept is not None:
+            return kept
         separate = self.separate_process
         if separate is None:  # CPU peak memory is only honest for a process that trains one model
             separate = resolve_device(config.device).type == "cpu" and not distributed.launched_by_torchrun()
@@ -126,6 +131,23 @@ class WikiText2Benchmark:
             except KeyboardInterrupt:
                 raise Interrupted(config.model_name, checkpointed_epochs(run_dir)) from None
         return BenchmarkResults.load(result_path)
+
+    def _finished(self, config: BenchmarkConfig, result_path: Path) -> BenchmarkResults | None:
+        """With ``--resume``, a run whose results file exists for this very config is kept as it is
+        (a finished run is never rerun); one of another config is run again, and says so."""
+        if not result_path.is_file():
+            return None
+        try:
+            kept = BenchmarkResults.load(result_path)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if json.loads(json.dumps(kept.config)) != json.loads(json.dumps(config.to_dict())):
+            print(f"{config.model_name}: {result_path} holds another config's results; running it again",
+                  file=sys.stderr)
+            return None
+        if not self.quiet:
+            print(f"{config.model_name}: finished earlier, kept ({result_path})", flush=True)
+        return kept
 
     def compare_results(self, a: BenchmarkResults, b: BenchmarkResults) -> dict:
         """Compare ``b`` with ``a`` and write ``comparison_<a>_vs_<b>.json`` (rank 0 under torchrun)."""
