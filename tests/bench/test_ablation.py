@@ -16,10 +16,11 @@ def test_rows_are_the_baseline_each_implemented_method_alone_and_all_together(mo
     monkeypatch.setattr("resnetbk.methods.mixed_precision.slow_bf16_reason", lambda: None)  # a CPU with native bf16
     rows = ablation_configs(BenchmarkConfig.from_dict(PRESETS["smoke"]))
     names = [name for name, _ in rows]
-    assert names == ["baseline", *methods.FLAGS, "all"]
+    assert names == ["baseline", "no_mixer", *methods.FLAGS, "all"]
+    assert rows[1][1].model.no_mixer and not rows[0][1].model.no_mixer
     for name, config in rows:
         on = [f for f in methods.FLAGS if config.enabled(f)]
-        expected = {"baseline": [], "all": list(methods.ORIGINAL_FLAGS)}.get(name, [name])
+        expected = {"baseline": [], "no_mixer": [], "all": list(methods.ORIGINAL_FLAGS)}.get(name, [name])
         assert on == expected, name
         assert config.seed == rows[0][1].seed and config.max_train_tokens == rows[0][1].max_train_tokens
 
@@ -27,6 +28,8 @@ def test_rows_are_the_baseline_each_implemented_method_alone_and_all_together(mo
 def test_rows_picks_some_rows_and_names_an_unknown_one():
     rows = ablation_configs(BenchmarkConfig.from_dict(PRESETS["smoke"]), ["use_spectral_z"])
     assert [name for name, _ in rows] == ["baseline", "use_spectral_z"]
+    assert [name for name, _ in ablation_configs(BenchmarkConfig.from_dict(PRESETS["smoke"]), ["no_mixer"])] == [
+        "baseline", "no_mixer"]
     with pytest.raises(ValueError, match="--rows: expected method flags.*got use_nothing"):
         ablation_configs(BenchmarkConfig.from_dict(PRESETS["smoke"]), ["use_nothing"])
 
@@ -47,8 +50,10 @@ def test_ablation_writes_json_markdown_and_figure(ablation_run):
     slow = slow_bf16_reason() is not None
     assert list(doc["left_out_rows"]) == (["use_mixed_precision"] if slow else [])
     ran = [f for f in methods.FLAGS if f not in doc["left_out_rows"]]
-    assert list(rows) == ["baseline", *ran, "all"]
+    assert list(rows) == ["baseline", "no_mixer", *ran, "all"]
     assert rows["baseline"]["tokens_per_second_ratio"] == 1.0 and rows["baseline"]["verdict"] == "reference"
+    assert rows["no_mixer"]["verdict"].startswith("control") and rows["no_mixer"]["causal"] is True
+    assert rows["no_mixer"]["forward_flops_ratio"] < 1.0  # no BK-Core, no potential or read-out
     for flag in ran:
         row = rows[flag]
         assert row["claim"] == methods.BY_FLAG[flag].claim

@@ -116,7 +116,7 @@ def test_moe_counts_the_tokens_actually_routed():
     assert expert_flops[0] == tokens * (2 * d * 2 * d + 2 * d) + tokens * 2 * d + tokens * (2 * 2 * d * d + d)
 
 
-@pytest.mark.parametrize("arch", ("transformer", "resnet_bk"))
+@pytest.mark.parametrize("arch", ("transformer", "resnet_bk", "resnet_bk_no_mixer"))
 # Batches of at least 64 tokens: the estimate assumes every expert gets tokens (an expert that
 # gets none has no gradient, and the executed AdamW step then skips its parameters).
 @pytest.mark.parametrize("b,n,d,layers,vocab", [(4, 16, 16, 1, 50), (4, 32, 32, 2, 300), (3, 64, 64, 3, 1000)])
@@ -126,8 +126,9 @@ def test_closed_form_estimate_agrees_with_the_trace(arch, b, n, d, layers, vocab
     from resnetbk.train.optim import make_optimizer
 
     torch.manual_seed(0)
-    resnet_only = {"use_analytic_gradient": arch == "resnet_bk"}
-    config = make_config(architecture=arch, d_model=d, n_layers=layers, n_seq=n, batch_size=b, **resnet_only)
+    resnet_only = {"use_analytic_gradient": arch == "resnet_bk", "no_mixer": arch == "resnet_bk_no_mixer"}
+    config = make_config(architecture=arch.replace("_no_mixer", ""), d_model=d, n_layers=layers, n_seq=n, batch_size=b,
+                         **resnet_only)
     model = build_model(model_options(config, vocab))
     optimizer = make_optimizer(model, config)
     tracer = FlopsTracer()
@@ -140,7 +141,7 @@ def test_closed_form_estimate_agrees_with_the_trace(arch, b, n, d, layers, vocab
     assert estimated["unknown"] == {} and measured["unknown"] == {}
     for phase in ("forward", "backward", "optimizer"):
         assert estimated["by_phase"][phase] == pytest.approx(measured["by_phase"][phase], rel=0.02), phase
-    if arch == "resnet_bk":  # the MoE's own ops (routing, grouping, scaling), component by component
+    if arch.startswith("resnet_bk"):  # the MoE's own ops (routing, grouping, scaling), component by component
         for phase in ("forward", "backward"):
             want = measured["by_component"]["blocks.0.moe"][phase]
             assert estimated["by_component"]["blocks.0.moe"][phase] == pytest.approx(want, rel=0.02), phase

@@ -119,3 +119,25 @@ def test_moe_rows_grouped_by_expert_equal_the_definition_forward_and_gradients(r
     fraction = torch.bincount(probs.argmax(-1), minlength=5).float() / rows
     torch.testing.assert_close(moe.aux_loss, 5 * (fraction * probs.mean(0)).sum())
     assert moe(flat[:0]).shape == (0, 12) and moe.aux_loss.item() == 0.0
+
+
+def test_the_no_mixer_control_is_position_wise_causal_and_has_no_mixer():
+    torch.manual_seed(0)
+    model = build_model(ModelOptions("resnet_bk", 200, 32, 2, 24, no_mixer=True))
+    assert all(block.bk is None for block in model.blocks)
+    assert probe_causality(model, 200, 24).causal
+    # Position-wise: a token's logits do not depend on any other position.
+    model.eval()
+    x = torch.randint(200, (1, 24))
+    y = x.clone()
+    y[0, :10] = (y[0, :10] + 1) % 200
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0, 10:], model(y)[0, 10:])
+    with pytest.raises(ValueError, match="no_mixer: only ResNet-BK"):
+        ModelOptions("transformer", 200, 32, 2, 24, no_mixer=True)
+
+
+@pytest.mark.parametrize("flag", ["use_sparse_bk", "use_spectral_z", "use_analytic_gradient"])
+def test_a_method_on_the_mixer_with_the_no_mixer_control_is_an_error(flag):
+    with pytest.raises(ValueError, match=f"{flag}: acts on the BK-Core mixer, which model.no_mixer leaves out"):
+        make_config(no_mixer=True, **{"use_analytic_gradient": False, flag: True})

@@ -1,6 +1,7 @@
 """``python -m resnetbk.bench ablation``: what each optimization method really does.
 
-Rows: the ResNet-BK baseline (no method), each method alone (the original
+Rows: the ResNet-BK baseline (no method), the controls (``no_mixer``: the baseline without its
+BK-Core mixer, a position-wise model: what the mixer contributes), each method alone (the original
 benchmark's twelve, then this package's own), and the original twelve together
 (``resnet_bk_full``), with the same data, budget and seed; ``--rows`` picks some of them. Each row gives the flag, the
 original benchmark's claim, and what was measured against the baseline: validation and test
@@ -37,6 +38,9 @@ from .runner import Interrupted, WikiText2Benchmark
 
 BASELINE = "baseline"
 ALL = "all"
+#: Control rows: the baseline with one part taken away, what a reader asks to compare with.
+#: ``no_mixer``: ResNet-BK without its BK-Core mixer (a position-wise model), what the mixer adds.
+CONTROLS = ("no_mixer",)
 
 
 #: Validate every this many steps unless the config says otherwise: the claims about steps and
@@ -53,12 +57,15 @@ def ablation_configs(base, only=None, left_out: dict | None = None) -> list:
     if base.valid_curve_interval is None:
         base = base.replace(valid_curve_interval=VALID_CURVE_INTERVAL)
     if only is not None:
-        unknown = [name for name in only if name not in methods.FLAGS and name != ALL]
+        unknown = [name for name in only if name not in methods.FLAGS and name != ALL and name not in CONTROLS]
         if unknown or not only:
-            raise ValueError(f"--rows: expected method flags or 'all' ({', '.join(methods.FLAGS)}, "
-                             f"all), got {', '.join(unknown) or 'nothing'}")
+            raise ValueError(f"--rows: expected method flags, controls or 'all' ({', '.join(methods.FLAGS)}, "
+                             f"{', '.join(CONTROLS)}, all), got {', '.join(unknown) or 'nothing'}")
     baseline = model_config("resnet_bk_baseline", base).replace(model_name="ablation_baseline").with_methods(**none)
     rows = [(BASELINE, baseline)]
+    if only is None or "no_mixer" in only:
+        rows.append(("no_mixer", baseline.replace(model_name="ablation_no_mixer",
+                                                  model=baseline.model.replace(no_mixer=True))))
     for flag in methods.FLAGS:
         if only is None or flag in only:
             config = baseline.replace(model_name=f"ablation_{flag}").with_methods(**{flag: True})
@@ -143,7 +150,7 @@ def measured_row(name: str, r: BenchmarkResults, base: BenchmarkResults, bk_op: 
     """Run ``r`` measured against the baseline's results ``base``: what the methods assess."""
     return AblationRow(
         row=name, model_name=r.model_name, flags=[f for f in OPTIMIZATION_FLAGS if flat_view(r.config).get(f)],
-        claim=methods.BY_FLAG[name].claim if name in methods.BY_FLAG else ("-" if name == BASELINE else
+        claim=methods.BY_FLAG[name].claim if name in methods.BY_FLAG else ("-" if name in (BASELINE, *CONTROLS) else
                                                                             "all claims together"),
         valid_perplexity=r.valid_perplexity, test_perplexity=r.test_perplexity,
         valid_perplexity_change_percent=100 * (r.valid_perplexity / base.valid_perplexity - 1),
@@ -172,6 +179,10 @@ def build_rows(results: dict, bk_op: dict) -> list:
         measured = measured_row(name, r, base, bk_op)
         if name in methods.BY_FLAG:
             own, verdict = methods.BY_FLAG[name].assess(measured)
+        elif name == "no_mixer":
+            own = (f"without the BK-Core mixer: test perplexity {measured.test_perplexity_change_percent:+.1f}%, "
+                   f"tokens/s {measured.tokens_per_second_ratio:.2f}x")
+            verdict = "control: what the mixer contributes (the baseline's perplexity against this row's)"
         else:
             own = "; ".join(f"{flag}: {methods.BY_FLAG[flag].assess(replace(measured, figures=r.methods[flag]))[0]}"
                             for flag in measured.flags if r.methods.get(flag))

@@ -145,8 +145,7 @@ class WikiText2Benchmark:
             print(f"{config.model_name}: {result_path} holds another config's results; running it again",
                   file=sys.stderr)
             return None
-        if not self.quiet:
-            print(f"{config.model_name}: finished earlier, kept ({result_path})", flush=True)
+        print(f"{config.model_name}: finished earlier, kept ({result_path})", flush=True)
         return kept
 
     def compare_results(self, a: BenchmarkResults, b: BenchmarkResults) -> dict:

@@ -149,6 +149,11 @@ def _resnet_bk_block(ops: _Ops, s: StepShape, i: int) -> None:
     ops.op("forward", moe, "aten.sum", [(e,)])
     ops.elementwise("backward", moe, "mul", e)
     ops.elementwise("backward", moe, "div", t * e)
+    if s.options.no_mixer:  # the control without the mixer: the residual update is the feed-forward's
+        ops.elementwise("forward", blk, "add", t * d)
+        ops.dropout(f"{blk}.resid_dropout", t * d, drop)
+        ops.elementwise("backward", f"{blk}.norm", "add", t * d)
+        return
     # The BK-Core mixer.
     bk = f"{blk}.bk"
     ops.linear(f"{bk}.v_proj", t, d, c)

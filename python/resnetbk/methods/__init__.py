@@ -59,9 +59,7 @@ def validate(config) -> None:
             raise ValueError(f"methods.{m.flag}.enabled: expected true or false, got {settings.enabled!r}")
     on = enabled(config)
     for m in on:
-        if config.model.architecture not in m.architectures:
-            raise ValueError(f"{m.flag}: acts on {m.acts_on}, which architecture {config.model.architecture!r} does not "
-                             f"have (supported: {', '.join(m.architectures)}); set it to false")
+        _check_model_has_what_it_acts_on(m, config.model)
     flags = {m.flag for m in on}
     for m in on:
         for other in m.incompatible_with:
@@ -69,6 +67,15 @@ def validate(config) -> None:
                 raise ValueError(f"{m.flag} and {other} cannot be on together; turn one of them off")
     for m in on:
         m.validate(config)
+
+
+def _check_model_has_what_it_acts_on(method, model) -> None:
+    if model.architecture not in method.architectures:
+        raise ValueError(f"{method.flag}: acts on {method.acts_on}, which architecture {model.architecture!r} does not "
+                         f"have (supported: {', '.join(method.architectures)}); set it to false")
+    if method.needs_mixer and model.no_mixer:
+        raise ValueError(f"{method.flag}: acts on the BK-Core mixer, which model.no_mixer leaves out; turn one of "
+                         "them off")
 
 
 def attach_order(config) -> list:

@@ -22,6 +22,7 @@ class AnalyticGradient(Method):
     claim = "50x backward pass"
     acts_on = "the BK-Core's backward pass"
     paper = "exact adjoint of the ratio-form recursion (reverse-mode differentiation; docs/design.md section 3)"
+    needs_mixer = True
     default = True
     estimable = True  # the estimate prices the exact backward already
 

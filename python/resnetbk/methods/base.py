@@ -77,6 +77,8 @@ class Method(Listener):
     incompatible_with: ClassVar[tuple] = ()  # flags that cannot be on together with this one
     #: False for methods that change only the training procedure (data, order, autocast), not the model.
     changes_model: ClassVar[bool] = True
+    #: True for a method that acts on the BK-Core mixer (an error with the no_mixer control).
+    needs_mixer: ClassVar[bool] = False
     #: Flags whose ``attach`` must run before this one's when both are on (the order where it matters).
     attach_after: ClassVar[tuple] = ()
     #: Whether the closed-form FLOPs estimate (``flops.estimate``) still describes the model: false

@@ -73,6 +73,7 @@ class SparseBK(Method):
     claim = "1.8x at 50% sparsity"
     acts_on = "the BK-Core mixer's potential and read-out per position"
     paper = "Bengio et al. 2013 (straight-through estimator); Raposo et al. 2024, Mixture-of-Depths"
+    needs_mixer = True
     hyperparameters = {"sparse_bk_target": 0.5, "sparsity_weight": 1.0}
 
     @classmethod

@@ -67,6 +67,7 @@ class SpectralZ(Method):
     claim = "ours: longer context reach and lower perplexity than the fixed z = i"
     acts_on = "the BK-Core mixer's spectral shift z, per channel"
     paper = "Gu et al. 2022 (S4) and Gu and Dao 2023 (Mamba): learnt, log-spaced time scales"
+    needs_mixer = True
     hyperparameters = {"spectral_channels": 8, "eta_min": 1e-3, "eta_max": 1.0}
 
     @classmethod

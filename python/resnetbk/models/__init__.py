@@ -39,7 +39,7 @@ def build_model(options: ModelOptions) -> LanguageModel:
 def resnet_bk_block_options(o: ModelOptions) -> dict:
     """``ResNetBKBlock``'s keyword arguments from the model's options."""
     return dict(num_experts=o.num_experts, dropout=o.dropout, channels=o.bk_channels, mode=o.bk_mode,
-                potential_limit=o.potential_limit, grad=o.bk_grad)
+                potential_limit=o.potential_limit, grad=o.bk_grad, mixer=not o.no_mixer)
 
 
 def _resnet_bk_block_parameters(options: ModelOptions) -> int:

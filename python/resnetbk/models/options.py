@@ -51,6 +51,9 @@ class ModelOptions:
     bk_channels: int = 1  # BK-Core channels per block (independent tridiagonal systems)
     bk_mode: str = "causal"  # see BK_MODES: "bidirectional" reads future tokens (not a language model)
     potential_limit: float = 3.0  # the soft clamp of the BK-Core's potential
+    #: The no_mixer control: ResNet-BK without its BK-Core mixer (the blocks' sequence channel is
+    #: absent, so the update is the feed-forward's alone): a position-wise model, what the mixer adds.
+    no_mixer: bool = False
     #: "exact": the BK-Core's O(N) analytic backward; "autograd": autograd through the torch implementation.
     bk_grad: str = "exact"
     #: LSTM cell width; 0: matched to ResNet-BK's non-embedding parameter count (models.recurrent).
@@ -72,6 +75,9 @@ class ModelOptions:
         check_int(self, "vocab_size", low=0, expected="0 (from the data) or a positive integer")
         check_number(self, "potential_limit", low=0.0, low_open=True)
         check_number(self, "dropout", low=0.0, high=1.0, high_open=True)
+        if self.no_mixer and self.architecture != "resnet_bk":
+            raise ValueError(f"no_mixer: only ResNet-BK has a BK-Core mixer to leave out, got architecture "
+                             f"{self.architecture!r}; set it to false")
         if self.architecture == "transformer" and self.d_model % self.n_heads:
             raise ValueError(f"n_heads: d_model = {self.d_model} must be divisible by n_heads = {self.n_heads}")
         for name in ("mamba_d_state", "mamba_layers_per_block"):

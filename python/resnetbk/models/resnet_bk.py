@@ -161,11 +161,12 @@ class ResNetBKBlock(nn.Module):
     the Transformer drops each of its branches (the same regularisation where the parts match)."""
 
     def __init__(self, d_model: int, *, num_experts: int = 4, dropout: float = 0.1, channels: int = 1,
-                 mode: str = "causal", potential_limit: float = 3.0, grad: str = "exact"):
+                 mode: str = "causal", potential_limit: float = 3.0, grad: str = "exact", mixer: bool = True):
         super().__init__()
         self.norm = nn.LayerNorm(d_model)
         self.moe = MoEFeedForward(d_model, num_experts)
-        self.bk = BKMixer(d_model, channels, mode=mode, potential_limit=potential_limit, grad=grad)
+        # mixer=False: the no_mixer control (ModelOptions.no_mixer), a position-wise block.
+        self.bk = BKMixer(d_model, channels, mode=mode, potential_limit=potential_limit, grad=grad) if mixer else None
         self.resid_dropout = Dropout(dropout)
 
     @property
@@ -175,11 +176,11 @@ class ResNetBKBlock(nn.Module):
     def forward(self, x: Tensor, active: Optional[Tensor] = None) -> Tensor:
         if active is None:
             ffn_out = self.moe(self.norm(x).reshape(-1, x.shape[-1])).view_as(x)
-            return x + self.resid_dropout(ffn_out + self.bk(ffn_out))
+            return x + self.resid_dropout(ffn_out if self.bk is None else ffn_out + self.bk(ffn_out))
         # Only the active rows are normalised and run through the experts; the others get 0.
         b, n, d = x.shape
         flat = x.reshape(b * n, d)
         rows = active.nonzero(as_tuple=True)[0]
         ffn_rows = self.moe(self.norm(flat[rows]))
         ffn_out = scatter_rows(rows, ffn_rows, b * n, flat).view(b, n, d)
-        return x + self.resid_dropout(ffn_out + self.bk(ffn_out, active))
+        return x + self.resid_dropout(ffn_out if self.bk is None else ffn_out + self.bk(ffn_out, active))

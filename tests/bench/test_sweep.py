@@ -1,0 +1,60 @@
+"""``bench sweep`` end to end on tiny data: the baseline and one run per value, the choice made on
+validation only, a rerun with --resume keeping every finished run, bad options as one line."""
+
+import json
+
+import pytest
+
+from resnetbk.bench import sweep
+from resnetbk.bench.cli import main as cli_main
+from resnetbk.methods import ACT
+
+
+def run(tiny_data, out, *extra):
+    return cli_main(["sweep", "--method", "use_act", "--values", "ponder_weight=0.001,0.3", "--preset", "smoke",
+                     "--data-dir", str(tiny_data), "--output-dir", str(out), "--device", "cpu", "--threads", "1",
+                     "--quiet", *extra])
+
+
+def test_a_sweep_writes_its_rows_chooses_on_validation_and_resumes_without_rerunning(tmp_path, tiny_data, capsys):
+    out = tmp_path / "sweep"
+    assert run(tiny_data, out) == 0
+    doc = json.loads((out / "sweep.json").read_text())
+    assert [r["value"] for r in doc["rows"]] == [0.001, 0.3] and doc["setting"] == "ponder_weight"
+    for r in doc["rows"]:
+        settings = json.loads((out / f"{r['row'].replace('ponder_weight=', 'sweep_use_act_ponder_weight_')}"
+                               "_results.json").read_text())["config"]["methods"]["use_act"]
+        assert settings["enabled"] and settings["ponder_weight"] == r["value"]
+        assert r["verdict_on_validation"].split(":")[0] in ("held", "not borne out", "not measured")
+    held = [r for r in doc["rows"] if r["verdict_on_validation"].startswith("held")]
+    pool = held or doc["rows"]
+    assert doc["chosen"]["value"] == min(pool, key=lambda r: r["valid_perplexity"])["value"]
+    assert "Chosen: **ponder_weight =" in (out / "sweep.md").read_text()
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*_results.json")}
+    capsys.readouterr()
+    assert run(tiny_data, out, "--resume") == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*_results.json")} == stamps  # nothing rerun
+    assert capsys.readouterr().out.count("finished earlier, kept") == 3
+
+
+def test_the_choice_prefers_a_holding_value_then_the_lowest_validation_perplexity():
+    rows = [{"row": "a", "value": 1, "valid_perplexity": 10.0, "verdict_on_validation": "not borne out: x"},
+            {"row": "b", "value": 2, "valid_perplexity": 12.0, "verdict_on_validation": "held: y"},
+            {"row": "c", "value": 3, "valid_perplexity": 11.0, "verdict_on_validation": "held: z"}]
+    assert sweep.choose(rows)["value"] == 3
+    assert sweep.choose(rows[:1])["value"] == 1 and "no value holds" in sweep.choose(rows[:1])["rule"]
+
+
+@pytest.mark.parametrize("values,message", [
+    ("ponder", "--values: expected NAME=V1,V2"), ("enabled=True", "--values: expected NAME=V1,V2"),
+    ("ponder_weight=a", "ponder_weight takes float values, got 'a'"), ("ponder_weight=", "no value given"),
+])
+def test_bad_values_are_named(values, message):
+    with pytest.raises(ValueError, match=message):
+        sweep.parse_values(ACT, values)
+
+
+def test_an_unknown_method_is_one_line(tiny_data, tmp_path, capsys):
+    code = cli_main(["sweep", "--method", "use_nothing", "--values", "x=1", "--data-dir", str(tiny_data),
+                     "--output-dir", str(tmp_path)])
+    assert code == 2 and capsys.readouterr().err.startswith("error: --method: expected one of use_analytic_gradient")
