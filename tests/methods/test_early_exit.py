@@ -50,3 +50,23 @@ def test_exit_losses_train_the_exits_and_the_confidence_heads():
     (state.loss_terms["exit"] + state.loss_terms["exit_confidence"]).backward()
     assert model.blocks[0].moe.router.weight.grad.abs().sum() > 0  # exit 0's loss reaches block 0
     assert model.depth.confidence[0].weight.grad.abs().sum() > 0
+
+
+def test_the_calibrated_threshold_is_the_lowest_within_tolerance():
+    from resnetbk.methods.early_exit import calibrated_threshold
+
+    calibration = {"0.5": {"perplexity": 110.0}, "0.7": {"perplexity": 101.5}, "0.9": {"perplexity": 100.2}}
+    assert calibrated_threshold(calibration, 100.0, 2.0) == "0.7"
+    assert calibrated_threshold(calibration, 100.0, 0.1) is None
+
+
+def test_a_run_calibrates_its_threshold_on_held_out_validation_tokens(tmp_path):
+    from helpers_methods import run_training, small_config, synthetic_corpus
+
+    result = run_training(small_config(use_early_exit=True, epochs=1), synthetic_corpus(eval_tokens=600), tmp_path)
+    figures = result.methods["use_early_exit"]
+    assert figures["calibration_held_out"] and set(figures["calibration"]) == set(figures["thresholds"])
+    chosen = figures["calibrated_threshold"]
+    full = figures["calibration_all_blocks_perplexity"]
+    within = [t for t, f in figures["calibration"].items() if f["perplexity"] <= full * 1.02]
+    assert chosen == (min(within, key=float) if within else None)

@@ -12,12 +12,13 @@ from ..flops import FlopsTracer, component_summary
 
 
 def record_evaluation(state, *, blocks: bool = False, components: bool = False,
-                      per_window: Optional[dict[str, Callable]] = None) -> dict:
+                      per_window: Optional[dict[str, Callable]] = None, tokens=None) -> dict:
     """Perplexity and forward FLOPs per token on the first ``method_eval_tokens`` validation tokens,
     plus (optionally) mean blocks per token and the fraction of tokens at each depth
     (``depth_fractions[k]``: the share that ran k blocks), forward FLOPs per token by component, and for each
     ``name -> fn`` of ``per_window`` the mean of ``fn(model)`` after each window (a method's own
-    figure, e.g. realised sparsity)."""
+    figure, e.g. realised sparsity). ``tokens``: another slice of the validation split to read
+    (its first ``method_eval_tokens``) instead of the split's beginning."""
     model = state.model
     tracer = FlopsTracer()
     totals = {"blocks": 0.0, "positions": 0, "windows": 0, "depths": None}
@@ -36,8 +37,8 @@ def record_evaluation(state, *, blocks: bool = False, components: bool = False,
         for name, fn in per_window.items():
             sums[name] += fn(model)
 
-    nll, count = state.evaluate(state.corpus.valid, max_tokens=state.config.method_eval_tokens, tracer=tracer,
-                                on_batch=on_batch)
+    nll, count = state.evaluate(state.corpus.valid if tokens is None else tokens,
+                                max_tokens=state.config.method_eval_tokens, tracer=tracer, on_batch=on_batch)
     report = tracer.report()
     forward = report["by_phase"].get("forward", 0)
     # The blocks alone (and the methods' own modules), without the embeddings and the LM head,
