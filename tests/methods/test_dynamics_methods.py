@@ -96,6 +96,9 @@ def test_a_physics_informed_run_adds_the_energy_term_at_its_fixed_weight(tmp_pat
                           tmp_path)
     assert "energy" in result.epoch_aux_losses and len(result.epoch_aux_losses["energy"]) == 2
     assert all(0 <= term <= 0.6 for term in result.epoch_aux_losses["energy"])  # weight 0.3 times a term in [0, 2]
+    figures = result.methods["use_physics_informed"]
+    assert figures["physics_weight"] == 0.3 and len(figures["conservation_term"]) == 2
+    assert figures["conservation_term"][0] == pytest.approx(result.epoch_aux_losses["energy"][0] / 0.3, rel=1e-4)
 
 
 @pytest.mark.parametrize("field,value,flag", [

@@ -17,6 +17,7 @@ Writes ``ablation.json``, ``ablation.md`` and ``ablation.png`` into ``--output-d
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import platform
 import sys
@@ -39,8 +40,9 @@ from .runner import Interrupted, WikiText2Benchmark
 BASELINE = "baseline"
 ALL = "all"
 #: Control rows: the baseline with one part taken away, what a reader asks to compare with.
-#: ``no_mixer``: ResNet-BK without its BK-Core mixer (a position-wise model), what the mixer adds.
-CONTROLS = ("no_mixer",)
+#: ``no_mixer``: ResNet-BK without its BK-Core mixer (a position-wise model), what the mixer adds;
+#: ``random_selection``: active learning's budget with rows kept at random (its control).
+CONTROLS = ("no_mixer", "random_selection")
 
 
 #: Validate every this many steps unless the config says otherwise: the claims about steps and
@@ -63,7 +65,7 @@ def ablation_configs(base, only=None, left_out: dict | None = None) -> list:
                              f"{', '.join(CONTROLS)}, all), got {', '.join(unknown) or 'nothing'}")
     baseline = model_config("resnet_bk_baseline", base).replace(model_name="ablation_baseline").with_methods(**none)
     rows = [(BASELINE, baseline)]
-    if only is None or "no_mixer" in only:
+    if only is None or "no_mixer" in only:  # the controls come right after the baseline or their method
         rows.append(("no_mixer", baseline.replace(model_name="ablation_no_mixer",
                                                   model=baseline.model.replace(no_mixer=True))))
     for flag in methods.FLAGS:
@@ -75,9 +77,20 @@ def ablation_configs(base, only=None, left_out: dict | None = None) -> list:
                     left_out[flag] = f"left out: {slow} (--allow-slow-bf16 keeps it)"
                 continue
             rows.append((flag, config))
+            if flag == "use_active_learning" and (only is None or "random_selection" in only):
+                rows.append(("random_selection", _random_selection(config)))
+    if only is not None and "random_selection" in only and "use_active_learning" not in only:
+        rows.append(("random_selection", _random_selection(baseline.with_methods(use_active_learning=True))))
     if only is None or ALL in only:
         rows.append((ALL, model_config("resnet_bk_full", base).replace(model_name="ablation_all")))
     return rows
+
+
+def _random_selection(active_learning):
+    """Active learning's row with its rows kept at random: the same budget, no selection by loss."""
+    settings = dataclasses.replace(active_learning.methods["use_active_learning"], active_learning_selection="random")
+    return active_learning.replace(model_name="ablation_random_selection",
+                                   methods={**active_learning.methods, "use_active_learning": settings})
 
 
 def _cpu_name() -> str:
@@ -179,6 +192,9 @@ def build_rows(results: dict, bk_op: dict) -> list:
         measured = measured_row(name, r, base, bk_op)
         if name in methods.BY_FLAG:
             own, verdict = methods.BY_FLAG[name].assess(measured)
+        elif name == "random_selection":
+            own = methods.BY_FLAG["use_active_learning"].assess(replace(measured, figures=r.methods["use_active_learning"]))[0]
+            verdict = "control: active learning's budget with rows kept at random"
         elif name == "no_mixer":
             own = (f"without the BK-Core mixer: test perplexity {measured.test_perplexity_change_percent:+.1f}%, "
                    f"tokens/s {measured.tokens_per_second_ratio:.2f}x")

@@ -17,8 +17,9 @@ that varies between positions and is conserved along each position's trajectory;
 in ``[0, 2]``, and its weight is a fixed number. ``physics_weight`` 0.1 is a starting value: the
 sweep on validation data at the ``epoch`` preset that will set it is still to be run.
 
-Records: the energy term per epoch (in ``epoch_aux_losses``); with a validation curve, the steps
-to the baseline's perplexity (the claim is about training steps).
+Records: the weighted energy term per epoch (in ``epoch_aux_losses``) and the unweighted
+``1 - corr`` mean per epoch (``conservation_term``); with a validation curve, the steps to the
+baseline's perplexity (the claim is about training steps).
 
 Measured effect (``results/ablation_quick``, with the earlier learnable weight and unnormalised
 loss: quick preset, 2-core CPU): never reached the baseline's best validation perplexity within
@@ -87,10 +88,20 @@ class PhysicsInformed(Method):
         model.energies = Energies(config.model.d_model, cls.settings_of(config).physics_hidden)
         track_block_states(model)
 
+    def __init__(self, config):
+        super().__init__(config)
+        self._term_sum, self._terms = 0.0, 0
+
     def on_loss(self, state) -> None:
         loss = state.model.energies.conservation_loss(state.model.block_states)
         if loss is not None:
             state.loss_terms["energy"] = self.settings.physics_weight * loss
+            self._term_sum, self._terms = self._term_sum + loss.detach(), self._terms + 1  # summed on the device
+
+    def on_epoch_end(self, state) -> None:
+        figures = state.figures.setdefault(self.flag, {"physics_weight": self.settings.physics_weight})
+        figures.setdefault("conservation_term", []).append(float(self._term_sum) / max(self._terms, 1))
+        self._term_sum, self._terms = 0.0, 0
 
     @classmethod
     def assess(cls, row):
