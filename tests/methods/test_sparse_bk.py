@@ -59,3 +59,19 @@ def test_gated_off_positions_have_potential_zero_and_skip_the_projection(monkeyp
     assert bool((seen["diag"][off] == LAPLACIAN_DIAG).all())  # potential exactly 0 where gated off
     assert not bool((seen["diag"][~off] == LAPLACIAN_DIAG).all())
     assert seen["rows"] == 40 - int(off[:, 0].sum())  # the projection ran on the kept rows only
+
+
+def test_the_penalty_reads_the_hard_gate_and_training_realises_the_target_sparsity(tmp_path):
+    from helpers_methods import run_training, small_config, synthetic_corpus
+
+    model = tiny(sparse_bk=True)
+    _set_gates(model, 10.0)  # every position kept: the hard fraction is 1, the sigmoid's mean ~1 too
+    with torch.no_grad():
+        model.blocks[0].bk.gate.score.bias.fill_(0.01)  # kept (sigmoid 0.5025 > 0.5), the sigmoid's mean ~0.5
+    model(tokens())
+    gate = model.blocks[0].bk.gate
+    assert gate.aux_loss.item() == 0.25  # (1 - 0.5)^2 of the hard fraction, not ~0 of the mean sigmoid
+    result = run_training(small_config(use_sparse_bk=True, epochs=3, lr=1e-2, sparse_bk_target=0.3),
+                          synthetic_corpus(train_tokens=3000), tmp_path)
+    realised = result.methods["use_sparse_bk"]["realised_sparsity_train"][-1]
+    assert abs(realised - 0.3) <= 0.05, realised

@@ -6,8 +6,18 @@ gradient passes straight through. Gated-off positions get potential 0 and skip t
 projection and the read-out (the output projection); the BK-Core's masked variant skips their
 read-out too (``resnetbk.core.backends``). The recursion itself passes through every position,
 so the op's own saving is small: in causal mode its read-out *is* the recursion state. The loss
-term ``sparsity`` (weight ``sparsity_weight``) pulls the mean keep probability towards
-``1 - sparse_bk_target``.
+term ``sparsity`` (weight ``sparsity_weight``) is the squared distance of the hard gate's kept
+fraction from ``1 - sparse_bk_target``, its gradient through the straight-through estimator, so
+that the sparsity realised is the one asked for (the earlier penalty on the mean sigmoid left the
+hard gate at 0.43 with target 0.5, 0.68-0.75 in the full run).
+
+What a gated-off position contributes: potential 0, that is the Laplacian's diagonal alone, to
+the recursion (so it still decays the memory of the positions before it: |g_k|^2 per step, as
+a position with zero potential does), and nothing to the block's output. Passing the recursion's
+state through such a position unchanged would need the BK-Core kernels themselves to skip it;
+that is not implemented. Where no time can be saved: in causal mode the recursion runs over every
+position whatever the gate; only the potential projection and the read-out of gated-off rows are
+skipped.
 
 Records: realised sparsity per epoch and at evaluation.
 
@@ -36,8 +46,8 @@ from .verdict import Factor, judge
 class SparseGate(nn.Module):
     """The gate attached to a BK-Core mixer (its ``gate`` extension point): from each position's
     own state, keep (1) or skip (0); hard in the forward, the sigmoid's gradient straight through
-    in the backward. ``aux_loss``: the squared distance of the mean keep probability from
-    ``1 - target``."""
+    in the backward. ``aux_loss``: the squared distance of the hard kept fraction from
+    ``1 - target``, differentiated through the straight-through estimator."""
 
     aux_loss_name = "sparsity"
 
@@ -52,7 +62,7 @@ class SparseGate(nn.Module):
         prob = torch.sigmoid(self.score(rows).float()).squeeze(-1)
         keep = prob > 0.5
         keep_st = keep.to(prob.dtype) + prob - prob.detach()
-        self.aux_loss = (prob.mean() - (1.0 - self.target)) ** 2
+        self.aux_loss = (keep_st.mean() - (1.0 - self.target)) ** 2  # the hard fraction's value, prob's gradient
         self._kept_fraction = keep.float().mean().detach()
         return keep, keep_st
 
