@@ -55,9 +55,11 @@ def test_ablation_writes_json_markdown_and_figure(ablation_run):
     slow = slow_bf16_reason() is not None
     assert list(doc["left_out_rows"]) == (["use_mixed_precision"] if slow else [])
     ran = [f for f in methods.FLAGS if f not in doc["left_out_rows"]]
-    ran_and_controls = [r for f in ran for r in ([f, "random_selection"] if f == "use_active_learning" else [f])]
+    after = {"use_active_learning": "random_selection", "use_pruning": "small_dense"}
+    ran_and_controls = [r for f in ran for r in ([f, after[f]] if f in after else [f])]
     assert list(rows) == ["baseline", "no_mixer", *ran_and_controls, "all"]
     assert rows["random_selection"]["verdict"].startswith("control")
+    assert rows["small_dense"]["verdict"].startswith("control") and "a dense model of d_model" in rows["small_dense"]["own_figure"]
     assert rows["baseline"]["tokens_per_second_ratio"] == 1.0 and rows["baseline"]["verdict"] == "reference"
     assert rows["no_mixer"]["verdict"].startswith("control") and rows["no_mixer"]["causal"] is True
     assert rows["no_mixer"]["forward_flops_ratio"] < 1.0  # no BK-Core, no potential or read-out

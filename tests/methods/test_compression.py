@@ -22,17 +22,17 @@ def test_the_sparsity_schedule_is_zhu_and_guptas_cubic():
 
 def test_pruning_masks_the_smallest_weights_and_masks_only_grow():
     model = make_model(small_config(use_pruning=True), VOCAB)
-    module = model.blocks[0].moe.router
-    mask = pruning.masks(model)["blocks.0.moe.router"]
+    module = model.blocks[0].moe.experts[0][0]  # (32, 16): 512 weights
+    mask = pruning.masks(model)["blocks.0.moe.experts.0.0"]
     with torch.no_grad():
-        module.parametrizations.weight.original.copy_(torch.arange(1.0, 65.0).view(4, 16))
+        module.parametrizations.weight.original.copy_(torch.arange(1.0, 513.0).view(32, 16))
     pruning.prune_to(module, mask, 0.25)
-    assert mask.mask.flatten()[:16].sum() == 0 and mask.mask.flatten()[16:].sum() == 48
-    assert bool((module.weight.flatten()[:16] == 0).all())
+    assert mask.mask.flatten()[:128].sum() == 0 and mask.mask.flatten()[128:].sum() == 384
+    assert bool((module.weight.flatten()[:128] == 0).all())
     with torch.no_grad():  # the pruned weights grow large: they stay pruned
         module.parametrizations.weight.original.mul_(-1)
     pruning.prune_to(module, mask, 0.5)
-    assert mask.mask.flatten()[:32].sum() == 0 and int((mask.mask == 0).sum()) == 32
+    assert mask.mask.flatten()[:128].sum() == 0 and int((mask.mask == 0).sum()) == 256
 
 
 def test_a_pruning_run_reaches_the_target_exports_sparse_and_reloads(tmp_path):
@@ -54,7 +54,9 @@ def test_a_pruning_run_reaches_the_target_exports_sparse_and_reloads(tmp_path):
     state = load_export(export["path"], like=model.state_dict())
     reference = build_model(model.options)
     reference.load_state_dict(state)
-    assert float((reference.blocks[0].moe.router.weight == 0).float().mean()) == pytest.approx(0.75, abs=0.02)
+    expert = reference.blocks[0].moe.experts[0][0].weight
+    assert float((expert == 0).float().mean()) == pytest.approx(0.75, abs=0.02)
+    assert bool((reference.blocks[0].moe.router.weight != 0).all())  # the router is never pruned
 
 
 def test_at_75_percent_sparsity_the_export_is_about_3_5x_smaller(tmp_path):
@@ -149,3 +151,37 @@ def test_parameter_counts_see_through_the_compression_parametrizations():
     plain = make_model(small_config(), 60).parameter_counts()
     compressed = make_model(small_config(use_pruning=True, use_quantization=True), 60).parameter_counts()
     assert compressed == plain
+
+
+def test_only_the_capacity_matrices_are_pruned():
+    model = make_model(small_config(use_pruning=True, use_act=True, use_early_exit=True, use_sparse_bk=True,
+                                    use_multi_scale=True, use_koopman=True, use_physics_informed=True, n_layers=4), 200)
+    names = set(pruning.prunable(model))
+    assert {"token_embedding", "lm_head", "blocks.0.moe.experts.0.0", "blocks.0.moe.experts.3.2"} <= names
+    for never in ("router", "v_proj", "output_proj", "gate", "halting", "confidence", "shorten", "upsample",
+                  "koopman", "energies", "position_embedding"):
+        assert not any(never in name for name in names), never
+    assert set(pruning.masks(model)) == names
+
+
+def test_the_small_dense_control_has_the_pruned_models_non_zero_count():
+    from resnetbk.models import ModelOptions, build_model
+
+    options = ModelOptions("resnet_bk", 2000, 32, 2, 16)
+    width = pruning.small_dense_width(options, 0.8)
+    model = build_model(options)
+    capacity = sum(m.weight.numel() for m in pruning.prunable(model).values())
+    kept = sum(p.numel() for p in model.parameters()) - 0.8 * capacity
+    dense = sum(p.numel() for p in build_model(options.replace(d_model=width)).parameters())
+    below = sum(p.numel() for p in build_model(options.replace(d_model=width - 1)).parameters())
+    above = sum(p.numel() for p in build_model(options.replace(d_model=width + 1)).parameters())
+    assert width < 32 and abs(dense - kept) <= min(abs(below - kept), abs(above - kept))
+
+
+def test_at_80_percent_sparsity_the_bitmask_export_reaches_4x(tmp_path):
+    model = make_model(small_config(use_pruning=True, d_model=64, n_layers=2), 20_000)
+    found = pruning.prunable(model)
+    for name, mask in pruning.masks(model).items():
+        pruning.prune_to(found[name], mask, 0.8)
+    exported = export_model(model, tmp_path / "m.pt")
+    assert exported["dense_bytes"] / exported["bytes"] > 3.9  # 1 / (0.2 + 1/32) = 4.3 for the pruned matrices

@@ -27,11 +27,13 @@ from pathlib import Path
 
 import torch
 
+from .. import data as wt2
 from .. import methods
 from ..core import bk_core
 from ..jsonfile import write_json_atomic
 from ..methods.base import AblationRow
 from ..methods.mixed_precision import slow_precision_reason
+from ..methods.pruning import small_dense_width
 from ..train.results import BenchmarkResults
 from .config import OPTIMIZATION_FLAGS, flat_view, model_config
 from .options import build_base_config, parse_args
@@ -41,8 +43,9 @@ BASELINE = "baseline"
 ALL = "all"
 #: Control rows: the baseline with one part taken away, what a reader asks to compare with.
 #: ``no_mixer``: ResNet-BK without its BK-Core mixer (a position-wise model), what the mixer adds;
-#: ``random_selection``: active learning's budget with rows kept at random (its control).
-CONTROLS = ("no_mixer", "random_selection")
+#: ``random_selection``: active learning's budget with rows kept at random (its control);
+#: ``small_dense``: a dense model as wide as leaves it the pruned model's non-zero count (pruning's).
+CONTROLS = ("no_mixer", "random_selection", "small_dense")
 
 
 #: Validate every this many steps unless the config says otherwise: the claims about steps and
@@ -50,11 +53,12 @@ CONTROLS = ("no_mixer", "random_selection")
 VALID_CURVE_INTERVAL = 10
 
 
-def ablation_configs(base, only=None, left_out: dict | None = None) -> list:
+def ablation_configs(base, only=None, left_out: dict | None = None, vocab_size: int = 0) -> list:
     """``(row name, config)``: the baseline, each method alone, all of the original
     twelve together; with ``only`` (flags and/or ``"all"``), the baseline and those rows. A row
     this machine cannot run fairly (mixed precision on a CPU without native bf16, unless
-    ``allow_slow_bf16``) is left out, with the reason put in ``left_out`` (row -> why)."""
+    ``allow_slow_bf16``) is left out, with the reason put in ``left_out`` (row -> why). The
+    ``small_dense`` control needs the data's ``vocab_size`` (its width is chosen by parameter count)."""
     none = {flag: False for flag in OPTIMIZATION_FLAGS}
     if base.valid_curve_interval is None:
         base = base.replace(valid_curve_interval=VALID_CURVE_INTERVAL)
@@ -77,13 +81,30 @@ def ablation_configs(base, only=None, left_out: dict | None = None) -> list:
                     left_out[flag] = f"left out: {slow} (--allow-slow-bf16 keeps it)"
                 continue
             rows.append((flag, config))
-            if flag == "use_active_learning" and (only is None or "random_selection" in only):
-                rows.append(("random_selection", _random_selection(config)))
-    if only is not None and "random_selection" in only and "use_active_learning" not in only:
-        rows.append(("random_selection", _random_selection(baseline.with_methods(use_active_learning=True))))
+    rows = _with_method_controls(rows, baseline, only, vocab_size)
     if only is None or ALL in only:
         rows.append((ALL, model_config("resnet_bk_full", base).replace(model_name="ablation_all")))
     return rows
+
+
+def _with_method_controls(rows: list, baseline, only, vocab_size: int) -> list:
+    """``rows`` with each method's control right after it (or at the end, asked for without its
+    method): ``random_selection`` after active learning, ``small_dense`` after pruning (where
+    the vocabulary is known)."""
+    controls = {"use_active_learning": ("random_selection", _random_selection),
+                "use_pruning": ("small_dense", lambda c: _small_dense(baseline, c, vocab_size) if vocab_size else None)}
+    out, names = [], [name for name, _ in rows]
+    for name, config in rows:
+        out.append((name, config))
+        control = controls.get(name)
+        if control and (only is None or control[0] in only) and (made := control[1](config)) is not None:
+            out.append((control[0], made))
+    for flag, (control, make) in controls.items():
+        if only is not None and control in only and flag not in names:
+            made = make(baseline.with_methods(**{flag: True}))
+            if made is not None:
+                out.append((control, made))
+    return out
 
 
 def _random_selection(active_learning):
@@ -91,6 +112,13 @@ def _random_selection(active_learning):
     settings = dataclasses.replace(active_learning.methods["use_active_learning"], active_learning_selection="random")
     return active_learning.replace(model_name="ablation_random_selection",
                                    methods={**active_learning.methods, "use_active_learning": settings})
+
+
+def _small_dense(baseline, pruned, vocab_size: int):
+    """The baseline at the width whose dense parameter count matches the pruned model's non-zeros."""
+    sparsity = pruned.methods["use_pruning"].pruning_target_sparsity
+    width = small_dense_width(baseline.model.replace(vocab_size=vocab_size), sparsity)
+    return baseline.replace(model_name="ablation_small_dense", model=baseline.model.replace(d_model=width))
 
 
 def _cpu_name() -> str:
@@ -192,6 +220,10 @@ def build_rows(results: dict, bk_op: dict) -> list:
         measured = measured_row(name, r, base, bk_op)
         if name in methods.BY_FLAG:
             own, verdict = methods.BY_FLAG[name].assess(measured)
+        elif name == "small_dense":
+            own = (f"a dense model of d_model {r.config['model']['d_model']} ({r.parameters:,} parameters): test "
+                   f"perplexity {measured.test_perplexity_change_percent:+.1f}%, size {measured.model_size_ratio:.2f}x")
+            verdict = "control: pruning's non-zero count as a dense model"
         elif name == "random_selection":
             own = methods.BY_FLAG["use_active_learning"].assess(replace(measured, figures=r.methods["use_active_learning"]))[0]
             verdict = "control: active learning's budget with rows kept at random"
@@ -259,12 +291,14 @@ def main(argv=None) -> int:
         base = build_base_config(args)
         only = None if args.rows is None else [name.strip() for name in args.rows.split(",") if name.strip()]
         left_out: dict = {}
-        rows = ablation_configs(base, only, left_out)
+        wanted = only is None or "small_dense" in only
+        vocab = wt2.load_corpus(base.data_dir).vocab_size if wanted else 0  # the control's width needs it
+        rows = ablation_configs(base, only, left_out, vocab_size=vocab)
         for name, reason in left_out.items():
             print(f"ablation row {name}: {reason}", file=sys.stderr)
         if args.amp:
             raise ValueError("--amp: the ablation has its own mixed-precision row; leave --amp off")
-    except (ValueError, NotImplementedError) as exc:
+    except (ValueError, NotImplementedError, wt2.DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     bench = WikiText2Benchmark(args.output_dir, resume=args.resume, quiet=args.quiet)

@@ -1,42 +1,49 @@
 """``use_pruning``: scheduled magnitude pruning, removal of rarely used experts, a sparse export.
 
-What it does: every weight matrix of the model (the blocks' linear layers, the token embedding
-and, when untied, the LM head; not the position embedding, norms or biases) gets a 0/1 mask,
-applied as a parametrization (``torch.nn.utils.parametrize``: the forward reads ``W * mask``, so
-a pruned weight gets no gradient and stays zero). Between ``pruning_start_fraction`` and
-``pruning_end_fraction`` of the training steps, every ``pruning_interval`` steps, each matrix's
-smallest-magnitude surviving weights are masked so that its sparsity follows Zhu and Gupta's
-cubic schedule ``s_t = s_f (1 - (1 - p)^3)`` (``p`` the progress through the window) up to
-``pruning_target_sparsity``; the remaining steps train the pruned model. At the end of the
-window, experts that received less than ``expert_removal_threshold`` of the tokens routed in
-their block since pruning began are removed (the router can no longer choose them; their
-weights leave the export); the most used expert of a block always stays. (A mask as a
-parametrization rather than ``torch.nn.utils.prune``'s hooks, so that it composes with the
-quantization method's fake-quant parametrization on the same weights.)
+What it does: the weight matrices that carry the model's capacity (``CAPACITY``: the token
+embedding and, when untied, the LM head; the experts' two layers; a Transformer's attention and
+MLP projections) get a 0/1 mask, applied as a parametrization (``torch.nn.utils.parametrize``:
+the forward reads ``W * mask``, so a pruned weight gets no gradient and stays zero). Never
+pruned: routers, the BK-Core mixer's small projections, gates, halting and confidence units, the
+shortening and upsampling layers, the training aids, norms, biases, the position embedding.
+Between ``pruning_start_fraction`` and ``pruning_end_fraction`` of the training steps, every
+``pruning_interval`` steps, each matrix's smallest-magnitude surviving weights are masked so that
+its sparsity follows Zhu and Gupta's cubic schedule ``s_t = s_f (1 - (1 - p)^3)`` (``p`` the
+progress through the window) up to ``pruning_target_sparsity``; the remaining steps (40% by
+default) train the pruned model to recover. At the end of the window, experts that received less
+than ``expert_removal_threshold`` of the tokens routed in their block since pruning began are
+removed (the router can no longer choose them; their weights leave the export); the most used
+expert of a block always stays. (A mask as a parametrization rather than
+``torch.nn.utils.prune``'s hooks, so that it composes with the quantization method's fake-quant
+parametrization on the same weights.)
 
 The export (``resnetbk.methods.export``) stores each mostly-zero matrix sparse (a packed bitmask
-and the surviving values); its size on disk is the model size reported.
+and the surviving values); its size on disk is the model size reported. At sparsity ``s`` a
+bitmask matrix takes ``(1 - s) + 1/32`` of its dense bytes: 4x needs ``s`` above 0.78, hence the
+default 0.8 (at the earlier 0.75 the export topped out near 3.56x, so "4x" could not pass).
+
+The control (the ablation's ``small_dense`` row): a dense ResNet-BK whose width gives it about
+as many parameters as the pruned model keeps non-zero: what the same budget of weights does
+without pruning.
 
 Records: the sparsity per matrix and overall, non-zero parameters, experts removed, the export's
 size on disk against the dense export's.
 
-Measured effect (``results/ablation_quick``, quick preset, 2-core CPU): 75% sparsity, 1.14 M
-of 4.54 M parameters non-zero, the bitmask-sparse export 4.95 MiB against 17.34 MiB (3.50x
-smaller; claimed 4x: at 75% sparsity a bitmask export cannot reach it, ~80% would); +37.7% test
-perplexity when the pruning happens within 150 steps. No expert fell under the 5% routing
-threshold. Every Linear is pruned, including small control units (routers, ACT halting units,
-confidence heads): with all methods at once and 75 steps this coincided with a collapse
-(``results/ablation_quick/README.md``).
+Measured effect (``results/ablation_quick``, with the earlier rule that pruned every Linear to
+75% from step 30 of 150: quick preset, 2-core CPU): 1.14 M of 4.54 M parameters non-zero, the
+export 3.50x smaller, +37.7% test perplexity; with all methods at once it coincided with a
+collapse (``results/ablation_quick/README.md``).
 
 Paper: Zhu and Gupta 2017, "To prune, or not to prune: exploring the efficacy of pruning for
-model compression" (gradual magnitude pruning); Han et al. 2015, "Learning both Weights and
-Connections for Efficient Neural Networks"; expert pruning by routing frequency as in Chen et
-al. 2022, "Task-Specific Expert Pruning for Sparse Mixture-of-Experts".
+model compression" (gradual magnitude pruning, and the small-dense control); Han et al. 2015,
+"Learning both Weights and Connections for Efficient Neural Networks"; expert pruning by routing
+frequency as in Chen et al. 2022, "Task-Specific Expert Pruning for Sparse Mixture-of-Experts".
 """
 
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from torch import nn
@@ -59,15 +66,24 @@ class WeightMask(nn.Module):
         return weight * self.mask.to(weight.dtype)
 
 
+#: The matrices that carry the model's capacity, the only ones pruned: the token embedding, the LM
+#: head, the experts' two layers (and a Transformer's attention and MLP projections). Never the
+#: routers, the BK-Core mixer's d -> C and 2C -> d projections, gates, halting and confidence
+#: units, the shortening and upsampling layers or the training aids (Koopman, energies): small
+#: units whose every weight matters, and where pruning saves nothing worth having.
+CAPACITY = re.compile(r"token_embedding|lm_head|blocks\.\d+\.moe\.experts\.\d+\.[02]"
+                      r"|blocks\.\d+\.attention\.(qkv|proj)|blocks\.\d+\.mlp\.[02]")
+
+
 def prunable(model) -> dict:
-    """Name -> module whose ``weight`` is pruned: the blocks' (and methods') linear layers, the
-    token embedding and the LM head; with tied embeddings neither of those two (a mask on one
-    would not reach the other's reads of the shared matrix)."""
+    """Name -> module whose ``weight`` is pruned (``CAPACITY``); with tied embeddings neither the
+    token embedding nor the LM head (a mask on one would not reach the other's reads of the
+    shared matrix)."""
     chosen = {}
     for name, module in model.named_modules():
         if name in ("lm_head", "token_embedding") and model.options.tie_embeddings:
             continue
-        if isinstance(module, (nn.Linear, nn.Embedding)) and name != "position_embedding":
+        if isinstance(module, (nn.Linear, nn.Embedding)) and CAPACITY.fullmatch(name):
             chosen[name] = module
     return chosen
 
@@ -159,7 +175,7 @@ class Pruning(Method):
     claim = "4x model size"
     acts_on = "the weight matrices (magnitude masks) and the MoE experts (removal)"
     paper = "Zhu and Gupta 2017, To prune, or not to prune (gradual magnitude pruning)"
-    hyperparameters = {"pruning_target_sparsity": 0.75, "pruning_start_fraction": 0.2, "pruning_end_fraction": 0.8,
+    hyperparameters = {"pruning_target_sparsity": 0.8, "pruning_start_fraction": 0.2, "pruning_end_fraction": 0.6,
                        "pruning_interval": 10, "expert_removal_threshold": 0.05}
 
     @classmethod
@@ -173,8 +189,8 @@ class Pruning(Method):
         check_int(cls.settings_of(config), "pruning_interval", low=1)
         check_number(cls.settings_of(config), "expert_removal_threshold", low=0.0, high=1.0)
 
-    #: Every linear layer is pruned, the other methods' included: they attach first (quantization
-    #: too, so that the mask applies to the fake-quantized weight).
+    #: After the other methods (quantization too, so that the mask applies to the fake-quantized
+    #: weight); of their modules, none is a capacity matrix.
     attach_after = ("use_koopman", "use_physics_informed", "use_act", "use_multi_scale", "use_sparse_bk",
                     "use_early_exit", "use_spectral_z", "use_quantization")
 
@@ -240,3 +256,24 @@ class Pruning(Method):
                f"{len(figures['experts_removed'])} expert(s) removed; {size}")
         return own, judge([Factor("export size", ratio, 4)], row.test_perplexity_change_percent,
                           noise_percent=row.perplexity_noise_percent)
+
+
+def small_dense_width(options, target_sparsity: float) -> int:
+    """The ``d_model`` at which a dense model of ``options`` has about as many parameters as the
+    pruned one keeps: its capacity matrices at ``1 - target_sparsity``, everything else whole
+    (the small-dense control of Zhu and Gupta 2017)."""
+    from ..models import build_model
+
+    def counts(d):
+        model = build_model(options.replace(d_model=d))
+        capacity = sum(m.weight.numel() for m in prunable(model).values())
+        total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+        return total, capacity
+
+    total, capacity = counts(options.d_model)
+    budget = total - target_sparsity * capacity
+    low, high = 1, options.d_model  # the count grows with d: the first width at or above the budget
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (mid + 1, high) if counts(mid)[0] < budget else (low, mid)
+    return min((d for d in (low - 1, low) if d >= 1), key=lambda d: abs(counts(d)[0] - budget))
