@@ -120,6 +120,7 @@ def main(argv=None) -> int:
         measured = measured_row(method.flag, results[row], base, bk_op)
         own, verdict = method.assess(measured)
         on_valid = method.assess(replace(measured, test_perplexity_change_percent=measured.valid_perplexity_change_percent))[1]
+        on_valid = on_valid.replace("test perplexity", "validation perplexity")  # what it was computed from
         table.append({"row": row, "value": value, "valid_perplexity": measured.valid_perplexity,
                       "valid_perplexity_change_percent": measured.valid_perplexity_change_percent,
                       "test_perplexity": measured.test_perplexity,
