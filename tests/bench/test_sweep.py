@@ -58,3 +58,17 @@ def test_an_unknown_method_is_one_line(tiny_data, tmp_path, capsys):
     code = cli_main(["sweep", "--method", "use_nothing", "--values", "x=1", "--data-dir", str(tiny_data),
                      "--output-dir", str(tmp_path)])
     assert code == 2 and capsys.readouterr().err.startswith("error: --method: expected one of use_analytic_gradient")
+
+
+def test_resume_compares_what_runs_not_the_settings_of_methods_that_are_off():
+    from resnetbk.bench.config import PRESETS, BenchmarkConfig
+    from resnetbk.bench.runner import _what_runs
+
+    config = BenchmarkConfig.from_dict(PRESETS["smoke"]).with_methods(use_act=True)
+    now = config.to_dict()
+    older = json.loads(json.dumps(now))
+    older["methods"]["use_pruning"]["pruning_target_sparsity"] = 0.75  # off: its settings do not act
+    del older["model"]["no_mixer"]  # a field added since, at its default
+    assert _what_runs(older) == _what_runs(now)
+    older["methods"]["use_act"]["act_bias_init"] = 1.0  # on: a different run
+    assert _what_runs(older) != _what_runs(now)

@@ -3,6 +3,7 @@ own), writes their results, the pairwise comparisons and the training-curve figu
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import multiprocessing
@@ -15,6 +16,7 @@ from typing import Optional
 
 import torch
 
+from .. import methods as method_registry
 from ..jsonfile import write_json_atomic
 from ..train import distributed
 from ..train.checkpoint import CHECKPOINT
@@ -68,6 +70,28 @@ def _stop_worker(process, grace_s: float = 30.0) -> None:
     if process.is_alive():
         process.kill()
         process.join()
+
+
+def _what_runs(config: dict) -> dict:
+    """A config (as a results file holds it) reduced to what decides the run: a method that is off
+    is only ``enabled: false`` (its settings do not act), and a field a newer version added
+    counts at its default (what the older run did)."""
+    from ..models import ModelOptions
+
+    data = json.loads(json.dumps(config))
+    data["model"] = {**json.loads(json.dumps(dataclasses.asdict(ModelOptions()))), **data.get("model", {})}
+    data["model"].pop("vocab_size", None)
+    methods_now = {}
+    for flag, settings in data.get("methods", {}).items():
+        if not settings.get("enabled"):
+            methods_now[flag] = {"enabled": False}
+            continue
+        defaults = {}
+        if flag in method_registry.BY_FLAG:
+            defaults = json.loads(json.dumps(dataclasses.asdict(method_registry.BY_FLAG[flag].Settings())))
+        methods_now[flag] = {**defaults, **settings}
+    data["methods"] = methods_now
+    return data
 
 
 def _worker(config, data_dir, run_dir, result_path, error_path, resume, quiet, tensorboard):
@@ -133,15 +157,15 @@ class WikiText2Benchmark:
         return BenchmarkResults.load(result_path)
 
     def _finished(self, config: BenchmarkConfig, result_path: Path) -> BenchmarkResults | None:
-        """With ``--resume``, a run whose results file exists for this very config is kept as it is
-        (a finished run is never rerun); one of another config is run again, and says so."""
+        """With ``--resume``, a run whose results file exists for what this config runs is kept as
+        it is (a finished run is never rerun); one of another config is run again, and says so."""
         if not result_path.is_file():
             return None
         try:
             kept = BenchmarkResults.load(result_path)
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if json.loads(json.dumps(kept.config)) != json.loads(json.dumps(config.to_dict())):
+        if _what_runs(kept.config) != _what_runs(config.to_dict()):
             print(f"{config.model_name}: {result_path} holds another config's results; running it again",
                   file=sys.stderr)
             return None
