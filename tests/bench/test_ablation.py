@@ -16,8 +16,8 @@ def test_rows_are_the_baseline_each_implemented_method_alone_and_all_together(mo
     monkeypatch.setattr("resnetbk.methods.mixed_precision.slow_bf16_reason", lambda: None)  # a CPU with native bf16
     rows = ablation_configs(BenchmarkConfig.from_dict(PRESETS["smoke"]))
     names = [name for name, _ in rows]
-    active = list(methods.FLAGS).index("use_active_learning") + 1
-    flags = [*methods.FLAGS[:active], "random_selection", *methods.FLAGS[active:]]
+    after = {"use_quantization": "ptq_int8", "use_active_learning": "random_selection"}
+    flags = [r for f in methods.FLAGS for r in ([f, after[f]] if f in after else [f])]
     assert names == ["baseline", "no_mixer", *flags, "all"]
     assert rows[1][1].model.no_mixer and not rows[0][1].model.no_mixer
     control = dict(rows)["random_selection"].methods["use_active_learning"]
@@ -25,6 +25,7 @@ def test_rows_are_the_baseline_each_implemented_method_alone_and_all_together(mo
     for name, config in rows:
         on = [f for f in methods.FLAGS if config.enabled(f)]
         expected = {"baseline": [], "no_mixer": [], "random_selection": ["use_active_learning"],
+                    "ptq_int8": ["use_quantization"],
                     "all": list(methods.ORIGINAL_FLAGS)}.get(name, [name])
         assert on == expected, name
         assert config.seed == rows[0][1].seed and config.max_train_tokens == rows[0][1].max_train_tokens
@@ -55,10 +56,11 @@ def test_ablation_writes_json_markdown_and_figure(ablation_run):
     slow = slow_bf16_reason() is not None
     assert list(doc["left_out_rows"]) == (["use_mixed_precision"] if slow else [])
     ran = [f for f in methods.FLAGS if f not in doc["left_out_rows"]]
-    after = {"use_active_learning": "random_selection", "use_pruning": "small_dense"}
+    after = {"use_active_learning": "random_selection", "use_pruning": "small_dense", "use_quantization": "ptq_int8"}
     ran_and_controls = [r for f in ran for r in ([f, after[f]] if f in after else [f])]
     assert list(rows) == ["baseline", "no_mixer", *ran_and_controls, "all"]
     assert rows["random_selection"]["verdict"].startswith("control")
+    assert rows["ptq_int8"]["verdict"].startswith("control") and "INT8 inference ppl" in rows["ptq_int8"]["own_figure"]
     assert rows["small_dense"]["verdict"].startswith("control") and "a dense model of d_model" in rows["small_dense"]["own_figure"]
     assert rows["baseline"]["tokens_per_second_ratio"] == 1.0 and rows["baseline"]["verdict"] == "reference"
     assert rows["no_mixer"]["verdict"].startswith("control") and rows["no_mixer"]["causal"] is True

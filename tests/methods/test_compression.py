@@ -185,3 +185,61 @@ def test_at_80_percent_sparsity_the_bitmask_export_reaches_4x(tmp_path):
         pruning.prune_to(found[name], mask, 0.8)
     exported = export_model(model, tmp_path / "m.pt")
     assert exported["dense_bytes"] / exported["bytes"] > 3.9  # 1 / (0.2 + 1/32) = 4.3 for the pruned matrices
+
+
+def test_qat_runs_in_a_late_window_with_observers_frozen_near_the_end(tmp_path):
+    config = small_config(use_quantization=True, epochs=2, quantization_start_fraction=0.5,
+                          quantization_freeze_fraction=0.75)
+    result = run_training(config, synthetic_corpus(), tmp_path)
+    figures = result.methods["use_quantization"]
+    total = result.steps
+    assert figures["qat_started_at_step"] == math.ceil(0.5 * total)
+    assert figures["observers_frozen_at_step"] == math.ceil(0.75 * total)
+    assert figures["mode"] == "qat" and math.isfinite(figures["int8_inference"]["perplexity"])
+    model = make_model(config, VOCAB)
+    fq = quantization.weight_fake_quant(model.blocks[0].moe.experts[0][0])
+    fq.enabled = False  # before the window: the weight passes through unrounded
+    w = model.blocks[0].moe.experts[0][0].parametrizations.weight.original
+    assert torch.equal(model.blocks[0].moe.experts[0][0].weight, w)
+
+
+def test_tiny_heads_stay_float_and_the_lm_heads_input_is_not_fake_quantized():
+    model = make_model(small_config(use_quantization=True, use_act=True, use_early_exit=True, use_sparse_bk=True), VOCAB)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and module.out_features == 1:
+            assert quantization.weight_fake_quant(module) is None and not hasattr(module, "input_fake_quant"), name
+    assert quantization.weight_fake_quant(model.lm_head) is not None and not hasattr(model.lm_head, "input_fake_quant")
+    assert quantization.weight_fake_quant(model.blocks[0].moe.router) is not None
+
+
+def test_post_training_int8_trains_in_float_and_exports_int8(tmp_path):
+    config = small_config(use_quantization=True, quantization_mode="ptq", epochs=1, d_model=32)
+    assert quantization.weight_fake_quant(make_model(config, VOCAB).lm_head) is None  # nothing attached
+    result = run_training(config, synthetic_corpus(), tmp_path)
+    figures = result.methods["use_quantization"]
+    assert figures["mode"] == "ptq" and figures["export"]["tensors"]["int8"] > 0
+    assert abs(figures["int8_inference"]["perplexity"] / figures["float_inference"]["perplexity"] - 1) < 0.1
+    with pytest.raises(ValueError, match="quantization_mode: expected one of"):
+        small_config(use_quantization=True, quantization_mode="awq")
+
+
+def test_int4_experts_export_packed_two_a_byte_and_reload_exactly(tmp_path):
+    from resnetbk.methods.export import pack_int4, unpack_int4
+
+    w = torch.randn(5, 19)
+    entry = pack_int4(w, 8)
+    assert entry["int4"].dtype == torch.uint8 and entry["int4"].numel() == (5 * 19 + 1) // 2
+    grid = unpack_int4(entry)
+    assert torch.equal(unpack_int4(pack_int4(grid, 8)), grid)  # values on the grid come back exactly
+    assert (grid - w).abs().max() <= entry["scale"].max() / 2 + 1e-6
+    config = small_config(use_quantization=True, quantization_int4_experts=True, quantization_group_size=8, d_model=32)
+    model = make_model(config, 2000)
+    model.train()
+    model(torch.randint(2000, (2, 16)))
+    groups = {f"blocks.{b}.moe.experts.{e}.{k}.weight": 8 for b in range(3) for e in range(4) for k in (0, 2)}
+    exported = export_model(model, tmp_path / "m.pt", int8_scales=quantization.int8_scales(model), int4_groups=groups)
+    assert exported["tensors"]["int4"] == len(groups)
+    state = load_export(exported["path"])
+    effective = effective_state_dict(model)
+    for key in groups:
+        torch.testing.assert_close(state[key], effective[key].float(), rtol=1e-5, atol=1e-6)

@@ -44,8 +44,9 @@ ALL = "all"
 #: Control rows: the baseline with one part taken away, what a reader asks to compare with.
 #: ``no_mixer``: ResNet-BK without its BK-Core mixer (a position-wise model), what the mixer adds;
 #: ``random_selection``: active learning's budget with rows kept at random (its control);
-#: ``small_dense``: a dense model as wide as leaves it the pruned model's non-zero count (pruning's).
-CONTROLS = ("no_mixer", "random_selection", "small_dense")
+#: ``small_dense``: a dense model as wide as leaves it the pruned model's non-zero count (pruning's);
+#: ``ptq_int8``: the baseline trained in float and quantized to INT8 after training (quantization's).
+CONTROLS = ("no_mixer", "random_selection", "small_dense", "ptq_int8")
 
 
 #: Validate every this many steps unless the config says otherwise: the claims about steps and
@@ -92,6 +93,7 @@ def _with_method_controls(rows: list, baseline, only, vocab_size: int) -> list:
     method): ``random_selection`` after active learning, ``small_dense`` after pruning (where
     the vocabulary is known)."""
     controls = {"use_active_learning": ("random_selection", _random_selection),
+                "use_quantization": ("ptq_int8", _post_training_int8),
                 "use_pruning": ("small_dense", lambda c: _small_dense(baseline, c, vocab_size) if vocab_size else None)}
     out, names = [], [name for name, _ in rows]
     for name, config in rows:
@@ -105,6 +107,13 @@ def _with_method_controls(rows: list, baseline, only, vocab_size: int) -> list:
             if made is not None:
                 out.append((control, made))
     return out
+
+
+def _post_training_int8(quantization):
+    """Quantization's row trained in float and quantized after training (INT8 export and inference)."""
+    settings = dataclasses.replace(quantization.methods["use_quantization"], quantization_mode="ptq",
+                                   quantization_int4_experts=False)
+    return quantization.replace(model_name="ablation_ptq_int8", methods={**quantization.methods, "use_quantization": settings})
 
 
 def _random_selection(active_learning):
@@ -224,6 +233,9 @@ def build_rows(results: dict, bk_op: dict) -> list:
             own = (f"a dense model of d_model {r.config['model']['d_model']} ({r.parameters:,} parameters): test "
                    f"perplexity {measured.test_perplexity_change_percent:+.1f}%, size {measured.model_size_ratio:.2f}x")
             verdict = "control: pruning's non-zero count as a dense model"
+        elif name == "ptq_int8":
+            own = methods.BY_FLAG["use_quantization"].assess(replace(measured, figures=r.methods["use_quantization"]))[0]
+            verdict = "control: trained in float, quantized to INT8 after training"
         elif name == "random_selection":
             own = methods.BY_FLAG["use_active_learning"].assess(replace(measured, figures=r.methods["use_active_learning"]))[0]
             verdict = "control: active learning's budget with rows kept at random"

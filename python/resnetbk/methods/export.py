@@ -7,6 +7,8 @@ Format (``torch.save`` of a dict ``name -> entry``), per tensor of the model's e
 * ``{"dense": t}``: as is (float32 weights, norms, biases, buffers);
 * ``{"int8": q, "scale": s}``: a weight quantized per output channel (rows), symmetric:
   ``t = q * s[:, None]`` (the quantization method's per-channel scales);
+* ``{"int4": packed, "scale": s, "shape": shape, "group": g}``: a matrix quantized to symmetric
+  INT4 over groups of ``g`` columns, two values a byte (``pack_int4``);
 * ``{"sparse": values, "mask": packed, "shape": shape}``: a matrix with at least half its entries
   zero: a bitmask of the non-zeros (8 per byte) and their values in row-major order (float32,
   or int8 with ``scale`` when quantized too).
@@ -58,17 +60,49 @@ def _effective_state_dict(model) -> dict:
     return state
 
 
-def export_model(model, path: str | Path, *, int8_scales: Optional[dict] = None, removed: tuple = ()) -> dict:
+def pack_int4(tensor: torch.Tensor, group: int) -> dict:
+    """A ``(rows, cols)`` matrix as symmetric INT4 over groups of ``group`` columns: values
+    ``round(w / scale)`` in [-8, 7] stored two to a byte (offset by 8), one float32 scale per
+    (row, group), the group's largest magnitude over 7 (the quantization method's GroupInt4 grid,
+    which its weights already sit on)."""
+    rows, cols = tensor.shape
+    padded = torch.nn.functional.pad(tensor.float(), (0, (-cols) % group)).view(rows, -1, group)
+    scale = (padded.abs().amax(-1) / 7).clamp_min(1e-12)
+    q = torch.clamp(torch.round(padded / scale[..., None]), -8, 7).to(torch.int16).view(rows, -1)[:, :cols] + 8
+    flat = q.flatten()
+    if flat.numel() % 2:
+        flat = torch.cat([flat, flat.new_zeros(1)])
+    packed = (flat[0::2] | (flat[1::2] << 4)).to(torch.uint8)
+    return {"int4": packed, "scale": scale, "shape": [rows, cols], "group": group}
+
+
+def unpack_int4(entry: dict) -> torch.Tensor:
+    rows, cols = entry["shape"]
+    packed = entry["int4"].to(torch.int16)
+    flat = torch.stack([packed & 15, packed >> 4], dim=1).flatten()[: rows * cols] - 8
+    q = flat.view(rows, cols).float()
+    group = entry["group"]
+    scale = entry["scale"].repeat_interleave(group, dim=1)[:, :cols]
+    return q * scale
+
+
+def export_model(model, path: str | Path, *, int8_scales: Optional[dict] = None, removed: tuple = (),
+                 int4_groups: Optional[dict] = None) -> dict:
     """Write ``model``'s effective state to ``path`` in the format above; return
-    ``{"path", "bytes", "dense_bytes", "format"}`` (``dense_bytes``: the same state saved dense, float32)."""
+    ``{"path", "bytes", "dense_bytes", "format"}`` (``dense_bytes``: the same state saved dense, float32).
+    ``int4_groups``: state key -> group size of the matrices stored as packed INT4."""
     path = Path(path)
     state = effective_state_dict(model)
-    int8_scales = int8_scales or {}
-    entries, kinds = {}, {"dense": 0, "int8": 0, "sparse": 0}
+    int8_scales, int4_groups = int8_scales or {}, int4_groups or {}
+    entries, kinds = {}, {"dense": 0, "int8": 0, "sparse": 0, "int4": 0}
     for key, tensor in state.items():
         if key in removed:
             continue
         tensor = tensor.cpu()
+        if key in int4_groups and tensor.dim() == 2:
+            entries[key] = pack_int4(tensor, int4_groups[key])
+            kinds["int4"] += 1
+            continue
         scale = int8_scales.get(key)
         values = tensor
         if scale is not None:
@@ -94,7 +128,8 @@ def export_model(model, path: str | Path, *, int8_scales: Optional[dict] = None,
     dense_bytes = dense_path.stat().st_size
     os.unlink(dense_path)
     return {"path": str(path), "bytes": path.stat().st_size, "dense_bytes": dense_bytes, "tensors": kinds,
-            "format": "torch.save of per-tensor entries: dense float32, int8 per-channel, or bitmask-sparse "
+            "format": "torch.save of per-tensor entries: dense float32, int8 per-channel, packed int4 per group, "
+                      "or bitmask-sparse "
                       "(resnetbk.methods.export)"}
 
 
@@ -110,6 +145,9 @@ def load_export(path: str | Path, like: Optional[dict] = None) -> dict:
     doc = torch.load(path, map_location="cpu", weights_only=True)
     state = {}
     for key, entry in doc["entries"].items():
+        if "int4" in entry:
+            state[key] = unpack_int4(entry)
+            continue
         scale = entry.get("scale")
         if "sparse" in entry:
             shape = entry["shape"]
@@ -142,13 +180,14 @@ class Exporter(Listener):
     def on_export(self, state) -> None:
         if not state.exports or not state.world.is_main:
             return
-        scales = {}
+        scales, int4 = {}, {}
         removed: tuple = ()
         for contribution in state.exports.values():
             scales.update(contribution.get("int8_scales", {}))
+            int4.update(contribution.get("int4_groups", {}))
             removed += tuple(contribution.get("removed", ()))
         exported = export_model(state.model, state.run_dir / "exported_model.pt", int8_scales=scales or None,
-                                removed=removed)
+                                removed=removed, int4_groups=int4 or None)
         for flag in state.exports:
             state.figures.setdefault(flag, {})["export"] = exported
         state.exported = exported

@@ -1,36 +1,47 @@
-"""``use_quantization``: quantization-aware training (fake INT8), an INT8 export and INT8 inference.
+"""``use_quantization``: quantization-aware training (fake INT8) in a late window, an INT8 export and INT8 inference.
 
 What it does: with torch's own fake-quantization modules (``torch.ao.quantization``, the fbgemm
 QAT configuration), every linear layer's weight is fake-quantized per output channel to
 symmetric INT8 (a parametrization: the forward, the fused LM head included, reads the rounded
 weight; the gradient passes straight through) and its input per tensor to 8 bits (a forward
-pre-hook), which covers the BK-Core's output (the read-out's input); the BK-Core's input, the
-potential ``v_proj(h)``, is fake-quantized too. The BK-Core itself stays float32. The token
-embedding's rows are fake-quantized like a weight (per row, INT8; weight-only, as torch
-quantizes embeddings). Observers update in training only. With
-``quantization_int4_experts`` the experts' weights use 4-bit groups of
-``quantization_group_size`` input channels instead (fake-quantized in training only: the export
-stores those weights as float32 values on the 4-bit grid, since packing 4-bit values is not
-implemented; the INT8 inference path requantizes them to INT8).
+pre-hook). Left in float: the tiny ``d -> 1`` heads (halting, confidence, gate scores, a
+one-channel mixer's potential: one output whose every weight matters, and nothing to save) and
+the LM head's input (inference quantizes it per batch from its own range, so a fixed trained
+range would model the wrong thing). The BK-Core stays float32. The token embedding's rows are
+fake-quantized like a weight (per row, INT8; weight-only, as torch quantizes embeddings).
 
-After training: the export (``resnetbk.methods.export``: INT8 values with per-channel scales),
-its size on disk; and an INT8 CPU inference path through torch's quantized kernels
-(``torch.ao.quantization.quantize_dynamic``: INT8 weights per channel, activations quantized
-per batch at run time, fbgemm matmuls; the embedding through torch's quantized embedding), its
-perplexity and tokens/s on the method-evaluation slice, against the same model in float32.
-torch marks its eager-mode quantization as deprecated in favour of the separate ``torchao``
-package; it still ships and runs (checked by the tests).
+The QAT window: the fake quantization acts from ``quantization_start_fraction`` of the steps
+(0.7: after pruning's window ends at 0.6, the last 30%) and its observers freeze at
+``quantization_freeze_fraction`` (0.9), so that the weights settle on fixed ranges for the last
+10%; before the window the model trains in float. (Fake-quantizing from the first step, with
+observers never frozen, cost +42.9% test perplexity in the quick ablation, while INT8 inference
+of the same weights matched float.) ``quantization_mode: ptq`` trains in float and quantizes
+after training (per-row scales from each weight's range): the control of the ablation's
+``ptq_int8`` row.
 
-Measured effect (``results/ablation_quick``, quick preset, 2-core CPU): the INT8 export is
-4.67 MiB on disk against 17.34 MiB float32 (3.71x smaller; claimed 4-8x); INT8 inference 1.67x
-the float tokens/s at equal perplexity; but QAT from the first step of a 150-step run costs
-+42.9% test perplexity and 1.77x peak memory. With pruning as well (``resnet_bk_full``) the
-export is 8.7x smaller.
+With ``quantization_int4_experts`` the experts' weights use 4-bit groups of
+``quantization_group_size`` input channels instead (fake-quantized in the same window), exported
+packed two values a byte with one scale per group (``methods.export.pack_int4``): 8x smaller for
+those matrices, so the claimed 8x can be tested.
+
+After training: the export (``resnetbk.methods.export``: INT8 values with per-channel scales,
+packed INT4 groups), its size on disk; and an INT8 CPU inference path through torch's quantized
+kernels (``torch.ao.quantization.quantize_dynamic``: INT8 weights per channel, activations
+quantized per batch at run time, fbgemm matmuls; the embedding through torch's quantized
+embedding), its perplexity and tokens/s on the method-evaluation slice, against the same model
+in float32. torch marks its eager-mode quantization as deprecated in favour of the separate
+``torchao`` package; it still ships and runs (checked by the tests).
+
+Measured effect (``results/ablation_quick``, QAT from the first step: quick preset, 2-core CPU):
+the INT8 export is 4.67 MiB on disk against 17.34 MiB float32 (3.71x smaller; claimed 4-8x); INT8
+inference 1.67x the float tokens/s at equal perplexity; QAT cost +42.9% test perplexity and 1.77x
+peak memory. With pruning as well (``resnet_bk_full``) the export is 8.7x smaller.
 
 Paper: Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient
 Integer-Arithmetic-Only Inference"; Krishnamoorthi 2018, "Quantizing deep convolutional
-networks for efficient inference: A whitepaper" (per-channel weights); group-wise INT4 as in
-GPTQ / AWQ-style weight-only schemes (Frantar et al. 2023; Lin et al. 2024).
+networks for efficient inference: A whitepaper" (per-channel weights, QAT late in training with
+frozen observers); group-wise INT4 as in GPTQ / AWQ-style weight-only schemes (Frantar et al.
+2023; Lin et al. 2024).
 """
 
 from __future__ import annotations
@@ -46,12 +57,15 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..train.evaluate import evaluate
-from ..validate import check_bool
-from .base import Method, check_int
+from ..validate import check_bool, check_choice
+from .base import Method, check_int, check_number
 from .export import describe_export
 from .verdict import Factor, judge
 
 _QCONFIG_BACKEND = "fbgemm"
+#: qat: fake quantization in a late window of training; ptq: trained in float, quantized after
+#: (the control of the ablation's ``ptq_int8`` row).
+MODES = ("qat", "ptq")
 
 
 def weight_fake_quant_module() -> nn.Module:
@@ -72,14 +86,23 @@ def activation_fake_quant_module() -> nn.Module:
 
 
 class FakeQuant(nn.Module):
-    """A torch FakeQuantize that observes in training only, computes in float32 (autocast-safe)."""
+    """A torch FakeQuantize that computes in float32 (autocast-safe), observes in training only
+    and while ``observing``, and passes its input through unchanged until ``enabled`` (the QAT
+    window: ``Quantization.on_batch_start``)."""
 
     def __init__(self, fake_quant: nn.Module):
         super().__init__()
         self.fake_quant = fake_quant
+        self.enabled, self.observing = True, True
+        self.register_buffer("observed", torch.zeros((), dtype=torch.bool))  # has its range been seen
 
     def forward(self, x):
-        self.fake_quant.observer_enabled[0] = int(self.training)
+        if not self.enabled:
+            return x
+        observe = self.training and self.observing
+        self.fake_quant.observer_enabled[0] = int(observe)
+        if observe:
+            self.observed.fill_(True)
         return self.fake_quant(x.float()).to(x.dtype)
 
 
@@ -90,8 +113,11 @@ class GroupInt4(nn.Module):
     def __init__(self, group: int):
         super().__init__()
         self.group = group
+        self.enabled = True
 
     def forward(self, w):
+        if not self.enabled:
+            return w
         rows, cols = w.shape
         pad = (-cols) % self.group
         g = torch.nn.functional.pad(w, (0, pad)).view(rows, -1, self.group)
@@ -147,13 +173,30 @@ def weight_fake_quant(module):
 
 
 def int8_scales(model) -> dict:
-    """``"<module>.weight" -> per-channel scale`` of every INT8 fake-quantized weight."""
+    """``"<module>.weight" -> per-channel scale`` of every INT8 fake-quantized weight: the scales
+    the fake-quant op last used, or, where it never observed (a run stopped before the QAT
+    window), the weight's own per-row range."""
     scales = {}
     for name, module in model.named_modules():
         fq = weight_fake_quant(module)
-        if fq is not None:  # the scales the fake-quant op last used (its buffer)
-            scales[f"{name}.weight"] = fq.fake_quant.scale.detach().float().clone()
+        if fq is not None:
+            scales[f"{name}.weight"] = (fq.fake_quant.scale.detach().float().clone() if bool(fq.observed) else
+                                        per_row_scales(module.weight.detach()))
     return scales
+
+
+def per_row_scales(weight: torch.Tensor) -> torch.Tensor:
+    """Symmetric INT8 scales per row (output channel): the row's largest magnitude over 127."""
+    return (weight.abs().amax(dim=1).float() / 127).clamp_min(1e-12)
+
+
+def quantized_targets(model) -> dict:
+    """Name -> module whose weight is quantized: every linear layer but the tiny ``d -> 1``
+    heads (halting, confidence, gate scores, a one-channel mixer's potential: a single output
+    whose every weight matters, and too small to save anything), and the token embedding."""
+    chosen = {name: m for name, m in quantized_linears(model).items() if m.out_features > 1}
+    chosen["token_embedding"] = model.token_embedding
+    return chosen
 
 
 class Quantization(Method):
@@ -161,13 +204,21 @@ class Quantization(Method):
     claim = "4-8x model size"
     acts_on = "the linear layers' weights and inputs, the BK-Core's input and output, the embedding (fake INT8)"
     paper = "Jacob et al. 2018, Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference"
-    hyperparameters = {"quantization_int4_experts": False, "quantization_group_size": 32}
+    hyperparameters = {"quantization_mode": "qat", "quantization_start_fraction": 0.7,
+                       "quantization_freeze_fraction": 0.9, "quantization_int4_experts": False,
+                       "quantization_group_size": 32}
 
     @classmethod
     def validate(cls, config) -> None:
         settings = cls.settings_of(config)
+        check_choice(settings, "quantization_mode", MODES)
+        check_number(settings, "quantization_start_fraction", low=0.0, high=1.0)
+        check_number(settings, "quantization_freeze_fraction", low=settings.quantization_start_fraction, high=1.0)
         check_bool(settings, "quantization_int4_experts")
         check_int(settings, "quantization_group_size", low=1)
+        if settings.quantization_mode == "ptq" and settings.quantization_int4_experts:
+            raise ValueError("quantization_int4_experts: the INT4 experts are trained (qat); with quantization_mode "
+                             "ptq set it to false")
 
     #: Every linear layer is quantized, the other methods' included: they attach first.
     attach_after = ("use_koopman", "use_physics_informed", "use_act", "use_multi_scale", "use_sparse_bk",
@@ -175,25 +226,59 @@ class Quantization(Method):
 
     @classmethod
     def attach(cls, model, config) -> None:
-        for name, module in quantized_linears(model).items():
-            if cls.settings_of(config).quantization_int4_experts and ".experts." in name:
-                parametrize.register_parametrization(module, "weight", GroupInt4(cls.settings_of(config).quantization_group_size))
+        settings = cls.settings_of(config)
+        if settings.quantization_mode == "ptq":
+            return  # trained in float; quantized after training (on_export, on_evaluation)
+        for name, module in quantized_targets(model).items():
+            if name == "token_embedding":  # rows like a weight, weight-only (as torch quantizes embeddings)
+                parametrize.register_parametrization(module, "weight", FakeQuant(weight_fake_quant_module()))
+                continue
+            if settings.quantization_int4_experts and ".experts." in name:
+                parametrize.register_parametrization(module, "weight", GroupInt4(settings.quantization_group_size))
             else:
                 parametrize.register_parametrization(module, "weight", FakeQuant(weight_fake_quant_module()))
-            module.input_fake_quant = FakeQuant(activation_fake_quant_module())
-            module.register_forward_pre_hook(_input_hook)
-            if name.endswith("bk.v_proj"):  # the BK-Core's input (the potential before its soft clamp)
-                module.output_fake_quant = FakeQuant(activation_fake_quant_module())
-                module.register_forward_hook(_output_hook)
-        embedding = model.token_embedding
-        parametrize.register_parametrization(embedding, "weight", FakeQuant(weight_fake_quant_module()))
+            if name != "lm_head":  # inference quantizes the head's input per batch (dynamic): no fixed range
+                module.input_fake_quant = FakeQuant(activation_fake_quant_module())
+                module.register_forward_pre_hook(_input_hook)
+
+    def on_batch_start(self, state) -> None:
+        # The QAT window: fake quantization from quantization_start_fraction of the steps, its
+        # observers frozen from quantization_freeze_fraction (the ranges then stay put while the
+        # weights settle on them).
+        progress = state.progress.step / max(state.total_steps, 1)
+        enabled = progress >= self.settings.quantization_start_fraction
+        observing = progress < self.settings.quantization_freeze_fraction
+        for module in state.model.modules():
+            if isinstance(module, FakeQuant):
+                module.enabled, module.observing = enabled, observing
+            elif isinstance(module, GroupInt4):
+                module.enabled = enabled
+        figures = state.figures.setdefault(self.flag, {})
+        if enabled and "qat_started_at_step" not in figures:
+            figures["qat_started_at_step"] = state.progress.step
+        if enabled and not observing and "observers_frozen_at_step" not in figures:
+            figures["observers_frozen_at_step"] = state.progress.step
 
     def on_evaluation(self, state) -> None:
-        state.figures[self.flag] = {**state.figures.get(self.flag, {}), **int8_inference(state)}
+        for module in state.model.modules():  # the evaluated model is the quantized one
+            if isinstance(module, (FakeQuant, GroupInt4)):
+                module.enabled = True
+        state.figures[self.flag] = {**state.figures.get(self.flag, {}), **int8_inference(state),
+                                    "mode": self.settings.quantization_mode}
 
     def on_export(self, state) -> None:
-        # The exported file (methods.export.Exporter) stores these weights as INT8 per channel.
-        state.exports[self.flag] = {"int8_scales": int8_scales(state.model)}
+        # The exported file (methods.export.Exporter) stores these weights as INT8 per channel,
+        # the INT4 experts packed two to a byte with their group scales.
+        if self.settings.quantization_mode == "ptq":
+            scales = {f"{name}.weight": per_row_scales(m.weight.detach())
+                      for name, m in quantized_targets(state.model).items()}
+        else:
+            scales = int8_scales(state.model)
+        int4 = {f"{name}.weight": self.settings.quantization_group_size
+                for name, m in state.model.named_modules()
+                if parametrize.is_parametrized(m, "weight") and any(isinstance(p, GroupInt4)
+                                                                      for p in m.parametrizations.weight)}
+        state.exports[self.flag] = {"int8_scales": scales, "int4_groups": int4}
 
     @classmethod
     def assess(cls, row):
