@@ -1,71 +1,50 @@
-"""Koopman and physics-informed: the block states they read, the least-squares fit, the Koopman
-evaluation mode, the energy-conservation term (normalised, at a fixed weight)."""
+"""Koopman and physics-informed: the weights' DMD prediction and its jumps (and a refused one),
+the energy-conservation term (normalised, at a fixed weight)."""
 
 import pytest
 import torch
 
-from helpers_methods import VOCAB, run_training, small_config, synthetic_corpus, tokens
-from resnetbk.bench.recipe import make_model
-from resnetbk.flops import FlopsTracer
-from resnetbk.measure.causality import probe_causality
-from resnetbk.methods.koopman import KoopmanModels, koopman_mode
+from helpers_methods import run_training, small_config, synthetic_corpus
 from resnetbk.methods.physics_informed import Energies
 
 
-def test_the_streaming_least_squares_fit_recovers_a_linear_map():
-    gen = torch.Generator().manual_seed(0)
-    truth = torch.randn(4, 4, generator=gen) / 2
-    models = KoopmanModels(1, 8, 4)
-    for _ in range(5):
-        z = torch.randn(300, 4, generator=gen)
-        models.refit([(z, z @ truth.t())], decay=0.9, rows=10_000, eps=1e-8)
-    torch.testing.assert_close(models.operator[0], truth, rtol=1e-4, atol=1e-4)
-    assert models.residuals([(z, z @ truth.t())])[0] < 1e-4
+def test_dmd_of_the_updates_predicts_gradient_descent_on_a_quadratic():
+    from resnetbk.methods.koopman import dmd_prediction
+
+    torch.manual_seed(0)
+    hessian = torch.diag(torch.linspace(0.1, 1.0, 50))
+    w = torch.randn(50)
+    snapshots = [w.clone()]
+    for _ in range(9):
+        w = w - 0.5 * hessian @ w
+        snapshots.append(w.clone())
+    predicted, fit_error = dmd_prediction(snapshots, 10)
+    for _ in range(10):
+        w = w - 0.5 * hessian @ w
+    assert fit_error < 1e-4
+    assert float((predicted - w).norm() / (w - snapshots[-1]).norm()) < 0.02  # 10 steps ahead, no gradient
 
 
-def test_koopman_mode_replaces_the_later_blocks_and_stays_causal():
-    config = small_config(use_koopman=True, koopman_start_block=1)
-    model = make_model(config, VOCAB).eval()
-    x = tokens(b=2, n=16)
-    with torch.no_grad():
-        normal = model(x)
-        tracer = FlopsTracer()
-        with koopman_mode(model, 1), tracer:
-            replaced = model(x)
-    assert not torch.allclose(normal, replaced)
-    by_component = tracer.report()["by_component"]
-    assert not any(c.startswith(("blocks.1.", "blocks.2.")) for c in by_component)
-    assert any(c.startswith("koopman.lift.1") for c in by_component)
-    with koopman_mode(model, 1):
-        assert probe_causality(model, VOCAB, 16).causal
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), normal)  # restored afterwards
-
-
-@pytest.mark.parametrize("start", (1, 2))
-def test_koopman_mode_with_multi_scale_replaces_exactly_the_blocks_it_names(start):
-    """With the middle blocks shortened (stages (0) (1, 2 shortened) (3) at 4 layers), every block
-    from ``start`` on runs as its Koopman model, the shortened group's own too, and no other."""
-    config = small_config(use_koopman=True, use_multi_scale=True, koopman_start_block=start, n_layers=4)
-    model = make_model(config, VOCAB).eval()
-    x = tokens(b=2, n=16)
-    tracer = FlopsTracer()
-    with torch.no_grad(), koopman_mode(model, start), tracer:
-        model(x)
-    by_component = tracer.report()["by_component"]
-    ran = {i for i in range(4) if any(c.startswith(f"blocks.{i}.") for c in by_component)}
-    lifted = {i for i in range(4) if any(c.startswith(f"koopman.lift.{i}") for c in by_component)}
-    assert ran == set(range(start)) and lifted == set(range(start, 4))
-    assert any(c.startswith("shortened.") for c in by_component)  # the group's shortening still runs
-
-
-def test_a_koopman_run_trains_the_lifts_fits_k_and_reports_both_modes(tmp_path):
-    result = run_training(small_config(use_koopman=True, epochs=1), synthetic_corpus(), tmp_path)
+def test_a_koopman_run_jumps_without_gradients_and_keeps_the_steps(tmp_path):
+    config = small_config(use_koopman=True, epochs=2, koopman_snapshots=4, koopman_interval=8, koopman_horizon=5,
+                          lr=3e-3)
+    corpus = synthetic_corpus(train_tokens=2400)
+    result = run_training(config, corpus, tmp_path)
+    plain = run_training(small_config(epochs=2, lr=3e-3), corpus, tmp_path, name="plain")
     figures = result.methods["use_koopman"]
-    assert figures["koopman_mode"]["perplexity"] > 0 and figures["normal"]["perplexity"] > 0
-    assert figures["koopman_mode"]["forward_flops_per_token"] < figures["normal"]["forward_flops_per_token"]
-    assert "koopman" in result.epoch_aux_losses
-    assert len(figures["fit_relative_residual_last_step"]) == 3
+    assert result.steps == plain.steps  # the jumps are extra: every step is still one backward pass
+    assert figures["jumps_taken"] + figures["jumps_refused"] >= 2
+    assert figures["steps_advanced_without_gradients"] == 5 * figures["jumps_taken"]
+    assert result.epoch_losses != plain.epoch_losses  # the jumps moved the weights
+
+
+def test_an_unstable_prediction_is_refused(tmp_path, monkeypatch):
+    from resnetbk.methods import koopman
+
+    monkeypatch.setattr(koopman, "dmd_prediction", lambda snapshots, horizon, rank: (snapshots[-1] * 1e6, 0.0))
+    config = small_config(use_koopman=True, epochs=1, koopman_snapshots=3, koopman_interval=4)
+    figures = run_training(config, synthetic_corpus(), tmp_path).methods["use_koopman"]
+    assert figures["jumps_taken"] == 0 and figures["jumps_refused"] >= 1
 
 
 def test_the_energy_term_is_zero_only_for_a_conserved_energy_that_varies_and_a_constant_one_cannot_game_it():
@@ -102,7 +81,7 @@ def test_a_physics_informed_run_adds_the_energy_term_at_its_fixed_weight(tmp_pat
 
 
 @pytest.mark.parametrize("field,value,flag", [
-    ("koopman_dim", 0, "use_koopman"), ("koopman_decay", 0.0, "use_koopman"), ("koopman_start_block", 3, "use_koopman"),
+    ("koopman_snapshots", 2, "use_koopman"), ("koopman_horizon", 0, "use_koopman"), ("koopman_max_move", 0.0, "use_koopman"),
     ("physics_hidden", 0, "use_physics_informed"), ("physics_weight", 0.0, "use_physics_informed"),
 ])
 def test_bad_hyperparameters_are_named(field, value, flag):

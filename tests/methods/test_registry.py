@@ -122,7 +122,6 @@ def test_every_method_keeps_the_model_causal(flags):
 #: were ignored, or that changed the step some other way, would not show its own evidence.
 EVIDENCE = {
     "use_analytic_gradient": ("op", "resnetbk.bk_core_backward"),
-    "use_koopman": ("component", "koopman.lift."),
     "use_physics_informed": ("component", "energies."),
     "use_quantization": ("op", "aten._fused_moving_avg_obs_fq_helper"),
     "use_pruning": ("component", ".parametrizations.weight"),

@@ -37,7 +37,7 @@ def test_conditions_notes_and_missing_measurements():
 
 
 @pytest.mark.parametrize("flag", ["use_analytic_gradient", "use_quantization", "use_pruning", "use_sparse_bk",
-                                  "use_mixed_precision", "use_multi_scale", "use_act", "use_koopman"])
+                                  "use_mixed_precision", "use_multi_scale", "use_act"])
 def test_every_claimed_figure_goes_through_the_one_rule(flag):
     """A method's verdict names its factor with the rule's "claimed ... needs ..." words."""
     import inspect
