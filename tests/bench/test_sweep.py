@@ -72,3 +72,18 @@ def test_resume_compares_what_runs_not_the_settings_of_methods_that_are_off():
     assert _what_runs(older) == _what_runs(now)
     older["methods"]["use_act"]["act_bias_init"] = 1.0  # on: a different run
     assert _what_runs(older) != _what_runs(now)
+
+
+def test_resume_reruns_a_finished_run_of_an_older_form_of_a_method(tmp_path, tiny_data, capsys):
+    out = tmp_path / "sweep"
+    assert run(tiny_data, out) == 0
+    path = out / "sweep_use_act_ponder_weight_0.3_results.json"
+    doc = json.loads(path.read_text())
+    assert doc["methods"]["use_act"]["version"] == ACT.version
+    doc["methods"]["use_act"].pop("version")  # as a file from before versions (form 1)
+    path.write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert run(tiny_data, out, "--resume") == 0
+    captured = capsys.readouterr()
+    assert "ran an older form of use_act; running it again" in captured.err
+    assert captured.out.count("finished earlier, kept") == 2

@@ -196,6 +196,19 @@ def test_qat_runs_in_a_late_window_with_observers_frozen_near_the_end(tmp_path):
     assert figures["qat_started_at_step"] == math.ceil(0.5 * total)
     assert figures["observers_frozen_at_step"] == math.ceil(0.75 * total)
     assert figures["mode"] == "qat" and math.isfinite(figures["int8_inference"]["perplexity"])
+    # The ranges were observed on the trained weights from the window's start, not on the initial
+    # ones the parametrization saw when it was registered.
+    q = quantization
+    model = make_model(config, VOCAB)
+    layer = model.blocks[0].moe.experts[0][0]
+    with torch.no_grad():
+        layer.parametrizations.weight.original.mul_(10.0)  # the weights grow after registration
+    fq = q.weight_fake_quant(layer)
+    fq.reset()
+    model.train()
+    model(tokens(b=2, n=16))
+    torch.testing.assert_close(fq.fake_quant.scale, q.per_row_scales(layer.parametrizations.weight.original.detach()),
+                               rtol=0.05, atol=0)
     model = make_model(config, VOCAB)
     fq = quantization.weight_fake_quant(model.blocks[0].moe.experts[0][0])
     fq.enabled = False  # before the window: the weight passes through unrounded

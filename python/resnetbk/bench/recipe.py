@@ -38,6 +38,8 @@ def run_and_save(config, data_dir: Optional[str], run_dir: str, result_path: str
     steps_csv = Path(result_path).with_name(f"{config.model_name}_steps.csv")
     results = train_model(config, corpus, run_dir, resume=resume, quiet=quiet, steps_csv=steps_csv,
                           tensorboard_dir=Path(run_dir) / "tensorboard" if tensorboard else None)
+    for method in methods.enabled(config):  # which form of each method ran (--resume compares it)
+        results.methods.setdefault(method.flag, {})["version"] = method.version
     w = distributed.world(distributed.resolve_device(config.device))
     if w.is_main:
         results.save(result_path)

@@ -73,9 +73,10 @@ def _stop_worker(process, grace_s: float = 30.0) -> None:
 
 
 def _what_runs(config: dict) -> dict:
-    """A config (as a results file holds it) reduced to what decides the run: a method that is off
-    is only ``enabled: false`` (its settings do not act), and a field a newer version added
-    counts at its default (what the older run did)."""
+    """A config (as a results file holds it) reduced to what decides the run: only the methods
+    that are on (the settings of one that is off do not act; a method added since is off in an
+    older file), and a field a newer version added at its default (what the older run did). Which
+    form of each method ran is compared apart (``methods[flag]["version"]`` of the results)."""
     from ..models import ModelOptions
 
     data = json.loads(json.dumps(config))
@@ -84,7 +85,6 @@ def _what_runs(config: dict) -> dict:
     methods_now = {}
     for flag, settings in data.get("methods", {}).items():
         if not settings.get("enabled"):
-            methods_now[flag] = {"enabled": False}
             continue
         defaults = {}
         if flag in method_registry.BY_FLAG:
@@ -167,6 +167,12 @@ class WikiText2Benchmark:
             return None
         if _what_runs(kept.config) != _what_runs(config.to_dict()):
             print(f"{config.model_name}: {result_path} holds another config's results; running it again",
+                  file=sys.stderr)
+            return None
+        older = [m.flag for m in method_registry.enabled(config)
+                 if kept.methods.get(m.flag, {}).get("version", 1) != m.version]
+        if older:
+            print(f"{config.model_name}: {result_path} ran an older form of {', '.join(older)}; running it again",
                   file=sys.stderr)
             return None
         print(f"{config.model_name}: finished earlier, kept ({result_path})", flush=True)

@@ -50,6 +50,7 @@ USED_DEPTH_SHARE = 0.01
 class ACT(Method):
     flag = "use_act"
     claim = "30% fewer layers"
+    version = 2  # the fair-methods form (issue 22)
     acts_on = "the depth each token runs (halting units; a ponder loss)"
     paper = "Graves 2016, Adaptive Computation Time for Recurrent Neural Networks; Dehghani et al. 2019, Universal Transformers"
     hyperparameters = {"act_threshold": 0.99, "ponder_weight": 0.01, "act_bias_init": -2.0}

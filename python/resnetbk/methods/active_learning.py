@@ -3,9 +3,10 @@
 What it does: at the start of every step the current model scores each row of the batch (one
 sequence of ``n_seq`` tokens: a forward without gradients, in evaluation mode, the row's mean
 next-token loss). Selective Backprop's rule (Jiang et al. 2019) then keeps a row with
-probability ``percentile ** beta``, its loss's percentile among the batch's rows, with
+probability ``percentile ** beta``, its loss's rank percentile among the batch's rows, with
 ``beta = 1 / active_learning_fraction - 1`` so that the expected share kept is about
-``active_learning_fraction``; at least one row is kept. (The paper takes the percentile among a
+``active_learning_fraction``; at least one row is kept. The random control keeps that many rows
+(``fraction`` of the batch, rounded) at random. (The paper takes the percentile among a
 history of recent losses; within the batch the rule keeps no state and its draws come from a
 generator seeded by the step, so an interrupted run resumes exactly.) The step runs forward and backward on the
 kept rows only. The number of optimizer steps and the learning-rate schedule are the baseline's:
@@ -67,6 +68,7 @@ def row_losses(model, inputs: torch.Tensor, targets: torch.Tensor, context) -> t
 class ActiveLearning(Method):
     flag = "use_active_learning"
     claim = "50% less data"
+    version = 2  # the fair-methods form (issue 22)
     acts_on = "which rows of each batch the step trains on (Selective Backprop: hard rows by the current loss)"
     paper = ("Jiang et al. 2019, Selective Backprop; Loshchilov and Hutter 2015, Online Batch Selection "
              "(loss-based selection)")
@@ -89,10 +91,16 @@ class ActiveLearning(Method):
         fraction = self.settings.active_learning_fraction
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
         draws = torch.rand(losses.numel(), generator=generator)
+        n = losses.numel()
         if self.settings.active_learning_selection == "random":
-            keep = draws < fraction
+            # The same budget as the rule's expectation, n * fraction rows, drawn at random.
+            keep = torch.zeros(n, dtype=torch.bool)
+            keep[torch.randperm(n, generator=generator)[:max(1, round(fraction * n))]] = True
         else:
-            percentile = (losses[None, :] <= losses[:, None]).float().mean(dim=1)  # in (0, 1]
+            # The rank percentile (r - 1) / (n - 1) in [0, 1]: E[p ** beta] = 1 / (beta + 1) = fraction
+            # (up to the discreteness of n ranks).
+            ranks = (losses[None, :] < losses[:, None]).float().sum(dim=1)
+            percentile = ranks / max(n - 1, 1)
             keep = draws < percentile.pow(1.0 / fraction - 1.0)
         if not bool(keep.any()):
             keep[int(losses.argmax())] = True
@@ -103,7 +111,7 @@ class ActiveLearning(Method):
 
     def on_batch_start(self, state) -> None:
         start = time.perf_counter()
-        if self._scoring_flops_per_step is None:  # the epoch's first step: every step scores the same shape
+        if self._scoring_flops_per_step is None:  # the epoch's first step (a curriculum's later shapes cost its rate)
             tracer = FlopsTracer()
             with tracer:
                 losses = row_losses(state.model, state.inputs, state.targets, state.forward_context)
@@ -126,7 +134,11 @@ class ActiveLearning(Method):
         figures["mean_loss_kept"] = figures["loss_kept_sum"] / figures["rows_kept"]
         figures["mean_loss_left_out"] = figures["loss_left_out_sum"] / left_out if left_out else math.nan
         figures["scoring_flops"] += self._scoring_flops_per_step
-        figures["scoring_seconds"] += time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        figures["scoring_seconds"] += elapsed
+        # Training time: the step's own clock starts after BATCH_START, so the scoring is added here.
+        state.epoch.time += elapsed
+        state.epoch.untraced_time += elapsed
 
     @classmethod
     def assess(cls, row):

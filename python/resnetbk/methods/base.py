@@ -59,8 +59,9 @@ class AblationRow:
     baseline_flops_per_step: Optional[float] = None
     context_reach: Optional[dict] = None
     baseline_context_reach: Optional[dict] = None
-    #: The baseline's test perplexity's seed standard deviation in percent, where the ablation
-    #: ran seeds (``methods.verdict``: the allowed perplexity margin is twice it, at least 2%).
+    #: The baseline's test perplexity's seed standard deviation in percent, for an ablation run
+    #: over seeds (``methods.verdict``: the allowed margin is twice it, at least 2%). The ablation
+    #: runs one seed today and leaves it None: the margin is 2%.
     perplexity_noise_percent: Optional[float] = None
 
 
@@ -77,6 +78,9 @@ class Method(Listener):
     incompatible_with: ClassVar[tuple] = ()  # flags that cannot be on together with this one
     #: False for methods that change only the training procedure (data, order, autocast), not the model.
     changes_model: ClassVar[bool] = True
+    #: Which form of the method this is: raised when what it does changes, so that ``--resume``
+    #: reruns a finished run of an older form (a results file without it had form 1).
+    version: ClassVar[int] = 1
     #: True for a method that acts on the BK-Core mixer (an error with the no_mixer control).
     needs_mixer: ClassVar[bool] = False
     #: Flags whose ``attach`` must run before this one's when both are on (the order where it matters).

@@ -50,6 +50,7 @@ from .evaluation import record_evaluation
 class EarlyExit(Method):
     flag = "use_early_exit"
     claim = "variable"
+    version = 2  # the fair-methods form (issue 22)
     acts_on = "the depth each token runs at evaluation (exits, confidence heads)"
     paper = "Schuster et al. 2022, Confident Adaptive Language Modeling (CALM)"
     hyperparameters = {"exit_loss_weight": 0.2, "exit_loss_fraction": 0.25,

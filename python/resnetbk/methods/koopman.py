@@ -79,6 +79,7 @@ def dmd_prediction(snapshots: list, horizon: int, rank: int = 0) -> tuple:
 class Koopman(Method):
     flag = "use_koopman"
     claim = "100x gradient cost"
+    version = 2  # the fair-methods form (issue 22)
     acts_on = "the weights between steps (a DMD operator fitted to their recent trajectory advances them)"
     paper = "Dogra and Redman 2020, Optimizing Neural Networks via Koopman Operator Theory; Schmid 2010 (DMD)"
     changes_model = False

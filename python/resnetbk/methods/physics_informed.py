@@ -12,9 +12,11 @@ Why normalised, and why fixed: with the earlier loss, the mean squared change of
 learnable weight ``exp(-s) L + s``, two learnable energies could conserve trivially (a constant
 output gives ``L = 0``), and the weighted term was unbounded below as ``L -> 0`` (``s`` grew from
 0.13 to 0.21 in the original preset's full run). A correlation is scale-free and a constant
-energy has none (its term is 1, the worst but one), so the only way to a small term is an energy
-that varies between positions and is conserved along each position's trajectory; the term lies
-in ``[0, 2]``, and its weight is a fixed number. ``physics_weight`` 0.1 is a starting value: the
+energy has none (its term is 1, the worst but one): a small term needs an energy that varies
+between positions and keeps their order from block to block (any increasing affine relation
+between consecutive energies scores 0, so "conserved" here means up to such a map, and adjacent
+residual states already correlate); the term lies in ``[0, 2]``, and its weight is a fixed
+number. ``physics_weight`` 0.1 is a starting value: the
 sweep on validation data at the ``epoch`` preset that will set it is still to be run.
 
 Records: the weighted energy term per epoch (in ``epoch_aux_losses``) and the unweighted
@@ -74,6 +76,7 @@ def correlation(a, b, eps: float = 1e-12):
 class PhysicsInformed(Method):
     flag = "use_physics_informed"
     claim = "10x fewer training steps"
+    version = 2  # the fair-methods form (issue 22)
     acts_on = "the training loss (an energy-conservation term across the blocks; two small energy MLPs)"
     paper = "Greydanus et al. 2019, Hamiltonian Neural Networks"
     hyperparameters = {"physics_hidden": 32, "physics_weight": 0.1}

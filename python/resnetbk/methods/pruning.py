@@ -173,6 +173,7 @@ def sparsity_figures(model) -> dict:
 class Pruning(Method):
     flag = "use_pruning"
     claim = "4x model size"
+    version = 2  # the fair-methods form (issue 22)
     acts_on = "the weight matrices (magnitude masks) and the MoE experts (removal)"
     paper = "Zhu and Gupta 2017, To prune, or not to prune (gradual magnitude pruning)"
     hyperparameters = {"pruning_target_sparsity": 0.8, "pruning_start_fraction": 0.2, "pruning_end_fraction": 0.6,
@@ -203,6 +204,9 @@ class Pruning(Method):
                 module.expert_routing = ExpertRouting(len(module.experts))
                 module.router.register_forward_hook(module.expert_routing.on_router_output)
 
+    def best_from_step(self, total_steps: int) -> int:
+        return math.ceil(self.settings.pruning_end_fraction * total_steps)  # the model pruned to its target
+
     def on_after_optimizer_step(self, state) -> None:
         step, total = state.progress.step, state.total_steps
         end_step = max(1, math.ceil(self.settings.pruning_end_fraction * total))
@@ -216,8 +220,8 @@ class Pruning(Method):
         if step < self.settings.pruning_start_fraction * total:  # routing is counted from the window's start
             for routing in _routings(state.model).values():
                 routing.routed_tokens.zero_()
-        if step == end_step:
-            self._remove_experts(state)
+        if step >= end_step and "experts_removed" not in state.figures.get(self.flag, {}):
+            self._remove_experts(state)  # once, at the window's end (or the first step taken after it)
 
     def _remove_experts(self, state) -> None:
         removed = []

@@ -96,6 +96,11 @@ class FakeQuant(nn.Module):
         self.enabled, self.observing = True, True
         self.register_buffer("observed", torch.zeros((), dtype=torch.bool))  # has its range been seen
 
+    def reset(self) -> None:
+        """Forget the observed range (the next observation starts it afresh)."""
+        self.fake_quant.activation_post_process.reset_min_max_vals()
+        self.observed.fill_(False)
+
     def forward(self, x):
         if not self.enabled:
             return x
@@ -202,6 +207,7 @@ def quantized_targets(model) -> dict:
 class Quantization(Method):
     flag = "use_quantization"
     claim = "4-8x model size"
+    version = 2  # the fair-methods form (issue 22)
     acts_on = "the linear layers' weights and inputs, the BK-Core's input and output, the embedding (fake INT8)"
     paper = "Jacob et al. 2018, Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference"
     hyperparameters = {"quantization_mode": "qat", "quantization_start_fraction": 0.7,
@@ -213,7 +219,8 @@ class Quantization(Method):
         settings = cls.settings_of(config)
         check_choice(settings, "quantization_mode", MODES)
         check_number(settings, "quantization_start_fraction", low=0.0, high=1.0)
-        check_number(settings, "quantization_freeze_fraction", low=settings.quantization_start_fraction, high=1.0)
+        check_number(settings, "quantization_freeze_fraction", low=settings.quantization_start_fraction, high=1.0,
+                     low_open=True)  # observers need some steps of the window to see the ranges
         check_bool(settings, "quantization_int4_experts")
         check_int(settings, "quantization_group_size", low=1)
         if settings.quantization_mode == "ptq" and settings.quantization_int4_experts:
@@ -241,6 +248,11 @@ class Quantization(Method):
                 module.input_fake_quant = FakeQuant(activation_fake_quant_module())
                 module.register_forward_pre_hook(_input_hook)
 
+    def best_from_step(self, total_steps: int) -> int:
+        if self.settings.quantization_mode == "ptq":
+            return 0
+        return math.ceil(self.settings.quantization_freeze_fraction * total_steps)  # ranges seen and frozen
+
     def on_batch_start(self, state) -> None:
         # The QAT window: fake quantization from quantization_start_fraction of the steps, its
         # observers frozen from quantization_freeze_fraction (the ranges then stay put while the
@@ -255,6 +267,11 @@ class Quantization(Method):
                 module.enabled = enabled
         figures = state.figures.setdefault(self.flag, {})
         if enabled and "qat_started_at_step" not in figures:
+            # The window opens: every range starts from what the trained model shows now (the
+            # observers saw the initial weights once, when the parametrizations were registered).
+            for module in state.model.modules():
+                if isinstance(module, FakeQuant):
+                    module.reset()
             figures["qat_started_at_step"] = state.progress.step
         if enabled and not observing and "observers_frozen_at_step" not in figures:
             figures["observers_frozen_at_step"] = state.progress.step

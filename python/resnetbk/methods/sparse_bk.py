@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from .base import Method, check_number
 from .evaluation import record_evaluation
-from .verdict import Factor, judge
+from .verdict import Condition, Factor, judge
 
 
 class SparseGate(nn.Module):
@@ -81,6 +81,7 @@ def mean_sparsity(model) -> float:
 class SparseBK(Method):
     flag = "use_sparse_bk"
     claim = "1.8x at 50% sparsity"
+    version = 2  # the fair-methods form (issue 22)
     acts_on = "the BK-Core mixer's potential and read-out per position"
     paper = "Bengio et al. 2013 (straight-through estimator); Raposo et al. 2024, Mixture-of-Depths"
     needs_mixer = True
@@ -124,5 +125,12 @@ class SparseBK(Method):
                f"step tokens/s {row.tokens_per_second_ratio:.2f}x") if speedup and sparsity is not None else "-"
         if speedup is None:
             return own, "not measured"
+        target = row.figures.get("target_sparsity", 0.5)
+        realised = Condition(f"the trained gate's sparsity {sparsity:.2f} within 0.05 of the target {target:.2f}"
+                             if sparsity is not None and abs(sparsity - target) <= 0.05 else
+                             f"the trained gate's sparsity {sparsity if sparsity is not None else float('nan'):.2f} "
+                             f"is not within 0.05 of the target {target:.2f}",
+                             met=sparsity is not None and abs(sparsity - target) <= 0.05)
         return own, judge([Factor("the BK op's forward+backward at a 50% mask", speedup, 1.8)],
-                          row.test_perplexity_change_percent, noise_percent=row.perplexity_noise_percent)
+                          row.test_perplexity_change_percent, conditions=(realised,),
+                          noise_percent=row.perplexity_noise_percent)

@@ -72,6 +72,8 @@ def judge(factors: list, test_change_percent: float, *, conditions: tuple = (),
           noise_percent: Optional[float] = None) -> str:
     """The verdict in words (see the module's documentation)."""
     missing = [f.what for f in factors if not f.measured_ok]
+    if not math.isfinite(test_change_percent):
+        missing.append("the test perplexity")
     if not factors or missing:
         return "not measured: " + (", ".join(missing) or "no factor")
     margin = perplexity_margin(noise_percent)

@@ -68,6 +68,12 @@ class Listener:
         """How many of an epoch's ``windows`` the run trains on (the schedule's length)."""
         return windows
 
+    def best_from_step(self, total_steps: int) -> int:
+        """The first step after which an epoch's weights may be kept as the best (a method whose
+        own schedule changes the model, pruning or quantization, is judged on the model it
+        makes, not on one from before it)."""
+        return 0
+
     def close(self) -> None:
         """Called once when the loop ends, however it ends (files to close)."""
 
@@ -102,6 +108,9 @@ class Listeners:
 
     def epoch_windows(self, windows: int) -> int:
         return min([listener.epoch_windows(windows) for listener in self.listeners], default=windows)
+
+    def best_from_step(self, total_steps: int) -> int:
+        return max([listener.best_from_step(total_steps) for listener in self.listeners], default=0)
 
     def close(self) -> None:
         for listener in self.listeners:

@@ -175,7 +175,8 @@ def end_epoch(state: TrainState) -> None:
     for name, total in epoch.terms.items():
         progress.epoch_aux_losses.setdefault(name, []).append(total / max(epoch.steps, 1))
     state.listeners.fire(Event.EPOCH_END, state)
-    if valid_ppl < progress.best_valid:
+    eligible = progress.step >= state.listeners.best_from_step(state.total_steps)
+    if eligible and valid_ppl < progress.best_valid:
         progress.best_valid, progress.best_epoch = valid_ppl, progress.epoch + 1
         progress.best_model = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
     progress.epoch += 1
