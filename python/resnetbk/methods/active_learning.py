@@ -58,11 +58,11 @@ def row_losses(model, inputs: torch.Tensor, targets: torch.Tensor, context) -> t
     try:
         with torch.no_grad(), context():
             hidden = model(inputs, features_only=True)
-            losses = [model.lm_head(hidden[i], targets[i]) / max(int((targets[i] != wt2.IGNORE_INDEX).sum()), 1)
-                      for i in range(inputs.shape[0])]
+            sums = torch.stack([model.lm_head(hidden[i], targets[i]) for i in range(inputs.shape[0])])
+            counts = (targets != wt2.IGNORE_INDEX).sum(dim=1).clamp_min(1)
     finally:
         model.train(was_training)
-    return torch.stack(losses).float().cpu()
+    return (sums.float() / counts).cpu()  # one host sync for the batch
 
 
 class ActiveLearning(Method):

@@ -64,7 +64,10 @@ def record_evaluation(state, *, blocks: bool = False, components: bool = False,
 
 def depth_counts(blocks_per_token, n_layers: int):
     """How many tokens ran 0, 1, ..., ``n_layers`` blocks (a tensor on the model's device: no host sync)."""
-    return torch.bincount(blocks_per_token.detach().flatten().round().long(), minlength=n_layers + 1)
+    depths = blocks_per_token.detach().flatten().round().long()
+    # index_add_, not bincount: bincount reads its input's range back to the host on CUDA.
+    return torch.zeros(n_layers + 1, dtype=torch.long, device=depths.device).index_add_(
+        0, depths, torch.ones_like(depths))
 
 
 def depth_fractions(counts) -> list:
