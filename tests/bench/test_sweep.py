@@ -27,7 +27,7 @@ def test_a_sweep_writes_its_rows_chooses_on_validation_and_resumes_without_rerun
         assert settings["enabled"] and settings["ponder_weight"] == r["value"]
         assert r["verdict_on_validation"].split(":")[0] in ("held", "not borne out", "not measured")
     held = [r for r in doc["rows"] if r["verdict_on_validation"].startswith("held")]
-    pool = held or doc["rows"]
+    pool = held or [r for r in doc["rows"] if r["saving_delivered"]] or doc["rows"]
     assert doc["chosen"]["value"] == min(pool, key=lambda r: r["valid_perplexity"])["value"]
     assert "Chosen: **ponder_weight =" in (out / "sweep.md").read_text()
     stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*_results.json")}
@@ -43,6 +43,9 @@ def test_the_choice_prefers_a_holding_value_then_the_lowest_validation_perplexit
             {"row": "c", "value": 3, "valid_perplexity": 11.0, "verdict_on_validation": "held: z"}]
     assert sweep.choose(rows)["value"] == 3
     assert sweep.choose(rows[:1])["value"] == 1 and "no value holds" in sweep.choose(rows[:1])["rule"]
+    saving = [{**rows[0], "saving_delivered": False}, {"row": "d", "value": 4, "valid_perplexity": 15.0,
+                                                       "verdict_on_validation": "not borne out: y", "saving_delivered": True}]
+    assert sweep.choose(saving)["value"] == 4 and "deliver the claimed saving" in sweep.choose(saving)["rule"]
 
 
 @pytest.mark.parametrize("values,message", [

@@ -18,6 +18,14 @@ def test_held_needs_every_factor_at_ninety_percent_and_the_perplexity_within_the
     assert both.startswith("not borne out: size 1.00x") and both.endswith("test perplexity +3.0% (more than the allowed +2.0%)")
 
 
+def test_the_verdict_says_whether_the_saving_was_delivered():
+    assert judge([Factor("speed", 2.0, 2)], 0.5).held
+    worse = judge([Factor("speed", 2.0, 2)], 5.0)
+    assert not worse.held and worse.saving_delivered  # only the perplexity failed
+    short = judge([Factor("speed", 1.0, 2)], 0.5)
+    assert not short.held and not short.saving_delivered
+
+
 def test_the_margin_is_two_seed_standard_deviations_or_two_percent():
     assert perplexity_margin(None) == 2.0 and perplexity_margin(0.4) == 2.0 and perplexity_margin(1.5) == 3.0
     assert judge([Factor("speed", 3.0, 2)], 2.9, noise_percent=1.5).startswith("held")

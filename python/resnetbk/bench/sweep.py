@@ -6,7 +6,8 @@ one full pass with the original model and optimizer), and reads each run as an a
 (``bench.ablation``). The choice uses the validation split only: each value's verdict
 (``methods.verdict``) is computed with the validation perplexity in place of the test one, and
 the chosen value is the one with the lowest validation perplexity among those whose claim holds
-on validation, else the lowest validation perplexity of all. Test perplexities are reported
+on validation; where none holds, among those that deliver the claimed saving (only their
+perplexity fails); else the lowest validation perplexity of all. Test perplexities are reported
 beside, never used.
 
 Writes ``sweep.json`` and ``sweep.md`` into ``--output-dir`` (default
@@ -66,10 +67,15 @@ def sweep_configs(base, method, name: str, values: list) -> list:
 def choose(rows: list) -> dict:
     """The chosen row (see the module's documentation) among the method's rows."""
     holding = [r for r in rows if r["verdict_on_validation"].startswith("held")]
-    pool = holding or rows
+    delivering = [r for r in rows if r.get("saving_delivered")]
+    if holding:
+        pool, rule = holding, "the lowest validation perplexity among the values whose claim holds on validation"
+    elif delivering:
+        pool, rule = delivering, ("no value holds its claim on validation: the lowest validation perplexity among "
+                                  "the values that deliver the claimed saving (only their perplexity fails)")
+    else:
+        pool, rule = rows, "no value holds or delivers its claimed saving on validation: the lowest validation perplexity"
     best = min(pool, key=lambda r: r["valid_perplexity"] if math.isfinite(r["valid_perplexity"]) else math.inf)
-    rule = ("the lowest validation perplexity among the values whose claim holds on validation" if holding else
-            "no value holds its claim on validation: the lowest validation perplexity")
     return {"value": best["value"], "row": best["row"], "rule": rule}
 
 
@@ -120,13 +126,15 @@ def main(argv=None) -> int:
         measured = measured_row(method.flag, results[row], base, bk_op)
         own, verdict = method.assess(measured)
         on_valid = method.assess(replace(measured, test_perplexity_change_percent=measured.valid_perplexity_change_percent))[1]
+        delivered = bool(getattr(on_valid, "saving_delivered", False))
         on_valid = on_valid.replace("test perplexity", "validation perplexity")  # what it was computed from
         table.append({"row": row, "value": value, "valid_perplexity": measured.valid_perplexity,
                       "valid_perplexity_change_percent": measured.valid_perplexity_change_percent,
                       "test_perplexity": measured.test_perplexity,
                       "test_perplexity_change_percent": measured.test_perplexity_change_percent,
                       "tokens_per_second_ratio": measured.tokens_per_second_ratio, "own_figure": own,
-                      "verdict_on_validation": on_valid, "verdict_on_test": verdict, "figures": measured.figures})
+                      "verdict_on_validation": on_valid, "saving_delivered": delivered, "verdict_on_test": verdict,
+                      "figures": measured.figures})
     context = (f"Preset `{args.preset}`, seed {rows[0][1].seed}, {len(values)} values; git {base.git_revision}. "
                "Chosen on the validation split; test perplexities are reported, not used.")
     doc = {"method": method.flag, "setting": name, "values": values, "context": context, "preset": args.preset,

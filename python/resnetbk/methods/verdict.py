@@ -68,19 +68,34 @@ def perplexity_margin(noise_percent: Optional[float] = None) -> float:
     return max(PERPLEXITY_MARGIN_PERCENT, 2.0 * noise_percent)
 
 
+class Verdict(str):
+    """The verdict's words, with what decided it: ``held``, and ``saving_delivered`` (every
+    factor reached and every condition met: if it did not hold, only the perplexity failed)."""
+
+    held: bool = False
+    saving_delivered: bool = False
+
+    def __new__(cls, words: str, *, held: bool = False, saving_delivered: bool = False):
+        verdict = super().__new__(cls, words)
+        verdict.held, verdict.saving_delivered = held, saving_delivered
+        return verdict
+
+
 def judge(factors: list, test_change_percent: float, *, conditions: tuple = (),
-          noise_percent: Optional[float] = None) -> str:
+          noise_percent: Optional[float] = None) -> Verdict:
     """The verdict in words (see the module's documentation)."""
     missing = [f.what for f in factors if not f.measured_ok]
     if not math.isfinite(test_change_percent):
         missing.append("the test perplexity")
     if not factors or missing:
-        return "not measured: " + (", ".join(missing) or "no factor")
+        return Verdict("not measured: " + (", ".join(missing) or "no factor"))
     margin = perplexity_margin(noise_percent)
     quality_ok = math.isfinite(test_change_percent) and test_change_percent <= margin
     quality = (f"test perplexity {test_change_percent:+.1f}% ({'within' if quality_ok else 'more than'} the "
                f"allowed +{margin:.1f}%)")
     failed = [f.words() for f in factors if not f.reached] + [c.what for c in conditions if not c.met]
     if not failed and quality_ok:
-        return "held: " + "; ".join([f.words() for f in factors] + [c.what for c in conditions] + [quality])
-    return "not borne out: " + "; ".join(failed + ([] if quality_ok else [quality]))
+        return Verdict("held: " + "; ".join([f.words() for f in factors] + [c.what for c in conditions] + [quality]),
+                       held=True, saving_delivered=True)
+    return Verdict("not borne out: " + "; ".join(failed + ([] if quality_ok else [quality])),
+                   saving_delivered=not failed)
