@@ -17,7 +17,8 @@ first step and never moved: a two-block model, not adaptive computation.
 ``ponder_weight`` 0.01, from the sweep on validation data at the ``epoch`` preset
 (``results/sweep-act-epoch``: 0.001 and 0.003 never halt a token early; 0.01 runs 2.92 of 4 blocks
 per token, 27% of them at 2, at +3.3% validation perplexity; 0.1 runs 1.35 at +18.6%): no value
-holds the claim there; 0.01 is the smallest at which the method acts.
+holds the claim there; 0.01 is the sweep's choice, the only value that delivers the saving (its
+perplexity fails).
 
 Records: mean blocks per token in training (per epoch) and at evaluation, the fraction of
 tokens at each depth (``depth_fractions``, per epoch and at evaluation), the evaluation's forward
