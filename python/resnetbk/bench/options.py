@@ -40,8 +40,8 @@ def parse_args(argv=None, *, prog: str = "python -m resnetbk.bench", description
                        help=f"comma-separated, from {', '.join(MODEL_NAMES)} (default: the original benchmark's "
                             "three; lstm and mamba are the peers, matched in non-embedding parameters)")
     if ablation_rows:
-        p.add_argument("--rows", help="comma-separated method flags (e.g. use_spectral_z), controls (no_mixer) "
-                                      "and/or 'all': only these "
+        p.add_argument("--rows", help="comma-separated method flags (e.g. use_spectral_z), controls (no_mixer, "
+                                      "random_selection, small_dense, ptq_int8) and/or 'all': only these "
                                       "rows besides the baseline (default: every method, then all)")
     p.add_argument("--output-dir", default=default_output)
     p.add_argument("--config", help="JSON or YAML file of BenchmarkConfig fields (unknown keys are an error)")

@@ -10,7 +10,8 @@ tokens) is the loss term ``ponder``, weighted by ``ponder_weight``; ``act_bias_i
 deep tokens go at first.
 
 Defaults: ``act_bias_init`` -2 (sigmoid(-2) = 0.12 per block: with threshold 0.99 every token
-starts at full depth, as Graves 2016 initialises halting so that computation starts long, and
+starts at full depth up to 9 blocks (``(n_layers - 1) * 0.12 < 0.99``; deeper models need a lower
+bias), as Graves 2016 initialises halting so that computation starts long, and
 it is the ponder cost that teaches tokens to stop early). The earlier default of +1 gave
 sigmoid(1) = 0.73 after every block, so every token halted after exactly two stages from the
 first step and never moved: a two-block model, not adaptive computation.

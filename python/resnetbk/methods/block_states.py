@@ -1,5 +1,5 @@
 """Each block's input and output in the last training forward, for the methods that fit or
-constrain the blocks' dynamics (Koopman, physics-informed).
+constrain the blocks' dynamics (physics-informed).
 
 ``track_block_states(model)`` registers the hooks once; afterwards ``model.block_states`` holds
 ``(input, output)`` per block call of the last forward in training mode (empty in evaluation).
