@@ -18,6 +18,7 @@ import torch
 
 from .. import methods as method_registry
 from ..jsonfile import write_json_atomic
+from ..models import ModelOptions
 from ..train import distributed
 from ..train.checkpoint import CHECKPOINT
 from ..train.distributed import resolve_device
@@ -77,8 +78,6 @@ def _what_runs(config: dict) -> dict:
     that are on (the settings of one that is off do not act; a method added since is off in an
     older file), and a field a newer version added at its default (what the older run did). Which
     form of each method ran is compared apart (``methods[flag]["version"]`` of the results)."""
-    from ..models import ModelOptions
-
     data = json.loads(json.dumps(config))
     data["model"] = {**json.loads(json.dumps(dataclasses.asdict(ModelOptions()))), **data.get("model", {})}
     data["model"].pop("vocab_size", None)

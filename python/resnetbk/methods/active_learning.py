@@ -136,9 +136,11 @@ class ActiveLearning(Method):
         figures["scoring_flops"] += self._scoring_flops_per_step
         elapsed = time.perf_counter() - start
         figures["scoring_seconds"] += elapsed
-        # Training time: the step's own clock starts after BATCH_START, so the scoring is added here.
+        # Training time: the step's own clock starts after BATCH_START, so the scoring is added here
+        # (to the throughput's time too when this step is one the FLOPs tracer leaves alone).
         state.epoch.time += elapsed
-        state.epoch.untraced_time += elapsed
+        if getattr(state, "tracer", None) is None:
+            state.epoch.untraced_time += elapsed
 
     @classmethod
     def assess(cls, row):

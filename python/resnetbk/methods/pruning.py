@@ -49,6 +49,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..models import build_model
 from ..models.resnet_bk import MoEFeedForward
 from .base import Method, check_int, check_number
 from .export import describe_export, effective_state_dict
@@ -266,8 +267,6 @@ def small_dense_width(options, target_sparsity: float) -> int:
     """The ``d_model`` at which a dense model of ``options`` has about as many parameters as the
     pruned one keeps: its capacity matrices at ``1 - target_sparsity``, everything else whole
     (the small-dense control of Zhu and Gupta 2017)."""
-    from ..models import build_model
-
     def counts(d):
         model = build_model(options.replace(d_model=d))
         capacity = sum(m.weight.numel() for m in prunable(model).values())
