@@ -296,6 +296,25 @@ def plot(rows: list, path: Path) -> None:
     plt.close(fig)
 
 
+def run_rows(bench: WikiText2Benchmark, rows: list, kind: str):
+    """Every ``(name, config)`` row through ``bench``: ``name -> results``, or the exit code after
+    an interruption (130) or a failed row (1), saying that finished rows are kept for --resume."""
+    results = {}
+    try:
+        for name, config in rows:
+            print(f"== {kind} row {name} ({config.model_name})", flush=True)
+            results[name] = bench.run_benchmark(config)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        print(f"interrupted: {exc or 'between rows'}; finished rows are kept under {bench.output_dir}/, "
+              "rerun with --resume to continue", file=sys.stderr)
+        return 130
+    except (RuntimeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        print(f"Finished rows are kept under {bench.output_dir}/; rerun with --resume to continue.", file=sys.stderr)
+        return 1
+    return results
+
+
 def main(argv=None) -> int:
     args = parse_args(argv, prog="python -m resnetbk.bench ablation", default_output="benchmark_results/ablation",
                       description=__doc__, models=False, ablation_rows=True)
@@ -313,20 +332,9 @@ def main(argv=None) -> int:
     except (ValueError, NotImplementedError, wt2.DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    bench = WikiText2Benchmark(args.output_dir, resume=args.resume, quiet=args.quiet)
-    results = {}
-    try:
-        for name, config in rows:
-            print(f"== ablation row {name} ({config.model_name})", flush=True)
-            results[name] = bench.run_benchmark(config)
-    except (Interrupted, KeyboardInterrupt) as exc:
-        print(f"interrupted: {exc or 'between rows'}; finished rows are kept under {bench.output_dir}/, "
-              "rerun with --resume to continue", file=sys.stderr)
-        return 130
-    except (RuntimeError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        print(f"Finished rows are kept under {bench.output_dir}/; rerun with --resume to continue.", file=sys.stderr)
-        return 1
+    results = run_rows(WikiText2Benchmark(args.output_dir, resume=args.resume, quiet=args.quiet), rows, "ablation")
+    if isinstance(results, int):
+        return results
     if base.threads is not None:
         torch.set_num_threads(base.threads)
     bk_op = time_bk_op(rows[0][1])

@@ -24,9 +24,9 @@ from pathlib import Path
 
 from .. import methods
 from ..jsonfile import write_json_atomic
-from .ablation import BASELINE, ablation_configs, measured_row, time_bk_op
+from .ablation import BASELINE, ablation_configs, measured_row, run_rows, time_bk_op
 from .options import build_base_config, parse_args
-from .runner import Interrupted, WikiText2Benchmark
+from .runner import WikiText2Benchmark
 
 
 def parse_values(method, text: str) -> tuple:
@@ -107,18 +107,9 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    bench = WikiText2Benchmark(args.output_dir, resume=args.resume, quiet=args.quiet)
-    results = {}
-    try:
-        for row, config in rows:
-            print(f"== sweep row {row} ({config.model_name})", flush=True)
-            results[row] = bench.run_benchmark(config)
-    except (Interrupted, KeyboardInterrupt) as exc:
-        print(f"interrupted: {exc or 'between rows'}; rerun with --resume to continue", file=sys.stderr)
-        return 130
-    except (RuntimeError, ValueError) as exc:
-        print(f"error: {exc}; finished rows are kept under {bench.output_dir}/, rerun with --resume", file=sys.stderr)
-        return 1
+    results = run_rows(WikiText2Benchmark(args.output_dir, resume=args.resume, quiet=args.quiet), rows, "sweep")
+    if isinstance(results, int):
+        return results
     bk_op = time_bk_op(rows[0][1])
     base = results[BASELINE]
     table = []
