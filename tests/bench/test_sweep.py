@@ -2,6 +2,7 @@
 validation only, a rerun with --resume keeping every finished run, bad options as one line."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -72,7 +73,10 @@ def test_resume_compares_what_runs_not_the_settings_of_methods_that_are_off():
     older = json.loads(json.dumps(now))
     older["methods"]["use_pruning"]["pruning_target_sparsity"] = 0.75  # off: its settings do not act
     del older["model"]["no_mixer"]  # a field added since, at its default
+    now["data_dir"] = "data/wikitext-2"
+    older["data_dir"] = str(Path("data/wikitext-2").resolve())  # the same folder, named absolutely
     assert _what_runs(older) == _what_runs(now)
+    assert _what_runs({**older, "data_dir": "/elsewhere/wikitext-2"}) != _what_runs(now)
     older["methods"]["use_act"]["act_bias_init"] = 1.0  # on: a different run
     assert _what_runs(older) != _what_runs(now)
 

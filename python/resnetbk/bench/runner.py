@@ -76,9 +76,12 @@ def _stop_worker(process, grace_s: float = 30.0) -> None:
 def _what_runs(config: dict) -> dict:
     """A config (as a results file holds it) reduced to what decides the run: only the methods
     that are on (the settings of one that is off do not act; a method added since is off in an
-    older file), and a field a newer version added at its default (what the older run did). Which
-    form of each method ran is compared apart (``methods[flag]["version"]`` of the results)."""
+    older file), a field a newer version added at its default (what the older run did), and the
+    data folder as an absolute path (the same corpus named from another folder is the same run).
+    Which form of each method ran is compared apart (``methods[flag]["version"]`` of the results)."""
     data = json.loads(json.dumps(config))
+    if data.get("data_dir"):
+        data["data_dir"] = str(Path(data["data_dir"]).resolve())
     data["model"] = {**json.loads(json.dumps(dataclasses.asdict(ModelOptions()))), **data.get("model", {})}
     data["model"].pop("vocab_size", None)
     methods_now = {}
