@@ -1,0 +1,400 @@
+"""``python -m resnetbk.bench recall``: can each model use its context? Multi-query associative
+recall (MQAR, ``resnetbk.recall.mqar``) beside perplexity.
+
+Every model of the harness at the same width and depth (default d 64, 2 layers, no dropout):
+the Transformer, the LSTM, Mamba, the ResNet-BK baseline (one BK-Core channel, z = i), ResNet-BK
+with 8 channels, ResNet-BK with learnt spectral z (8 channels, ``methods.spectral_z``) and the
+``no_mixer`` control (ResNet-BK without its BK-Core: a position-wise model, which can only guess
+a value it has seen). Each model learns every cell of the grid at once (Zoology's mixture) with
+the recipe of ``recall.training``, at each learning rate of ``--lrs`` for the first seed; the
+learning rate with the best validation accuracy is then run for the other seeds. Test accuracy
+is reported as mean +- std over the seeds, overall, per cell and by key-to-query distance, with
+the causality probe of every trained model.
+
+Grids (``--grid``): ``default`` (vocabulary 256, sequence 64/128, 4/8 pairs: attention separates
+from a local mixer in about half an hour on 2 cores) and ``zoology`` (Zoology's: vocabulary 8,192,
+sequence 64/128/256, 4/8/16 pairs; hours on a CPU). Writes ``recall.json``, ``recall.md`` and
+``recall.png`` into ``--output-dir`` (default ``benchmark_results/recall``), every run under
+``runs/<model>/``; ``--resume`` keeps every finished run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .. import threads
+from ..jsonfile import write_json_atomic
+from ..measure.causality import probe_causality
+from ..measure.environment import environment, machine
+from ..methods.spectral_z import SpectralShift
+from ..models import ModelOptions, build_model
+from ..recall.mqar import MQARCell, generate
+from ..recall.training import RecallTraining, evaluate, overall_accuracy, train_recall
+from ..validate import check_int
+
+#: The harness's models: the architecture and what changes in it.
+MODELS = {
+    "transformer": dict(architecture="transformer"),
+    "lstm": dict(architecture="lstm"),
+    "mamba": dict(architecture="mamba"),
+    "resnet_bk": dict(architecture="resnet_bk"),
+    "resnet_bk_8ch": dict(architecture="resnet_bk", bk_channels=8),
+    "resnet_bk_spectral_z": dict(architecture="resnet_bk", bk_channels=8),  # + SpectralShift (below)
+    "no_mixer": dict(architecture="resnet_bk", no_mixer=True),
+}
+#: ``methods.spectral_z``'s defaults: eta log-spaced over [1e-3, 1] across the 8 channels.
+SPECTRAL_ETA = (1e-3, 1.0)
+
+GRIDS = {
+    "default": dict(vocab_size=256, seq_lens=(64, 128), pairs=(4, 8), train_examples=4000, valid_examples=250,
+                    test_examples=500, epochs=6),
+    "zoology": dict(vocab_size=8192, seq_lens=(64, 128, 256), pairs=(4, 8, 16), train_examples=20000,
+                    valid_examples=500, test_examples=1000, epochs=32),
+}
+
+
+@dataclass(frozen=True)
+class RecallConfig:
+    grid: str = "default"
+    vocab_size: int = 256
+    seq_lens: tuple = (64, 128)
+    pairs: tuple = (4, 8)
+    power_a: float = 0.01
+    train_examples: int = 4000  # per cell
+    valid_examples: int = 250  # per cell: the learning rate is chosen on these
+    test_examples: int = 500  # per cell: the reported accuracy
+    d_model: int = 64
+    n_layers: int = 2
+    epochs: int = 6
+    batch_size: int = 64
+    lrs: tuple = (3e-4, 1e-3, 3e-3)
+    seeds: tuple = (0,)
+    models: tuple = tuple(MODELS)
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "train_examples", "valid_examples", "test_examples", "d_model", "n_layers",
+                     "epochs", "batch_size"):
+            check_int(self, name, low=1)
+        unknown = [m for m in self.models if m not in MODELS]
+        if unknown or not self.models:
+            raise ValueError(f"--models: expected names from {', '.join(MODELS)}, got {', '.join(unknown) or 'none'}")
+        if not self.lrs or any(not (lr > 0 and math.isfinite(lr)) for lr in self.lrs):
+            raise ValueError(f"--lrs: expected positive learning rates such as 3e-4,1e-3,3e-3, got {self.lrs}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"--seeds: expected distinct integers, got {self.seeds}")
+        if not self.cells():
+            raise ValueError(f"--seq-lens/--pairs: no cell fits (a cell of P pairs needs a sequence of at least 4P): "
+                             f"seq_lens {self.seq_lens}, pairs {self.pairs}")
+
+    def cells(self) -> list:
+        """Every (sequence length, pairs) that fits (4 x pairs <= sequence length)."""
+        return [MQARCell(n, p, self.vocab_size, self.power_a)
+                for n, p in itertools.product(self.seq_lens, self.pairs) if 4 * p <= n]
+
+    def task(self) -> dict:
+        """What decides a run (besides its model, learning rate and seed): a finished run is kept
+        by ``--resume`` only when this matches."""
+        data = dataclasses.asdict(self)
+        for key in ("grid", "lrs", "seeds", "models"):
+            data.pop(key)
+        data["seq_lens"], data["pairs"] = list(self.seq_lens), list(self.pairs)
+        return data
+
+
+def build_recall_model(name: str, config: RecallConfig):
+    """One harness model at the config's width and depth (no dropout)."""
+    options = ModelOptions(vocab_size=config.vocab_size, d_model=config.d_model, n_layers=config.n_layers,
+                           n_seq=max(config.seq_lens), dropout=0.0, **MODELS[name])
+    model = build_model(options)
+    if name == "resnet_bk_spectral_z":
+        for block in model.blocks:
+            block.bk.shift = SpectralShift(block.bk.channels, *SPECTRAL_ETA)
+    return model
+
+
+def _datasets(config: RecallConfig, seed: int) -> tuple:
+    """The train, validation and test sets of every cell for ``seed`` (distinct seeds per split and cell)."""
+    splits = []
+    for split, examples in enumerate((config.train_examples, config.valid_examples, config.test_examples)):
+        splits.append([generate(cell, examples, seed=10_000 * seed + 100 * index + split)
+                       for index, cell in enumerate(config.cells())])
+    return tuple(splits)
+
+
+def run_path(output: Path, model: str, lr: float, seed: int) -> Path:
+    return output / "runs" / model / f"lr{lr:g}_seed{seed}.json"
+
+
+def run_one(config: RecallConfig, name: str, lr: float, seed: int, log=None) -> dict:
+    """Train one model at one learning rate and seed; its scores, history and causality."""
+    torch.manual_seed(seed)
+    model = build_recall_model(name, config)
+    train, valid, test = _datasets(config, seed)
+    settings = RecallTraining(lr=lr, epochs=config.epochs, batch_size=config.batch_size, seed=seed)
+    trained = train_recall(model, train, valid, settings, log=log)
+    scores = [evaluate(model, part) for part in test]
+    probe = probe_causality(model, config.vocab_size, max(config.seq_lens))
+    return {"model": name, "lr": lr, "seed": seed, "task": config.task(), "training": dataclasses.asdict(settings),
+            **trained, "valid_accuracy": trained["best_valid_accuracy"], "test_accuracy": overall_accuracy(scores),
+            "test_by_cell": scores, "parameters": sum(p.numel() for p in model.parameters()),
+            "causal": probe.causal, "causality_probe": probe.summary()}
+
+
+def _finished(path: Path, config: RecallConfig) -> dict | None:
+    try:
+        run = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return run if run.get("task") == config.task() else None
+
+
+def sweep_runs(config: RecallConfig) -> list:
+    """The first phase: every model at every learning rate, at the first seed."""
+    return [(m, lr, config.seeds[0]) for m in config.models for lr in config.lrs]
+
+
+def seed_runs(config: RecallConfig, chosen: dict) -> list:
+    """The second phase: each model at its chosen learning rate (``chosen``, by model) at the other seeds."""
+    return [(m, chosen[m], s) for m in config.models if m in chosen for s in config.seeds[1:]]
+
+
+def choose_lr(runs: list, config: RecallConfig) -> dict:
+    """Per model, the learning rate with the best validation accuracy at the first seed (ties: the
+    smaller rate)."""
+    chosen = {}
+    for name in config.models:
+        candidates = [r for r in runs if r["model"] == name and r["seed"] == config.seeds[0]]
+        if len(candidates) == len(config.lrs):
+            best = max(candidates, key=lambda r: (_finite(r["valid_accuracy"]), -r["lr"]))
+            chosen[name] = best["lr"]
+    return chosen
+
+
+def _finite(x: float) -> float:
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else -1.0
+
+
+def run_all(config: RecallConfig, output: Path, *, resume: bool, quiet: bool) -> list:
+    """Every run, the sweep first (finished runs kept with ``resume``), with progress and an
+    estimate of the time left."""
+    runs, clock = [], {"spent": 0.0, "trained": 0}
+    total = len(config.models) * (len(config.lrs) + len(config.seeds) - 1)
+    for name, lr, seed in sweep_runs(config):
+        runs.append(_run_or_keep(config, output, (name, lr, seed), f"[{len(runs) + 1}/{total}]", resume, quiet, clock,
+                                 total - len(runs)))
+    for name, lr, seed in seed_runs(config, choose_lr(runs, config)):
+        runs.append(_run_or_keep(config, output, (name, lr, seed), f"[{len(runs) + 1}/{total}]", resume, quiet, clock,
+                                 total - len(runs)))
+    return runs
+
+
+def _run_or_keep(config, output, key, tag, resume, quiet, clock, left_runs) -> dict:
+    name, lr, seed = key
+    path = run_path(output, name, lr, seed)
+    kept = _finished(path, config) if resume else None
+    if kept is not None:
+        print(f"{tag} {name} lr {lr:g} seed {seed}: finished earlier, kept", flush=True)
+        return kept
+    left = f"; about {clock['spent'] / clock['trained'] * left_runs / 60:.0f} min left" if clock["trained"] else ""
+    print(f"{tag} {name} lr {lr:g} seed {seed}: training{left}", flush=True)
+    started = time.perf_counter()
+    run = run_one(config, name, lr, seed, log=None if quiet else (lambda line: print("    " + line, flush=True)))
+    clock["spent"] += time.perf_counter() - started
+    clock["trained"] += 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, run)
+    print(f"    valid {run['valid_accuracy']:.3f}, test {run['test_accuracy']:.3f} after {run['epochs_run']} "
+          f"epoch(s), {run['training_time_s']:.0f} s; {'causal' if run['causal'] else 'NOT CAUSAL'}", flush=True)
+    return run
+
+
+def _mean_std(values: list) -> dict:
+    values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not values:
+        return {"mean": float("nan"), "std": float("nan"), "n": 0}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def summarise(config: RecallConfig, runs: list) -> dict:
+    """Per model: the learning-rate sweep, the chosen rate, and test accuracy over the seeds at it
+    (overall, per cell, by distance), the parameters and causality."""
+    chosen = choose_lr(runs, config)
+    models = {}
+    for name in config.models:
+        sweep = {f"{r['lr']:g}": r["valid_accuracy"] for r in runs if r["model"] == name and r["seed"] == config.seeds[0]}
+        at = [r for r in runs if r["model"] == name and r["lr"] == chosen.get(name)]
+        cells, distances = {}, {}
+        for run in at:
+            for score in run["test_by_cell"]:
+                cells.setdefault(score["cell"], []).append(score["accuracy"])
+                for bucket, c in score["by_distance"].items():
+                    distances.setdefault(bucket, []).append(c)
+        by_distance = {}
+        for bucket, parts in sorted(distances.items(), key=lambda kv: int(kv[0])):
+            by_distance[bucket] = sum(p["correct"] for p in parts) / max(1, sum(p["queries"] for p in parts))
+        models[name] = {
+            "lr_sweep_valid_accuracy": sweep, "chosen_lr": chosen.get(name),
+            "test_accuracy": _mean_std([r["test_accuracy"] for r in at]),
+            "valid_accuracy": _mean_std([r["valid_accuracy"] for r in at]),
+            "test_by_cell": {cell: _mean_std(v) for cell, v in cells.items()},
+            "test_by_distance": by_distance,
+            "seeds": [r["seed"] for r in at], "parameters": at[0]["parameters"] if at else None,
+            "causal": all(r["causal"] for r in at) if at else None,
+            "epochs_run": [r["epochs_run"] for r in at], "training_time_s": [r["training_time_s"] for r in at],
+        }
+    return {"task": config.task(), "grid": config.grid, "lrs": list(config.lrs), "seeds": list(config.seeds),
+            "cells": [c.name for c in config.cells()], "models": models,
+            "selection": "learning rate: best validation accuracy at the first seed; the test accuracy is over "
+                         "every seed at that rate"}
+
+
+def _pct(stat: dict) -> str:
+    if not stat or not stat["n"]:
+        return "-"
+    return f"{100 * stat['mean']:.1f}" + (f" +- {100 * stat['std']:.1f}" if stat["n"] > 1 else "")
+
+
+def format_markdown(doc: dict) -> str:
+    cells = doc["cells"]
+    lines = [f"# MQAR recall ({doc['grid']} grid)", "",
+             f"Test accuracy at the query positions, % ({'mean +- std over seeds ' if len(doc['seeds']) > 1 else 'seed '}"
+             f"{', '.join(map(str, doc['seeds']))}); {doc['selection']}.", "",
+             "| model | overall | " + " | ".join(cells) + " | lr | valid accuracy by lr | parameters | causal |",
+             "|---" * (len(cells) + 6) + "|"]
+    for name, m in doc["models"].items():
+        sweep = ", ".join(f"{lr}: {100 * acc:.1f}" for lr, acc in m["lr_sweep_valid_accuracy"].items())
+        lr = "-" if m["chosen_lr"] is None else f"{m['chosen_lr']:g}"
+        lines.append(f"| {name} | {_pct(m['test_accuracy'])} | "
+                     + " | ".join(_pct(m["test_by_cell"].get(c)) for c in cells)
+                     + f" | {lr} | {sweep} | {m['parameters'] or '-'} | {m['causal']} |")
+    buckets = sorted({int(b) for m in doc["models"].values() for b in m["test_by_distance"]})
+    if buckets:
+        lines += ["", "Test accuracy by key-to-query distance (all cells; bucket [d, 2d)), %:", "",
+                  "| model | " + " | ".join(f"{b}-{2 * b - 1}" for b in buckets) + " |",
+                  "|---" * (len(buckets) + 1) + "|"]
+        for name, m in doc["models"].items():
+            row = [m["test_by_distance"].get(str(b)) for b in buckets]
+            lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{100 * v:.1f}" for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(doc: dict, config: RecallConfig, path: Path) -> None:
+    """Accuracy against the number of pairs, one panel per sequence length, a line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seq_lens = sorted(config.seq_lens)
+    fig, axes = plt.subplots(1, len(seq_lens), figsize=(4.2 * len(seq_lens), 3.6), squeeze=False, sharey=True)
+    for ax, n in zip(axes[0], seq_lens):
+        for name, m in doc["models"].items():
+            pairs = [p for p in sorted(config.pairs) if f"seq{n}-pairs{p}" in m["test_by_cell"]]
+            stats = [m["test_by_cell"][f"seq{n}-pairs{p}"] for p in pairs]
+            if pairs:
+                ax.errorbar(pairs, [100 * s["mean"] for s in stats], yerr=[100 * s["std"] for s in stats],
+                            marker="o", capsize=3, label=name)
+        ax.set_title(f"sequence {n}")
+        ax.set_xlabel("key-value pairs")
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(0, 102)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy at queries (%)")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.suptitle(f"MQAR, vocabulary {config.vocab_size}, d {config.d_model}, {config.n_layers} layers")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _floats(text: str, name: str) -> tuple:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"--{name}: expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str, name: str) -> tuple:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"--{name}: expected comma-separated integers, got {text!r}") from None
+
+
+def parse_config(argv=None) -> tuple:
+    p = argparse.ArgumentParser(prog="python -m resnetbk.bench recall", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--grid", choices=sorted(GRIDS), default="default")
+    p.add_argument("--models", help=f"comma-separated, from {', '.join(MODELS)} (default: all)")
+    p.add_argument("--lrs", help="comma-separated learning rates swept at the first seed (default 3e-4,1e-3,3e-3)")
+    p.add_argument("--seeds", help="comma-separated seeds (default 0); the chosen learning rate runs at each")
+    p.add_argument("--seq-lens", help="comma-separated sequence lengths (the grid's by default)")
+    p.add_argument("--pairs", help="comma-separated numbers of key-value pairs (the grid's by default)")
+    for name in ("vocab-size", "train-examples", "valid-examples", "test-examples", "epochs", "batch-size",
+                 "d-model", "n-layers"):
+        p.add_argument(f"--{name}", type=int, help="per cell" if name.endswith("examples") else None)
+    p.add_argument("--threads", type=int, help="torch and Rust threads (default: torch's)")
+    p.add_argument("--output-dir", default="benchmark_results/recall")
+    p.add_argument("--resume", action="store_true", help="keep every finished run in --output-dir")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    args = p.parse_args(argv)
+    fields = {"grid": args.grid, **GRIDS[args.grid]}
+    if args.models:
+        fields["models"] = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    for name, parse in (("lrs", _floats), ("seeds", _ints), ("seq_lens", _ints), ("pairs", _ints)):
+        text = getattr(args, name)
+        if text is not None:
+            fields[name] = parse(text, name.replace("_", "-"))
+    for name in ("vocab_size", "train_examples", "valid_examples", "test_examples", "epochs", "batch_size",
+                 "d_model", "n_layers"):
+        if getattr(args, name) is not None:
+            fields[name] = getattr(args, name)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads: expected a positive integer, got {args.threads}")
+    return RecallConfig(**fields), args
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        config, args = parse_config(argv)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.threads is not None:
+        threads.set_num_threads(args.threads)
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    print(f"MQAR recall, {args.grid} grid: {len(config.cells())} cells ({', '.join(c.name for c in config.cells())}), "
+          f"vocabulary {config.vocab_size}; models {', '.join(config.models)}; learning rates "
+          f"{', '.join(f'{lr:g}' for lr in config.lrs)}; seeds {', '.join(map(str, config.seeds))}", flush=True)
+    try:
+        runs = run_all(config, output, resume=args.resume, quiet=args.quiet)
+    except KeyboardInterrupt:
+        print(f"interrupted; every finished run is in {output}/runs (rerun with --resume to go on)", file=sys.stderr)
+        return 130
+    doc = summarise(config, runs)
+    versions, revision = environment()
+    doc.update({"command": "python -m resnetbk.bench recall " + " ".join(argv), "started": started,
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+                "threads": torch.get_num_threads(), "versions": versions, "git_revision": revision})
+    write_json_atomic(output / "recall.json", doc)
+    (output / "recall.md").write_text(format_markdown(doc))
+    plot(doc, config, output / "recall.png")
+    print(format_markdown(doc))
+    print(f"Results in {output}/ (recall.json, recall.md, recall.png, runs/)")
+    return 0
