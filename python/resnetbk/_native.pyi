@@ -56,3 +56,17 @@ def causal_attention_backward_f32(qkv: npt.NDArray[np.float32], grad_out: npt.ND
                                   threads: int) -> None:
     """The backward of ``causal_attention_forward_f32``: writes ``grad_qkv`` from ``grad_out``
     and the forward's ``lse``, with the forward's ``scale``, ``keep`` and ``seed``."""
+def selective_scan_forward_f32(x: npt.NDArray[np.float32], delta: npt.NDArray[np.float32],
+                               a: npt.NDArray[np.float32], b: npt.NDArray[np.float32], c: npt.NDArray[np.float32],
+                               d: npt.NDArray[np.float32], y: npt.NDArray[np.float32], batch: int, seq: int,
+                               channels: int, states: int, threads: int) -> None:
+    """Mamba's selective scan: from ``x``, ``delta`` (batch, seq, channels), ``a`` (channels,
+    states), ``b``, ``c`` (batch, seq, states) and ``d`` (channels) writes ``y`` (batch, seq,
+    channels); flat float32 arrays."""
+def selective_scan_backward_f32(x: npt.NDArray[np.float32], delta: npt.NDArray[np.float32],
+                                a: npt.NDArray[np.float32], b: npt.NDArray[np.float32], c: npt.NDArray[np.float32],
+                                d: npt.NDArray[np.float32], grad_y: npt.NDArray[np.float32],
+                                grads: tuple, batch: int, seq: int, channels: int, states: int,
+                                threads: int) -> None:
+    """The backward of ``selective_scan_forward_f32``: writes ``grads`` (grad_x, grad_delta,
+    grad_a, grad_b, grad_c, grad_d), each shaped as its input, from ``grad_y``."""

@@ -1,5 +1,6 @@
 """The step kernels' narrower builds (what an AVX2-only or a baseline x86-64 CPU runs), forced on
-this machine with ``RESNETBK_KERNEL_ISA``: the LM head, dropout and attention against torch's ops, in a fresh
+this machine with ``RESNETBK_KERNEL_ISA``: the LM head, dropout, attention and Mamba's selective scan
+against torch's ops, in a fresh
 process per build (the choice is read once per process)."""
 
 from __future__ import annotations
@@ -43,6 +44,17 @@ for heads, width in ((2, 16), (3, 5)):  # a head width compiled in, and one that
         results.append((y, *torch.autograd.grad(y.square().sum(), qkv)))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+from resnetbk.models.selective_scan import reference_selective_scan, selective_scan
+for states in (16, 5):  # the state count compiled in, and one that is not
+    x, B, C = torch.randn(2, 33, 7), torch.randn(2, 33, states), torch.randn(2, 33, states)
+    delta, A, D = torch.rand(2, 33, 7) * 0.5, -torch.rand(7, states) * 3, torch.randn(7)
+    inputs = [t.requires_grad_() for t in (x, delta, A, B, C, D)]
+    results = []
+    for scan in (selective_scan, reference_selective_scan):
+        y = scan(*inputs)
+        results.append((y, *torch.autograd.grad(y.square().sum(), inputs)))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 print("ok")
 """
 

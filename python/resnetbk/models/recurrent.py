@@ -14,8 +14,10 @@ matches one Transformer layer; about 2 x d_model, the paper's expansion, at d_mo
   layer's output.
 - ``MambaBlock``: two residual Mamba layers (RMSNorm, in-projection, causal depthwise conv,
   selective scan, gated out-projection; Gu and Dao 2023) from the ``mambapy`` package (pure
-  PyTorch, a parallel scan); on CUDA with ``mamba-ssm`` installed, ``mamba_cuda=True`` runs the
-  scan through mamba-ssm's fused kernel instead (same weights, same outputs).
+  PyTorch, a parallel scan), its scan on a float32 CPU through a Rust kernel
+  (``models.selective_scan``, held to the definition and to mambapy's scan); on CUDA with
+  ``mamba-ssm`` installed, ``mamba_cuda=True`` runs the scan through mamba-ssm's fused kernel
+  instead (same weights, same outputs).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .dropout import Dropout
+from .selective_scan import kernel_scan_class
 
 
 class LSTMBlock(nn.Module):
@@ -81,6 +84,8 @@ class MambaBlock(nn.Module):
         self.config = MambaConfig(d_model=d_model, n_layers=layers, d_state=d_state)
         self.config.d_inner = inner  # any width, not only a multiple of d_model
         self.layers = nn.ModuleList([ResidualBlock(self.config) for _ in range(layers)])
+        for layer in self.layers:  # the scan through the Rust kernel on a float32 CPU (models.selective_scan)
+            layer.mixer.__class__ = kernel_scan_class(type(layer.mixer))
 
     @torch.no_grad()
     def reset_parameters_after_init(self) -> None:

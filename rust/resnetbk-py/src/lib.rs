@@ -291,6 +291,96 @@ fn causal_attention_backward_f32(
         .map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
+fn scan_shape(batch: usize, seq: usize, channels: usize, states: usize) -> step_kernels::selective_scan::Shape {
+    step_kernels::selective_scan::Shape { batch, seq, channels, states }
+}
+
+/// Mamba's selective scan (see step_kernels::selective_scan): from `x`, `delta` `(batch, seq,
+/// channels)`, `a` `(channels, states)`, `b`, `c` `(batch, seq, states)` and `d` `(channels)`
+/// writes `y` `(batch, seq, channels)`; flat C-contiguous float32 arrays.
+#[pyfunction]
+#[pyo3(signature = (x, delta, a, b, c, d, y, batch, seq, channels, states, threads))]
+#[allow(clippy::too_many_arguments)]
+fn selective_scan_forward_f32(
+    py: Python<'_>,
+    x: PyReadonlyArray1<'_, f32>,
+    delta: PyReadonlyArray1<'_, f32>,
+    a: PyReadonlyArray1<'_, f32>,
+    b: PyReadonlyArray1<'_, f32>,
+    c: PyReadonlyArray1<'_, f32>,
+    d: PyReadonlyArray1<'_, f32>,
+    mut y: PyReadwriteArray1<'_, f32>,
+    batch: usize,
+    seq: usize,
+    channels: usize,
+    states: usize,
+    threads: usize,
+) -> PyResult<()> {
+    let inputs = step_kernels::selective_scan::Inputs {
+        x: contiguous("x", x.as_slice())?,
+        delta: contiguous("delta", delta.as_slice())?,
+        a: contiguous("a", a.as_slice())?,
+        b: contiguous("b", b.as_slice())?,
+        c: contiguous("c", c.as_slice())?,
+        d: contiguous("d", d.as_slice())?,
+    };
+    let y = contiguous_mut("y", y.as_slice_mut())?;
+    let shape = scan_shape(batch, seq, channels, states);
+    py.detach(|| step_kernels::selective_scan::forward(inputs, y, shape, threads))
+        .map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+/// The backward of `selective_scan_forward_f32`: writes the gradients of all six inputs from
+/// `grad_y` (as `y`); `grads` is `(grad_x, grad_delta, grad_a, grad_b, grad_c, grad_d)`.
+#[pyfunction]
+#[pyo3(signature = (x, delta, a, b, c, d, grad_y, grads, batch, seq, channels, states, threads))]
+#[allow(clippy::too_many_arguments)]
+fn selective_scan_backward_f32(
+    py: Python<'_>,
+    x: PyReadonlyArray1<'_, f32>,
+    delta: PyReadonlyArray1<'_, f32>,
+    a: PyReadonlyArray1<'_, f32>,
+    b: PyReadonlyArray1<'_, f32>,
+    c: PyReadonlyArray1<'_, f32>,
+    d: PyReadonlyArray1<'_, f32>,
+    grad_y: PyReadonlyArray1<'_, f32>,
+    grads: (
+        PyReadwriteArray1<'_, f32>,
+        PyReadwriteArray1<'_, f32>,
+        PyReadwriteArray1<'_, f32>,
+        PyReadwriteArray1<'_, f32>,
+        PyReadwriteArray1<'_, f32>,
+        PyReadwriteArray1<'_, f32>,
+    ),
+    batch: usize,
+    seq: usize,
+    channels: usize,
+    states: usize,
+    threads: usize,
+) -> PyResult<()> {
+    let inputs = step_kernels::selective_scan::Inputs {
+        x: contiguous("x", x.as_slice())?,
+        delta: contiguous("delta", delta.as_slice())?,
+        a: contiguous("a", a.as_slice())?,
+        b: contiguous("b", b.as_slice())?,
+        c: contiguous("c", c.as_slice())?,
+        d: contiguous("d", d.as_slice())?,
+    };
+    let grad_y = contiguous("grad_y", grad_y.as_slice())?;
+    let (mut gx, mut gdelta, mut ga, mut gb, mut gc, mut gd) = grads;
+    let grads = step_kernels::selective_scan::Gradients {
+        x: contiguous_mut("grad_x", gx.as_slice_mut())?,
+        delta: contiguous_mut("grad_delta", gdelta.as_slice_mut())?,
+        a: contiguous_mut("grad_a", ga.as_slice_mut())?,
+        b: contiguous_mut("grad_b", gb.as_slice_mut())?,
+        c: contiguous_mut("grad_c", gc.as_slice_mut())?,
+        d: contiguous_mut("grad_d", gd.as_slice_mut())?,
+    };
+    let shape = scan_shape(batch, seq, channels, states);
+    py.detach(|| step_kernels::selective_scan::backward(inputs, grad_y, grads, shape, threads))
+        .map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(price_trace, m)?)?;
@@ -304,6 +394,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dropout_f32, m)?)?;
     m.add_function(wrap_pyfunction!(causal_attention_forward_f32, m)?)?;
     m.add_function(wrap_pyfunction!(causal_attention_backward_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(selective_scan_forward_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(selective_scan_backward_f32, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
@@ -353,7 +445,8 @@ mod tests {
             _native(&module).unwrap();
             for name in ["price_trace", "bk_flops_per_element", "optimizer_flops_per_parameter", "bk_forward_f32",
                          "bk_forward_f64", "bk_backward_f32", "bk_backward_f64", "softmax_xent_grad_f32",
-                         "dropout_f32", "causal_attention_forward_f32", "causal_attention_backward_f32", "__version__"] {
+                         "dropout_f32", "causal_attention_forward_f32", "causal_attention_backward_f32",
+                         "selective_scan_forward_f32", "selective_scan_backward_f32", "__version__"] {
                 assert!(module.hasattr(name).unwrap(), "{name}");
             }
         });

@@ -4,6 +4,8 @@
 //!   rows, in two passes over the block (torch's ops take seven), with one exponential per logit.
 //! - [`attention`]: causal multi-head self-attention with dropout on its probabilities,
 //!   forward and backward, one (batch, head) pair's tile of scores at a time in the L2 cache.
+//! - [`selective_scan`]: Mamba's selective scan, forward and backward, the state in registers
+//!   instead of `(batch, L, channels, states)` tensors.
 //! - [`dropout`]: dropout with masks from a counter-based hash, ~10x faster than torch's CPU
 //!   Bernoulli sampler, recomputed in the backward instead of stored.
 //!
@@ -17,6 +19,7 @@ pub mod dropout;
 mod exp;
 mod isa;
 mod parallel;
+pub mod selective_scan;
 pub mod xent;
 
 pub use dropout::dropout;
