@@ -25,6 +25,7 @@ RESULT_FIELDS = {
     "causality_probe", "peak_memory_method", "dataset", "device", "versions", "git_revision",
     "flops_breakdown", "epoch_aux_losses", "methods", "schema_version", "peak_memory_above_baseline_mb",
     "throughput_method", "noncausal_perplexities", "valid_curve", "model_size_method", "context_reach",
+    "decay_law",
 }
 
 
@@ -131,7 +132,8 @@ def test_smoke_run_writes_every_file_with_the_documented_schema(tmp_path, tiny_d
         doc = json.loads((out / f"{name}_results.json").read_text())
         assert set(doc) == RESULT_FIELDS
         assert doc["model_name"] == name
-        assert doc["causal"] is True and doc["schema_version"] == 6
+        assert doc["causal"] is True and doc["schema_version"] == 7
+        assert (doc["decay_law"] is None) == name.startswith("transformer")  # the BK-Core's law, ResNet-BK only
         assert doc["config"]["model"]["architecture"] == ("transformer" if name.startswith("transformer") else "resnet_bk")
         assert len(doc["epoch_losses"]) == len(doc["epoch_perplexities"]) == len(doc["epoch_times"]) == 2
         assert doc["test_perplexity"] > 1
@@ -326,7 +328,7 @@ def test_the_committed_older_results_still_read_and_report(tmp_path):
     assert files, "no committed results found"
     for path in files:
         r = BenchmarkResults.load(path)
-        assert r.schema_version <= 6 and "final_perplexity" not in r.to_dict()
+        assert r.schema_version <= 7 and "final_perplexity" not in r.to_dict()
         assert flat_view(r.config)["model_name"] == r.model_name
     folder = tmp_path / "quick"
     shutil.copytree(results / "wikitext2-quick", folder)

@@ -26,6 +26,7 @@ import torch
 from .. import data as wt2
 from ..measure.causality import probe_causality
 from ..measure.context_reach import context_reach
+from ..measure.decay_law import decay_law
 from ..measure.memory import PeakMemory
 from ..models import LanguageModel
 from . import distributed
@@ -187,8 +188,8 @@ def end_epoch(state: TrainState) -> None:
 
 
 def finish(state: TrainState) -> BenchmarkResults:
-    """With the best weights: the causality probe, the test perplexity, the context reach, the
-    methods' EVALUATION and EXPORT, then the results."""
+    """With the best weights: the causality probe, the test perplexity, the context reach and the
+    BK-Core's decay law, the methods' EVALUATION and EXPORT, then the results."""
     config, model, device = state.config, state.model, state.device
     if state.progress.best_model is not None:
         model.load_state_dict(state.progress.best_model)
@@ -200,6 +201,7 @@ def finish(state: TrainState) -> BenchmarkResults:
     test_nll = state.evaluate(state.corpus.test, label="test")[0] if config.evaluate_test else math.nan
     with model.state_carry(False):
         reach = context_reach(model, state.corpus.valid, config.model.n_seq, device=device, context=state.forward_context)
+        decay = decay_law(model, state.corpus.valid, config.model.n_seq, device=device, context=state.forward_context)
     state.listeners.fire(Event.EVALUATION, state)
     state.listeners.fire(Event.EXPORT, state)
-    return build_results(state, probe, test_nll, reach)
+    return build_results(state, probe, test_nll, reach, decay)

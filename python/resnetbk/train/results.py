@@ -1,6 +1,6 @@
 """``BenchmarkResults``: what a run measured, as a stable JSON document.
 
-Schema (``schema_version`` 6): every field below, JSON-typed; durations in seconds, memory in
+Schema (``schema_version`` 7): every field below, JSON-typed; durations in seconds, memory in
 MiB, perplexities as ``exp(mean NLL)`` per token. ``test_perplexity`` is the test perplexity of
 the best-validation weights; ``best_valid_perplexity`` the best validation perplexity;
 ``epoch_perplexities`` the validation perplexity after each epoch; ``epoch_losses`` the mean
@@ -37,6 +37,11 @@ Schema version 6: ``config`` is nested as the config is (``model``: the model's 
 reads either layout); the original benchmark's duplicate names ``final_perplexity``,
 ``best_perplexity``, ``final_loss`` and ``perplexity_is_lm`` are gone (``test_perplexity``,
 ``best_valid_perplexity``, ``train_loss``, ``causal``): reading an older file drops them.
+
+Schema version 7 added ``decay_law`` (``resnetbk.measure.decay_law``): for a ResNet-BK, each
+block's BK-Core channels' contraction per position from their learnt potentials and z, and the
+sensitivity it predicts at each distance (to set beside ``context_reach``); null for the other
+models and in files of older versions.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ from ..measure.environment import environment
 from ..validate import reject_unknown_fields
 from .state import TrainState, throughput
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 #: Older schemas' second names for other fields (the original benchmark's), dropped on reading.
 LEGACY_DUPLICATES = ("final_perplexity", "best_perplexity", "final_loss", "perplexity_is_lm")
 
@@ -106,6 +111,7 @@ class BenchmarkResults:
     methods: dict = field(default_factory=dict)
     valid_curve: list = field(default_factory=list)
     context_reach: Optional[dict] = None
+    decay_law: Optional[dict] = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
@@ -126,7 +132,8 @@ class BenchmarkResults:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-def build_results(state: TrainState, probe, test_nll: float, reach: Optional[dict]) -> BenchmarkResults:
+def build_results(state: TrainState, probe, test_nll: float, reach: Optional[dict],
+                  decay: Optional[dict] = None) -> BenchmarkResults:
     """The results of a finished run, in one place: from its progress, the causality ``probe``,
     the test NLL, the context ``reach``, the exported model and the memory figures. A model that
     fails the probe gets no language-model perplexity: its measured perplexities are kept under
@@ -169,7 +176,7 @@ def build_results(state: TrainState, probe, test_nll: float, reach: Optional[dic
         noncausal_perplexities=noncausal, peak_memory_method=memory["method"], dataset=state.corpus.describe(),
         device=str(state.device), versions=versions, git_revision=git, epoch_aux_losses=progress.epoch_aux_losses,
         methods={**{flag: {"left_out": why} for flag, why in config.left_out_methods.items()}, **progress.figures},
-        valid_curve=progress.valid_curve, context_reach=reach, **perplexities, **flops,
+        valid_curve=progress.valid_curve, context_reach=reach, decay_law=decay, **perplexities, **flops,
     )
 
 

@@ -1,0 +1,95 @@
+"""The BK-Core's decay law: how much of the past each mixer channel keeps, from its learnt
+potentials and its z, beside the loss's measured context reach (``measure.context_reach``).
+
+In causal mode a channel's output at position k is ``g_k = 1 / (a_k - z - g_{k-1})`` (the
+Laplacian's off-diagonal entries are 1), with ``a_k = -2 + v_k`` and ``v_k`` the potential the
+block computes from its input. So ``|dg_k / dg_{k-1}| = |g_k|^2``: the contraction of one
+step, and the sensitivity of the output at the last position ``t`` to the potential ``d``
+positions back falls as the product ``prod_{j = t-d+1..t} |g_j|^2``. For ``v = 0`` and ``z = i``
+the contraction is about 1/4.33 per position (the resolvent's exponential decay away from the
+spectrum); a potential or a ``z`` near the spectrum decays slower.
+
+For validation windows (the context reach's) the potentials are captured from every block's
+mixer input, the recursion is run in float64, and per block and channel this reports the mean
+``log10 |g_k|^2`` over positions (as a decay factor per position) and the predicted relative
+sensitivity at each distance from the last position (the mean over windows of the product).
+A mixer with a sparse gate is measured without it (the gate's zeroed positions are not modelled).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+from .. import data as wt2
+
+METHOD = ("g_k = 1/(a_k - z - g_{k-1}) in float64 from each mixer's learnt potentials (a_k = -2 + v_k) and z on "
+          "validation windows; contraction |g_k|^2; decay per position = 10^-(mean log10 |g_k|^2); predicted relative "
+          "sensitivity at distance d from the last position = mean over windows of prod_{j=t-d+1..t} |g_j|^2")
+
+
+def causal_resolvent_diagonal(diag: torch.Tensor, z) -> torch.Tensor:
+    """``g (..., N)`` complex128 from ``diag (..., N)`` (``a_k``) and ``z`` (a number or one per
+    leading index, broadcast against ``diag[..., 0]``): the causal recursion with unit couplings."""
+    a = diag.to(torch.complex128)
+    z = torch.as_tensor(z, dtype=torch.complex128)
+    g_prev = torch.zeros_like(a[..., 0])
+    out = []
+    for k in range(a.shape[-1]):
+        g_prev = 1.0 / (a[..., k] - z - g_prev)
+        out.append(g_prev)
+    return torch.stack(out, dim=-1)
+
+
+@torch.no_grad()
+def decay_law(model, tokens: torch.Tensor, n_seq: int, *, sequences: int = 32, batch: int = 8, device=None,
+              context=nullcontext) -> dict | None:
+    """``{"blocks": [...], "distances", "sequences", "method"}`` for a ResNet-BK ``model`` on the
+    first full windows of ``tokens``; None for a model without BK-Core mixers or without a window."""
+    mixers = [getattr(block, "bk", None) for block in model.blocks]
+    if not any(m is not None for m in mixers) or tokens.numel() - 1 < n_seq:
+        return None
+    device = device or torch.device("cpu")
+    batch = max(1, min(batch, (tokens.numel() - 1) // n_seq))
+    captured: dict = {i: [] for i, m in enumerate(mixers) if m is not None}
+    hooks = [m.register_forward_hook(lambda module, args, out, i=i: captured[i].append(args[0].detach()))
+             for i, m in enumerate(mixers) if m is not None]
+    was_training = model.training
+    model.eval()
+    seen = 0
+    try:
+        inputs, _ = wt2.streams(tokens, batch)
+        for x, _ in wt2.windows(inputs, inputs, n_seq):
+            if x.shape[1] < n_seq or seen >= sequences:
+                break
+            with context():
+                model.features(x.contiguous().to(device))
+            seen += x.shape[0]
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    blocks = []
+    for i, inputs_seen in captured.items():
+        blocks.append({"block": i, **_channel_law(mixers[i], torch.cat(inputs_seen)[:seen])})
+    return {"blocks": blocks, "distances": list(range(n_seq)), "sequences": seen, "method": METHOD}
+
+
+def _channel_law(mixer, h: torch.Tensor) -> dict:
+    """One mixer's contraction per channel from its inputs ``h (S, N, d)``."""
+    s, n, d = h.shape
+    v = mixer._potential(h.reshape(s * n, d).float()).view(s, n, -1).double()  # (S, N, C)
+    z = mixer.spectral_z()
+    z = z.detach().to(torch.complex128) if isinstance(z, torch.Tensor) else z  # (C,) or a number
+    g = causal_resolvent_diagonal((-2.0 + v).transpose(1, 2), z)  # (S, C, N)
+    contraction = g.abs().square()
+    log_c = contraction.log10()
+    # The product over the last d positions, for every d (d = 0: nothing crossed, 1).
+    cumulative = torch.cat([torch.zeros_like(log_c[..., :1]), log_c.flip(-1).cumsum(-1)[..., :-1]], dim=-1)
+    predicted = (10.0 ** cumulative).mean(0)  # (C, N): mean over windows
+    z_list = [[complex(zz).real, complex(zz).imag] for zz in (z.flatten().tolist() if isinstance(z, torch.Tensor)
+                                                             else [z] * v.shape[-1])]
+    return {"z": z_list, "decay_per_position": (10.0 ** -log_c.mean(dim=(0, 2))).tolist(),
+            "mean_contraction": contraction.mean(dim=(0, 2)).tolist(),
+            "predicted_relative": predicted.tolist()}
