@@ -1,7 +1,10 @@
-"""``python -m resnetbk.bench decay-law RESULTS.json ...``: the BK-Core's decay law beside the
-measured context reach, for trained models.
+"""``python -m resnetbk.bench decay-law RESULTS.json|checkpoint.pt ...``: the BK-Core's decay law
+beside the measured context reach, for trained models.
 
-For every results file given (any model; those without a BK-Core have only their measured
+A results file of schema 7 carries both figures. For an older run, its checkpoint
+(``runs/<model>/checkpoint.pt``: the config and the weights after its last epoch) is measured
+again here: the model rebuilt with its methods, both figures computed on the validation split of
+``--data-dir``. For every input (any model; those without a BK-Core have only their measured
 reach), ``decay_law.md`` tabulates the loss's measured sensitivity to the input ``d`` positions
 back (``context_reach``, relative to the current token) beside what the mixers' contraction
 predicts (``decay_law``: for each block, its channel that keeps the most, i.e. the largest
@@ -15,18 +18,26 @@ falls slower means another path carries it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import statistics
 import sys
 from pathlib import Path
 
+import torch
+
+from .. import data as wt2
 from ..jsonfile import write_json_atomic
+from ..measure.context_reach import context_reach
+from ..measure.decay_law import decay_law
 from ..train.results import BenchmarkResults
+from .config import BenchmarkConfig
+from .recipe import make_model
 
 DISTANCES = (1, 2, 4, 8, 16, 32)
 
 
-def summarise(name: str, r: BenchmarkResults) -> dict:
+def summarise(name: str, r) -> dict:
     reach = (r.context_reach or {}).get("relative") or []
     law = r.decay_law or {}
     blocks = []
@@ -68,7 +79,8 @@ def format_markdown(rows: list) -> str:
              + " | decay per position, measured / predicted |", "|---" * (len(DISTANCES) + 3) + "|"]
     for row in rows:
         cells = [f"{_g(row['measured_relative'][d])} / {_g(row['predicted_relative'][d])}" for d in DISTANCES]
-        lines.append(f"| {row['name']} | {row['test_perplexity']:.2f} | " + " | ".join(cells)
+        ppl = row["test_perplexity"]
+        lines.append(f"| {row['name']} | {'-' if not math.isfinite(ppl) else f'{ppl:.2f}'} | " + " | ".join(cells)
                      + f" | {_g(row['measured_decay_per_position'])}x / {_g(row['predicted_decay_per_position'])}x |")
     lines += ["", "Per block (ResNet-BK): the channel that keeps the most, its z, and the decay per position of the "
               "best and the median channel.", "", "| model | block | best channel | z | decay best | decay median |",
@@ -108,18 +120,58 @@ def plot(rows: list, results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+@dataclasses.dataclass
+class Measured:
+    """What the report reads of a run: its name, config, test perplexity and the two figures."""
+
+    model_name: str
+    config: dict
+    test_perplexity: float
+    context_reach: dict | None
+    decay_law: dict | None
+
+
+def measure_checkpoint(path: Path, corpus) -> Measured:
+    """Rebuild a run's model from its checkpoint and measure its reach and decay law again."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    config = BenchmarkConfig.from_dict(ckpt["config"])
+    model = make_model(config, corpus.vocab_size)
+    model.load_state_dict(ckpt["model"])
+    n_seq = config.model.n_seq
+    with model.state_carry(False):
+        reach = context_reach(model, corpus.valid, n_seq)
+    # The run's test perplexity, where its results file sits beside its runs/ folder.
+    beside = path.parent.parent.parent / f"{config.model_name}_results.json"
+    test = BenchmarkResults.load(beside).test_perplexity if beside.is_file() else math.nan
+    return Measured(config.model_name, ckpt["config"], test, reach, decay_law(model, corpus.valid, n_seq))
+
+
+def _load(path: Path, data_dir, corpora: dict) -> Measured:
+    if path.suffix == ".pt":
+        if "corpus" not in corpora:
+            corpora["corpus"] = wt2.load_corpus(data_dir)
+        return measure_checkpoint(path, corpora["corpus"])
+    r = BenchmarkResults.load(path)
+    return Measured(r.model_name, r.config, r.test_perplexity, r.context_reach, r.decay_law)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m resnetbk.bench decay-law", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", nargs="+", help="results files (<model>_results.json) of trained models")
+    p.add_argument("results", nargs="+", help="results files (<model>_results.json) or checkpoints "
+                                              "(runs/<model>/checkpoint.pt) of trained models")
+    p.add_argument("--data-dir", help="WikiText-2 for measuring checkpoints (else $RESNETBK_DATA, else the hub)")
     p.add_argument("--output-dir", default="benchmark_results/decay-law")
     args = p.parse_args(argv)
-    results, rows = {}, []
+    results, rows, corpora = {}, [], {}
     for path in map(Path, args.results):
         try:
-            r = BenchmarkResults.load(path)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            print(f"error: {path}: not a readable results file ({exc})", file=sys.stderr)
+            r = _load(path, args.data_dir, corpora)
+        except wt2.DataError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            print(f"error: {path}: not a readable results file or checkpoint ({exc})", file=sys.stderr)
             return 2
         name = r.model_name if r.model_name not in results else f"{r.model_name} ({path.parent.name})"
         if not r.context_reach:
