@@ -14,9 +14,9 @@ Records: the length schedule actually used (steps at each length), the tokens le
 with a validation curve (``valid_curve_interval``), the steps and time to the baseline's
 perplexity (the ablation reads them).
 
-Measured effect (``results/ablation_quick``, quick preset, 2-core CPU): reached the baseline's
-best validation perplexity at step 150, as the baseline did (1.00x the steps, 1.10x the time;
-claimed 30% fewer steps: not borne out); test perplexity -0.2%.
+Measured effect (``results/ablation-epoch``: one epoch, 510 steps, seed 42, 2 CPU threads): never
+reached the baseline's best validation perplexity (367.0) within the 510 steps (its best 373.1);
+test perplexity +1.6%; the claim (30% fewer steps) is not borne out.
 
 Paper: Li, Zhang and He 2021, "The Stability-Efficiency Dilemma: Investigating Sequence Length
 Warmup for Training GPT Models"; MosaicML Composer's SeqLengthWarmup (about 1.5x on GPT-2 125M);

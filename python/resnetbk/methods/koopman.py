@@ -20,6 +20,12 @@ an SVD of a (parameters x snapshots) matrix per jump, recorded as wall time.
 Records: the jumps taken and refused, the steps advanced without gradients, the fit's time, its
 one-step prediction error on the window.
 
+Measured effect (``results/ablation-epoch``: one epoch, 510 steps, seed 42, 2 CPU threads): with
+interval 50, 10 snapshots and horizon 10, the 10 jumps taken (100 of 510 steps without a gradient
+evaluation) bring the run to the baseline's best validation perplexity at step 420 instead of 510:
+1.21x fewer gradient evaluations (the claim is 100x: not borne out), 0.55x the training time; test
+perplexity -3.0% (350.90 against 361.89).
+
 Why not the earlier form: a lifted linear model of each block's hidden states trained beside the
 model left backpropagation as it was (backward FLOPs 1.01x: its claim could not hold by
 construction) and its Koopman evaluation mode was no substitute for the blocks (valid ppl 803

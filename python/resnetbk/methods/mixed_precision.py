@@ -4,13 +4,16 @@ What it does: every forward (training and evaluation) runs in ``torch.autocast``
 ``amp_dtype``; the BK-Core itself stays float32 (its inputs are cast up), float16 uses a
 GradScaler (CUDA only).
 
-Measured effect (``results/ablation_quick``: quick preset, 150 steps, 2 CPU threads): 1.16x
-tokens/s and 1.51x peak memory against float32 on this AMD EPYC CPU (perplexity -0.3%): the
-claim (2x speed, half the memory) is not borne out here. On a CPU without native bf16 (AVX-512
-BF16 or AMX; ``resnetbk.hardware``) bf16 matmuls run about 20x slower than float32 (AMD Zen 3:
-``resnet_bk_baseline`` with ``--amp`` trained at 899 tokens/s against 9,797 without), so there
-the flag alone is an error unless ``allow_slow_bf16`` is set, and ``resnet_bk_full`` leaves the
-method out and says why in its results (``left_out_methods``). GPUs not measured yet.
+Measured effect (``results/ablation-epoch``: one epoch, 510 steps, seed 42, 2 CPU threads): 0.64x
+tokens/s and 1.90x peak memory against float32 (perplexity +0.0%); side by side in one process
+(``benches/amp_step.py``, ``results/ablation-epoch/mixed_precision_ab.json``) the step runs 0.65x
+as fast under bf16 autocast on this Sapphire Rapids CPU with AMX: the float32 step runs this
+package's Rust kernels (the LM head's cross-entropy, dropout) and autocast's bf16 path runs torch's
+ops. The claim (2x speed, half the memory) is not borne out here. On a CPU without native bf16
+(AVX-512 BF16 or AMX; ``resnetbk.hardware``) bf16 matmuls run about 20x slower than float32 (AMD
+Zen 3: ``resnet_bk_baseline`` with ``--amp`` trained at 899 tokens/s against 9,797 without), so
+there the flag alone is an error unless ``allow_slow_bf16`` is set, and ``resnet_bk_full`` leaves
+the method out and says why in its results (``left_out_methods``). GPUs not measured yet.
 
 Paper: Micikevicius et al. 2018, "Mixed Precision Training"; bf16: Kalamkar et al. 2019.
 """

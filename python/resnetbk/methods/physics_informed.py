@@ -23,10 +23,10 @@ Records: the weighted energy term per epoch (in ``epoch_aux_losses``) and the un
 ``1 - corr`` mean per epoch (``conservation_term``); with a validation curve, the steps to the
 baseline's perplexity (the claim is about training steps).
 
-Measured effect (``results/ablation_quick``, with the earlier learnable weight and unnormalised
-loss: quick preset, 2-core CPU): never reached the baseline's best validation perplexity within
-the 150 steps the baseline needed (its best 582 against 570); test perplexity +2.0% (claimed:
-10x fewer steps: not borne out).
+Measured effect (``results/ablation-epoch``: one epoch, 510 steps, seed 42, 2 CPU threads): at
+``physics_weight`` 0.1 on the normalised energy never reached the baseline's best validation
+perplexity within 510 steps (its best 367.1 against 367.0); test perplexity +0.0%; the claim (10x
+fewer steps) is not borne out.
 
 Paper: Greydanus et al. 2019, "Hamiltonian Neural Networks" (learned energies, conservation);
 residual networks as discretised dynamics: Chen et al. 2018, "Neural Ordinary Differential
