@@ -6,7 +6,7 @@ GradScaler (CUDA only).
 
 Measured effect (``results/ablation-epoch``: one epoch, 510 steps, seed 42, 2 CPU threads): 0.64x
 tokens/s and 1.90x peak memory against float32 (perplexity +0.0%); side by side in one process
-(``benches/amp_step.py``, ``results/ablation-epoch/mixed_precision_ab.json``) the step runs 0.65x
+(``benches/amp_step.py``, ``results/ablation-epoch/mixed_precision_ab.json``) the step runs 0.61x
 as fast under bf16 autocast on this Sapphire Rapids CPU with AMX: the float32 step runs this
 package's Rust kernels (the LM head's cross-entropy, dropout) and autocast's bf16 path runs torch's
 ops. The claim (2x speed, half the memory) is not borne out here. On a CPU without native bf16
