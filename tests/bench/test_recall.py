@@ -11,7 +11,7 @@ from resnetbk.bench import recall
 from resnetbk.bench.cli import main as cli_main
 from resnetbk.measure.causality import probe_causality
 from resnetbk.recall.mqar import MQARCell, generate
-from resnetbk.recall.training import query_logits
+from resnetbk.recall.training import RecallTraining, query_logits, recall_optimizer
 
 TINY = ["--seq-lens", "16", "--pairs", "2", "--vocab-size", "16", "--train-examples", "64", "--valid-examples", "16",
         "--test-examples", "16", "--epochs", "1", "--batch-size", "32", "--threads", "1", "--quiet"]
@@ -70,7 +70,9 @@ def test_every_harness_model_is_causal_and_scores_only_the_queries(name):
     (["--models", "gpt5"], "error: --models: expected names from transformer"),
     (["--lrs", "fast"], "error: --lrs: expected comma-separated numbers"),
     (["--lrs", "0"], "error: --lrs: expected positive learning rates"),
-    (["--seeds", "1,1"], "error: --seeds: expected distinct integers"),
+    (["--seeds", "1,1"], "error: --seeds: expected distinct non-negative integers"),
+    (["--seeds", "-1"], "error: --seeds: expected distinct non-negative integers"),
+    (["--lrs", "1e-3,0.001"], "error: --lrs: expected distinct learning rates"),
     (["--seq-lens", "8", "--pairs", "4"], "error: --seq-lens/--pairs: no cell fits"),
     (["--epochs", "0"], "error: epochs: expected a positive integer"),
     (["--threads", "0"], "error: --threads: expected a positive integer"),
@@ -79,3 +81,16 @@ def test_bad_options_are_one_line(option, message, capsys, tmp_path):
     assert cli_main(["recall", "--output-dir", str(tmp_path), *option]) == 2
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1
+
+
+def test_weight_decay_spares_the_time_scales():
+    """Spectral z's log_eta and Mamba's A_log keep their long time scales: no decay on them (nor on
+    norms, biases, embeddings); the weight matrices get Zoology's 0.1."""
+    config = recall.RecallConfig(vocab_size=32, seq_lens=(24,), pairs=(3,))
+    for name, spared in (("resnet_bk_spectral_z", "log_eta"), ("mamba", "A_log")):
+        model = recall.build_recall_model(name, config)
+        optimizer = recall_optimizer(model, RecallTraining(weight_decay=0.1))
+        decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+        names = {n for n, p in model.named_parameters() if id(p) in decayed}
+        assert not any(spared in n or "norm" in n or "embedding" in n for n in names)
+        assert any("weight" in n for n in names)

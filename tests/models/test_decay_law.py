@@ -7,7 +7,7 @@ import math
 import torch
 
 from resnetbk import bk_core
-from resnetbk.measure.decay_law import causal_resolvent_diagonal, decay_law
+from resnetbk.measure.decay_law import _channel_law, causal_resolvent_diagonal, decay_law
 from resnetbk.models import ModelOptions, build_model
 from resnetbk.models.resnet_bk import BKMixer
 
@@ -56,3 +56,29 @@ def test_no_law_without_a_mixer_or_a_window():
                      tokens, 32) is None
     assert decay_law(build_model(ModelOptions(vocab_size=40, d_model=16, n_layers=1, n_seq=32)), tokens[:20], 32) is None
     assert isinstance(BKMixer(8, 1), BKMixer)
+
+
+def test_the_prediction_is_the_product_of_the_contractions_before_the_last_position():
+    """d/da_{t-d} of g_t is -prod_{j=t-d..t} g_j^2; relative to d = 0, prod_{j=t-d..t-1} |g_j|^2."""
+    mixer = BKMixer(8, 1)
+    torch.nn.init.zeros_(mixer.v_proj.weight)
+    torch.nn.init.zeros_(mixer.v_proj.bias)  # potential 0 everywhere: a_k = -2
+    law = _channel_law(mixer, torch.randn(3, 12, 8))
+    c = causal_resolvent_diagonal(torch.full((12,), -2.0, dtype=torch.float64), 1j).abs().square()
+    for d in (1, 2, 5, 11):
+        assert math.isclose(law["predicted_relative"][0][d], float(c[11 - d:11].prod()), rel_tol=1e-9)
+    # And the measured gradient of the BK-Core's output agrees.
+    a = torch.full((12,), -2.0, dtype=torch.float64, requires_grad=True)
+    g = bk_core(a, torch.ones(11, dtype=torch.float64), None, 1j, mode="causal", backend="torch")[-1]
+    d_real, = torch.autograd.grad(g.real, a, retain_graph=True)
+    d_imag, = torch.autograd.grad(g.imag, a)
+    magnitude = torch.sqrt(d_real**2 + d_imag**2)  # |dg_t / da_k|, a real
+    relative = (magnitude / magnitude[-1]).flip(0)
+    for d in (1, 2, 5):
+        assert math.isclose(relative[d].item(), law["predicted_relative"][0][d], rel_tol=1e-6)
+
+
+def test_a_bidirectional_mixer_has_no_causal_law():
+    tokens = torch.randint(0, 40, (1000,))
+    model = build_model(ModelOptions(vocab_size=40, d_model=16, n_layers=1, n_seq=32, bk_mode="bidirectional"))
+    assert decay_law(model, tokens, 32) is None

@@ -99,3 +99,15 @@ def test_bad_shapes_and_dtypes_are_named_errors():
         selective_scan(x, delta, A, B, C[:, :4], D)
     with pytest.raises(ValueError, match="the kernel takes float32 CPU tensors"):
         selective_scan(x.double(), delta, A, B, C, D)
+
+
+def test_a_pickled_mamba_model_loads_in_a_fresh_process(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps(mamba_model()))
+    code = ("import pickle, sys; m = pickle.loads(open(sys.argv[1], 'rb').read()); "
+            "print(type(m.blocks[0].layers[0].mixer).__name__)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "KernelScanMambaBlock", out.stderr[-1500:]

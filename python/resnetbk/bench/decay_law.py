@@ -45,7 +45,7 @@ def summarise(name: str, r) -> dict:
         predicted = block["predicted_relative"]
         best = max(range(len(predicted)), key=lambda c: predicted[c][min(8, len(predicted[c]) - 1)])
         blocks.append({"block": block["block"], "best_channel": best, "z_best": block["z"][best],
-                       "decay_per_position_best": min(block["decay_per_position"]),
+                       "decay_per_position_best": block["decay_per_position"][best],
                        "decay_per_position_median": statistics.median(block["decay_per_position"]),
                        "predicted_relative_best": predicted[best]})
     strongest = max((b["predicted_relative_best"] for b in blocks), key=lambda v: v[min(8, len(v) - 1)], default=[])

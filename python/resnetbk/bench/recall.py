@@ -41,7 +41,7 @@ from ..measure.environment import environment, machine
 from ..methods.spectral_z import SpectralShift
 from ..models import ModelOptions, build_model
 from ..recall.mqar import MQARCell, generate
-from ..recall.training import RecallTraining, evaluate, overall_accuracy, train_recall
+from ..recall.training import RECIPE_VERSION, RecallTraining, evaluate, overall_accuracy, train_recall
 from ..validate import check_int
 
 #: The harness's models: the architecture and what changes in it.
@@ -92,8 +92,10 @@ class RecallConfig:
             raise ValueError(f"--models: expected names from {', '.join(MODELS)}, got {', '.join(unknown) or 'none'}")
         if not self.lrs or any(not (lr > 0 and math.isfinite(lr)) for lr in self.lrs):
             raise ValueError(f"--lrs: expected positive learning rates such as 3e-4,1e-3,3e-3, got {self.lrs}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"--seeds: expected distinct integers, got {self.seeds}")
+        if len({f"{lr:g}" for lr in self.lrs}) != len(self.lrs):
+            raise ValueError(f"--lrs: expected distinct learning rates, got {', '.join(f'{lr:g}' for lr in self.lrs)}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ValueError(f"--seeds: expected distinct non-negative integers, got {self.seeds}")
         if not self.cells():
             raise ValueError(f"--seq-lens/--pairs: no cell fits (a cell of P pairs needs a sequence of at least 4P): "
                              f"seq_lens {self.seq_lens}, pairs {self.pairs}")
@@ -110,6 +112,7 @@ class RecallConfig:
         for key in ("grid", "lrs", "seeds", "models"):
             data.pop(key)
         data["seq_lens"], data["pairs"] = list(self.seq_lens), list(self.pairs)
+        data["recipe_version"] = RECIPE_VERSION
         return data
 
 

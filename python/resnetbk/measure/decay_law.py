@@ -4,8 +4,9 @@ potentials and its z, beside the loss's measured context reach (``measure.contex
 In causal mode a channel's output at position k is ``g_k = 1 / (a_k - z - g_{k-1})`` (the
 Laplacian's off-diagonal entries are 1), with ``a_k = -2 + v_k`` and ``v_k`` the potential the
 block computes from its input. So ``|dg_k / dg_{k-1}| = |g_k|^2``: the contraction of one
-step, and the sensitivity of the output at the last position ``t`` to the potential ``d``
-positions back falls as the product ``prod_{j = t-d+1..t} |g_j|^2``. For ``v = 0`` and ``z = i``
+step, and ``dg_k / da_k = -g_k^2``: the sensitivity of the output at the last position ``t`` to
+the potential ``d`` positions back is ``prod_{j = t-d..t} |g_j|^2``, relative to ``d = 0``
+the product ``prod_{j = t-d..t-1} |g_j|^2``. For ``v = 0`` and ``z = i``
 the contraction is about 1/4.33 per position (the resolvent's exponential decay away from the
 spectrum); a potential or a ``z`` near the spectrum decays slower.
 
@@ -13,7 +14,8 @@ For validation windows (the context reach's) the potentials are captured from ev
 mixer input, the recursion is run in float64, and per block and channel this reports the mean
 ``log10 |g_k|^2`` over positions (as a decay factor per position) and the predicted relative
 sensitivity at each distance from the last position (the mean over windows of the product).
-A mixer with a sparse gate is measured without it (the gate's zeroed positions are not modelled).
+A mixer with a sparse gate is measured without it (the gate's zeroed positions are not modelled);
+a bidirectional mixer is not described by the causal recursion and is left out.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from .. import data as wt2
 
 METHOD = ("g_k = 1/(a_k - z - g_{k-1}) in float64 from each mixer's learnt potentials (a_k = -2 + v_k) and z on "
           "validation windows; contraction |g_k|^2; decay per position = 10^-(mean log10 |g_k|^2); predicted relative "
-          "sensitivity at distance d from the last position = mean over windows of prod_{j=t-d+1..t} |g_j|^2")
+          "sensitivity at distance d from the last position t = mean over windows of prod_{j=t-d..t-1} |g_j|^2")
 
 
 def causal_resolvent_diagonal(diag: torch.Tensor, z) -> torch.Tensor:
@@ -48,6 +50,7 @@ def decay_law(model, tokens: torch.Tensor, n_seq: int, *, sequences: int = 32, b
     """``{"blocks": [...], "distances", "sequences", "method"}`` for a ResNet-BK ``model`` on the
     first full windows of ``tokens``; None for a model without BK-Core mixers or without a window."""
     mixers = [getattr(block, "bk", None) for block in model.blocks]
+    mixers = [m if m is not None and m.mode == "causal" else None for m in mixers]
     if not any(m is not None for m in mixers) or tokens.numel() - 1 < n_seq:
         return None
     device = device or torch.device("cpu")
@@ -85,8 +88,8 @@ def _channel_law(mixer, h: torch.Tensor) -> dict:
     g = causal_resolvent_diagonal((-2.0 + v).transpose(1, 2), z)  # (S, C, N)
     contraction = g.abs().square()
     log_c = contraction.log10()
-    # The product over the last d positions, for every d (d = 0: nothing crossed, 1).
-    cumulative = torch.cat([torch.zeros_like(log_c[..., :1]), log_c.flip(-1).cumsum(-1)[..., :-1]], dim=-1)
+    # Relative to d = 0: the product over positions t-d .. t-1, for every d (d = 0: 1).
+    cumulative = torch.cat([torch.zeros_like(log_c[..., :1]), log_c[..., :-1].flip(-1).cumsum(-1)], dim=-1)
     predicted = (10.0 ** cumulative).mean(0)  # (C, N): mean over windows
     z_list = [[complex(zz).real, complex(zz).imag] for zz in (z.flatten().tolist() if isinstance(z, torch.Tensor)
                                                              else [z] * v.shape[-1])]

@@ -19,7 +19,7 @@ the context reach (``resnetbk.measure.context_reach``) with the baseline's.
 Measured effect (``results/ablation-epoch``: one epoch, 510 steps, seed 42, 2 CPU threads, 8
 channels): the loss's sensitivity to the input 8 positions back 6.5e5x the fixed z's, 32 back
 8.4e5x; test perplexity +2.6% against the 1-channel baseline: it looks further back but predicts no
-better. The strongest channel of each block learnt an ``eta`` of 0.001-0.008 (``bench decay-law``:
+better. The strongest channel of each block learnt an ``eta`` of 0.001-0.009 (``bench decay-law``:
 the strongest channels decay 1.1-1.7x per position, against 4.1-4.5x at z = i). Earlier, at 150
 steps (``results/spectral_quick``): reach 1e5x, perplexity unchanged.
 

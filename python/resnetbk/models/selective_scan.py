@@ -68,7 +68,7 @@ class _SelectiveScan(torch.autograd.Function):
     def forward(ctx, x, delta, A, B, C, D):
         inputs = [t.detach().contiguous() for t in (x, delta, A, B, C, D)]
         shape = (*x.shape, A.shape[-1])
-        y = torch.empty(x.shape, dtype=torch.float32)
+        y = inputs[0].new_empty(x.shape)
         _native.selective_scan_forward_f32(*[_flat(t) for t in inputs], y.view(-1).numpy(), *shape,
                                            torch.get_num_threads())
         ctx.save_for_backward(*inputs)
@@ -89,7 +89,8 @@ class _SelectiveScan(torch.autograd.Function):
 def kernel_scan_class(mixer_class: type) -> type:
     """mambapy's ``MambaBlock`` class with its ``selective_scan`` through the kernel where it
     applies (else its own parallel scan): a subclass made once and kept as this module's
-    ``KernelScanMambaBlock``, so that copies and pickles of a model keep it."""
+    ``KernelScanMambaBlock`` (also made on first access, ``__getattr__``), so that copies and
+    pickles of a model keep it, in this process or another."""
     made = globals().get("KernelScanMambaBlock")
     if made is not None and made.__base__ is mixer_class:
         return made
@@ -103,3 +104,12 @@ def kernel_scan_class(mixer_class: type) -> type:
     KernelScanMambaBlock.__qualname__ = "KernelScanMambaBlock"  # found by pickle at module level
     globals()["KernelScanMambaBlock"] = KernelScanMambaBlock
     return KernelScanMambaBlock
+
+
+def __getattr__(name: str):
+    """``KernelScanMambaBlock`` before any Mamba model was built here (unpickling in a fresh process)."""
+    if name == "KernelScanMambaBlock":
+        from mambapy.mamba import MambaBlock  # the declared dependency, loaded only where Mamba is used
+
+        return kernel_scan_class(MambaBlock)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

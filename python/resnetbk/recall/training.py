@@ -4,7 +4,10 @@ The model's hidden states are computed for every position (the blocks are causal
 only at the query positions: with Zoology's vocabulary of 8,192 the head at every position would
 be most of the work for a few labelled tokens per sequence.
 
-The recipe (stated in the results): AdamW with Zoology's weight decay 0.1, a linear warm-up over
+The recipe (stated in the results): AdamW with Zoology's weight decay 0.1 on the weight matrices
+only (the benchmark's own groups, ``models.parameter_groups``: not on norms, biases, embeddings,
+spectral z's ``log_eta`` or Mamba's ``A_log``, which decay would pull away from their long time
+scales), a linear warm-up over
 the first ``warmup_fraction`` of the steps, then a cosine decay to 0 (Zoology's schedule, per
 step rather than per epoch), gradients clipped at norm 1, no dropout. Every training cell's
 batches are shuffled together, so one model learns the whole grid at once, as Zoology trains on
@@ -22,8 +25,12 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from ..models.parameter_groups import parameter_groups
 from ..validate import check_int, check_number
 from .mqar import IGNORE_INDEX, MQARData
+
+#: Raised when the recipe changes: a finished run of another recipe is not kept by ``--resume``.
+RECIPE_VERSION = 2
 
 
 def distance_bucket(distance: int) -> int:
@@ -78,6 +85,11 @@ def _lr_at(step: int, total: int, settings: RecallTraining) -> float:
     return settings.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def recall_optimizer(model, settings: RecallTraining) -> torch.optim.AdamW:
+    """AdamW at ``settings.lr`` with weight decay on the weight matrices only (``parameter_groups``)."""
+    return torch.optim.AdamW(parameter_groups(model, False, settings.weight_decay), lr=settings.lr)
+
+
 def train_recall(model, train: list, valid: list, settings: RecallTraining, *,
                  log: Optional[Callable[[str], None]] = None) -> dict:
     """Train ``model`` on the cells ``train`` (a list of ``MQARData``), validating on ``valid``
@@ -85,8 +97,8 @@ def train_recall(model, train: list, valid: list, settings: RecallTraining, *,
     accuracy (with the model's weights at that epoch restored), the epochs and steps run and the
     training time."""
     generator = torch.Generator().manual_seed(settings.seed)
-    decay = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(decay, lr=settings.lr, weight_decay=settings.weight_decay)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = recall_optimizer(model, settings)
     steps_per_epoch = sum(math.ceil(len(part) / settings.batch_size) for part in train)
     total = steps_per_epoch * settings.epochs
     history, best, best_state, step = [], -1.0, None, 0
@@ -104,7 +116,7 @@ def train_recall(model, train: list, valid: list, settings: RecallTraining, *,
             total_loss = loss if aux is None else loss + 0.01 * aux
             optimizer.zero_grad(set_to_none=True)
             total_loss.backward()
-            torch.nn.utils.clip_grad_norm_(decay, settings.clip_norm)
+            torch.nn.utils.clip_grad_norm_(trained, settings.clip_norm)
             optimizer.step()
             loss_sum += loss.item()
             batches += 1
