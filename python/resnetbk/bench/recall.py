@@ -25,7 +25,6 @@ import dataclasses
 import itertools
 import json
 import math
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from ..models import ModelOptions, build_model
 from ..recall.mqar import MQARCell, generate
 from ..recall.training import RECIPE_VERSION, RecallTraining, evaluate, overall_accuracy, train_recall
 from ..validate import check_int
+from .summary import mean_std
 
 #: The harness's models: the architecture and what changes in it.
 MODELS = {  # in the order they run (the slowest per step, Mamba, last)
@@ -226,14 +226,6 @@ def _run_or_keep(config, output, key, tag, resume, quiet, clock, left_runs) -> d
     return run
 
 
-def _mean_std(values: list) -> dict:
-    values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    if not values:
-        return {"mean": float("nan"), "std": float("nan"), "n": 0}
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}
-
-
 def summarise(config: RecallConfig, runs: list) -> dict:
     """Per model: the learning-rate sweep, the chosen rate, and test accuracy over the seeds at it
     (overall, per cell, by distance), the parameters and causality."""
@@ -253,9 +245,9 @@ def summarise(config: RecallConfig, runs: list) -> dict:
             by_distance[bucket] = sum(p["correct"] for p in parts) / max(1, sum(p["queries"] for p in parts))
         models[name] = {
             "lr_sweep_valid_accuracy": sweep, "chosen_lr": chosen.get(name),
-            "test_accuracy": _mean_std([r["test_accuracy"] for r in at]),
-            "valid_accuracy": _mean_std([r["valid_accuracy"] for r in at]),
-            "test_by_cell": {cell: _mean_std(v) for cell, v in cells.items()},
+            "test_accuracy": mean_std([r["test_accuracy"] for r in at]),
+            "valid_accuracy": mean_std([r["valid_accuracy"] for r in at]),
+            "test_by_cell": {cell: mean_std(v) for cell, v in cells.items()},
             "test_by_distance": by_distance,
             "seeds": [r["seed"] for r in at], "parameters": at[0]["parameters"] if at else None,
             "causal": all(r["causal"] for r in at) if at else None,
@@ -311,7 +303,7 @@ def plot(doc: dict, config: RecallConfig, path: Path) -> None:
             pairs = [p for p in sorted(config.pairs) if f"seq{n}-pairs{p}" in m["test_by_cell"]]
             stats = [m["test_by_cell"][f"seq{n}-pairs{p}"] for p in pairs]
             if pairs:
-                ax.errorbar(pairs, [100 * s["mean"] for s in stats], yerr=[100 * s["std"] for s in stats],
+                ax.errorbar(pairs, [100 * s["mean"] for s in stats], yerr=[100 * (s["std"] or 0.0) for s in stats],
                             marker="o", capsize=3, label=name)
         ax.set_title(f"sequence {n}")
         ax.set_xlabel("key-value pairs")

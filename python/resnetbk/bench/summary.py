@@ -46,19 +46,19 @@ def load_runs(folder: str | Path, models=None) -> dict:
     return runs
 
 
+def mean_std(values: list) -> dict:
+    """``{"mean", "std", "n", "values"}`` of ``values`` over seeds (``std`` the sample standard
+    deviation, null for one value; missing values, None or NaN, left out)."""
+    values = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return {"mean": None, "std": None, "n": 0, "values": []}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
+            "n": len(values), "values": values}
+
+
 def summarize(results: list) -> dict:
-    """``{metric: {"mean", "std", "n", "values"}}`` over the seeds' results of one model (``std``
-    is the sample standard deviation, null for one seed; missing figures are left out)."""
-    out = {}
-    for metric in METRICS:
-        values = [getattr(r, metric) for r in results]
-        values = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-        if not values:
-            out[metric] = {"mean": None, "std": None, "n": 0, "values": []}
-            continue
-        out[metric] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
-                       "n": len(values), "values": values}
-    return out
+    """``{metric: mean_std(...)}`` over the seeds' results of one model."""
+    return {metric: mean_std([getattr(r, metric) for r in results]) for metric in METRICS}
 
 
 def compare_summaries(name_a: str, a: dict, name_b: str, b: dict) -> dict:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.parameter_groups import parameter_groups
+from ..train.optim import lr_factor
 from ..validate import check_int, check_number
 from .mqar import IGNORE_INDEX, MQARData
 
@@ -78,11 +79,9 @@ def _batches(data: list, batch_size: int, generator: torch.Generator) -> list:
 
 
 def _lr_at(step: int, total: int, settings: RecallTraining) -> float:
+    """The benchmark's schedule (``train.optim.lr_factor``): warm-up, then a cosine to 0."""
     warmup = max(1, round(settings.warmup_fraction * total)) if settings.warmup_fraction > 0 else 0
-    if step < warmup:
-        return settings.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return settings.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return settings.lr * lr_factor(step, total, warmup, 0.0)
 
 
 def recall_optimizer(model, settings: RecallTraining) -> torch.optim.AdamW:

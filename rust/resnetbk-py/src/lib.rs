@@ -291,6 +291,21 @@ fn causal_attention_backward_f32(
         .map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
+type Array<'py> = PyReadonlyArray1<'py, f32>;
+
+/// The scan's six inputs as the kernel takes them (every array C-contiguous).
+fn scan_inputs<'a>(arrays: [&'a Array<'_>; 6]) -> PyResult<step_kernels::selective_scan::Inputs<'a>> {
+    let [x, delta, a, b, c, d] = arrays;
+    Ok(step_kernels::selective_scan::Inputs {
+        x: contiguous("x", x.as_slice())?,
+        delta: contiguous("delta", delta.as_slice())?,
+        a: contiguous("a", a.as_slice())?,
+        b: contiguous("b", b.as_slice())?,
+        c: contiguous("c", c.as_slice())?,
+        d: contiguous("d", d.as_slice())?,
+    })
+}
+
 fn scan_shape(batch: usize, seq: usize, channels: usize, states: usize) -> step_kernels::selective_scan::Shape {
     step_kernels::selective_scan::Shape { batch, seq, channels, states }
 }
@@ -316,14 +331,7 @@ fn selective_scan_forward_f32(
     states: usize,
     threads: usize,
 ) -> PyResult<()> {
-    let inputs = step_kernels::selective_scan::Inputs {
-        x: contiguous("x", x.as_slice())?,
-        delta: contiguous("delta", delta.as_slice())?,
-        a: contiguous("a", a.as_slice())?,
-        b: contiguous("b", b.as_slice())?,
-        c: contiguous("c", c.as_slice())?,
-        d: contiguous("d", d.as_slice())?,
-    };
+    let inputs = scan_inputs([&x, &delta, &a, &b, &c, &d])?;
     let y = contiguous_mut("y", y.as_slice_mut())?;
     let shape = scan_shape(batch, seq, channels, states);
     py.detach(|| step_kernels::selective_scan::forward(inputs, y, shape, threads))
@@ -358,14 +366,7 @@ fn selective_scan_backward_f32(
     states: usize,
     threads: usize,
 ) -> PyResult<()> {
-    let inputs = step_kernels::selective_scan::Inputs {
-        x: contiguous("x", x.as_slice())?,
-        delta: contiguous("delta", delta.as_slice())?,
-        a: contiguous("a", a.as_slice())?,
-        b: contiguous("b", b.as_slice())?,
-        c: contiguous("c", c.as_slice())?,
-        d: contiguous("d", d.as_slice())?,
-    };
+    let inputs = scan_inputs([&x, &delta, &a, &b, &c, &d])?;
     let grad_y = contiguous("grad_y", grad_y.as_slice())?;
     let (mut gx, mut gdelta, mut ga, mut gb, mut gc, mut gd) = grads;
     let grads = step_kernels::selective_scan::Gradients {
