@@ -55,7 +55,6 @@ def test_no_law_without_a_mixer_or_a_window():
     assert decay_law(build_model(ModelOptions(vocab_size=40, d_model=16, n_layers=1, n_seq=32, no_mixer=True)),
                      tokens, 32) is None
     assert decay_law(build_model(ModelOptions(vocab_size=40, d_model=16, n_layers=1, n_seq=32)), tokens[:20], 32) is None
-    assert isinstance(BKMixer(8, 1), BKMixer)
 
 
 def test_the_prediction_is_the_product_of_the_contractions_before_the_last_position():
