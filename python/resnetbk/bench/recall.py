@@ -1,15 +1,19 @@
 """``python -m resnetbk.bench recall``: can each model use its context? Multi-query associative
 recall (MQAR, ``resnetbk.recall.mqar``) beside perplexity.
 
-Every model of the harness at the same width and depth (default d 64, 2 layers, no dropout):
-the Transformer, the LSTM, Mamba, the ResNet-BK baseline (one BK-Core channel, z = i), ResNet-BK
+Every model of the harness at the same width and depth (default d 64, 2 layers, no dropout): the
+Transformer, the LSTM, Mamba, the ResNet-BK baseline (one BK-Core channel, z = i), ResNet-BK
 with 8 channels, ResNet-BK with learnt spectral z (8 channels, ``methods.spectral_z``) and the
-``no_mixer`` control (ResNet-BK without its BK-Core: a position-wise model, which can only guess
-a value it has seen). Each model learns every cell of the grid at once (Zoology's mixture) with
-the recipe of ``recall.training``, at each learning rate of ``--lrs`` for the first seed; the
-learning rate with the best validation accuracy is then run for the other seeds. Test accuracy
-is reported as mean +- std over the seeds, overall, per cell and by key-to-query distance, with
-the causality probe of every trained model.
+``no_mixer`` control (ResNet-BK without its BK-Core: a position-wise model, which sees no value
+and can only guess among all of them). The variants of the BK-Core made to remember
+(``models.bk_variants``, issue 23): ``resnet_bk_selective`` (8 channels, input-dependent
+couplings), ``resnet_bk_gated`` (8 channels, a multiplicative read-out),
+``resnet_bk_selective_gated`` (8 channels, both) and ``resnet_bk_selective_gated_64ch`` (both,
+64 channels: one per feature). Each model learns every cell of the grid at once (Zoology's
+mixture) with the recipe of ``recall.training``, at each learning rate of ``--lrs`` for the
+first seed; the learning rate with the best validation accuracy is then run for the other seeds.
+Test accuracy is reported as mean +- std over the seeds, overall, per cell and by key-to-query
+distance, with the causality probe of every trained model.
 
 Grids (``--grid``): ``default`` (vocabulary 256, sequence 64, 4/8 pairs, 10,000 steps a run;
 ``--seq-lens 64,128`` adds the length axis) and ``zoology`` (Zoology's: vocabulary 8,192,
@@ -50,6 +54,12 @@ MODELS = {  # in the order they run (the slowest per step, Mamba, last)
     "resnet_bk": dict(architecture="resnet_bk"),
     "resnet_bk_8ch": dict(architecture="resnet_bk", bk_channels=8),
     "resnet_bk_spectral_z": dict(architecture="resnet_bk", bk_channels=8),  # + SpectralShift (below)
+    "resnet_bk_selective": dict(architecture="resnet_bk", bk_channels=8, bk_coupling="selective"),
+    "resnet_bk_gated": dict(architecture="resnet_bk", bk_channels=8, bk_readout="gated"),
+    "resnet_bk_selective_gated": dict(architecture="resnet_bk", bk_channels=8, bk_coupling="selective",
+                                      bk_readout="gated"),
+    "resnet_bk_selective_gated_64ch": dict(architecture="resnet_bk", bk_channels=64, bk_coupling="selective",
+                                           bk_readout="gated"),
     "no_mixer": dict(architecture="resnet_bk", no_mixer=True),
     "lstm": dict(architecture="lstm"),
     "mamba": dict(architecture="mamba"),

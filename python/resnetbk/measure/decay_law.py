@@ -1,12 +1,14 @@
 """The BK-Core's decay law: how much of the past each mixer channel keeps, from its learnt
 potentials and its z, beside the loss's measured context reach (``measure.context_reach``).
 
-In causal mode a channel's output at position k is ``g_k = 1 / (a_k - z - g_{k-1})`` (the
-Laplacian's off-diagonal entries are 1), with ``a_k = -2 + v_k`` and ``v_k`` the potential the
-block computes from its input. So ``|dg_k / dg_{k-1}| = |g_k|^2``: the contraction of one
-step, and ``dg_k / da_k = -g_k^2``: the sensitivity of the output at the last position ``t`` to
-the potential ``d`` positions back is ``prod_{j = t-d..t} |g_j|^2``, relative to ``d = 0``
-the product ``prod_{j = t-d..t-1} |g_j|^2``. For ``v = 0`` and ``z = i``
+In causal mode a channel's output at position k is ``g_k = 1 / (a_k - z - kap_{k-1} g_{k-1})``
+with ``a_k = -2 + v_k``, ``v_k`` the potential the block computes from its input, and
+``kap_j = b_j^2`` the coupling from position j to j+1 (the Laplacian's 1, or the selective
+couplings of ``models.bk_variants``). So ``|dg_k / dg_{k-1}| = kap_{k-1} |g_k|^2`` and
+``dg_k / da_k = -g_k^2``: the sensitivity of the output at the last position ``t`` to the
+potential ``d`` positions back, relative to ``d = 0``, is the product of the contractions
+``c_j = kap_j |g_j|^2`` over ``j = t-d..t-1`` (with unit couplings ``c_j = |g_j|^2``; the last
+position, which couples to nothing, counts with ``kap = 1``). For ``v = 0`` and ``z = i``
 the contraction is about 1/4.33 per position (the resolvent's exponential decay away from the
 spectrum); a potential or a ``z`` near the spectrum decays slower.
 
@@ -26,20 +28,23 @@ import torch
 
 from .. import data as wt2
 
-METHOD = ("g_k = 1/(a_k - z - g_{k-1}) in float64 from each mixer's learnt potentials (a_k = -2 + v_k) and z on "
-          "validation windows; contraction |g_k|^2; decay per position = 10^-(mean log10 |g_k|^2); predicted relative "
-          "sensitivity at distance d from the last position t = mean over windows of prod_{j=t-d..t-1} |g_j|^2")
+METHOD = ("g_k = 1/(a_k - z - kap_{k-1} g_{k-1}) in float64 from each mixer's learnt potentials (a_k = -2 + v_k), "
+          "couplings (kap = b^2) and z on validation windows; contraction c_k = kap_k |g_k|^2; decay per position = "
+          "10^-(mean log10 c_k); predicted relative sensitivity at distance d from the last position t = mean over "
+          "windows of prod_{j=t-d..t-1} c_j")
 
 
-def causal_resolvent_diagonal(diag: torch.Tensor, z) -> torch.Tensor:
-    """``g (..., N)`` complex128 from ``diag (..., N)`` (``a_k``) and ``z`` (a number or one per
-    leading index, broadcast against ``diag[..., 0]``): the causal recursion with unit couplings."""
+def causal_resolvent_diagonal(diag: torch.Tensor, z, kap: torch.Tensor | None = None) -> torch.Tensor:
+    """``g (..., N)`` complex128 from ``diag (..., N)`` (``a_k``), ``z`` (a number or one per
+    leading index, broadcast against ``diag[..., 0]``) and the couplings ``kap (..., N-1)`` (None:
+    the Laplacian's 1): the causal recursion."""
     a = diag.to(torch.complex128)
     z = torch.as_tensor(z, dtype=torch.complex128)
     g_prev = torch.zeros_like(a[..., 0])
     out = []
     for k in range(a.shape[-1]):
-        g_prev = 1.0 / (a[..., k] - z - g_prev)
+        coupling = 1.0 if kap is None or k == 0 else kap[..., k - 1]
+        g_prev = 1.0 / (a[..., k] - z - coupling * g_prev)
         out.append(g_prev)
     return torch.stack(out, dim=-1)
 
@@ -82,11 +87,13 @@ def decay_law(model, tokens: torch.Tensor, n_seq: int, *, sequences: int = 32, b
 def _channel_law(mixer, h: torch.Tensor) -> dict:
     """One mixer's contraction per channel from its inputs ``h (S, N, d)``."""
     s, n, d = h.shape
-    v = mixer._potential(h.reshape(s * n, d).float()).view(s, n, -1).double()  # (S, N, C)
+    flat = h.reshape(s * n, d).float()
+    v = mixer._potential(flat).view(s, n, -1).double()  # (S, N, C)
+    kap = mixer.upper(flat, s, n, torch.float64).square().expand(s, v.shape[-1], n - 1)  # (S, C, N-1)
     z = mixer.spectral_z()
     z = z.detach().to(torch.complex128) if isinstance(z, torch.Tensor) else z  # (C,) or a number
-    g = causal_resolvent_diagonal((-2.0 + v).transpose(1, 2), z)  # (S, C, N)
-    contraction = g.abs().square()
+    g = causal_resolvent_diagonal((-2.0 + v).transpose(1, 2), z, kap)  # (S, C, N)
+    contraction = g.abs().square() * torch.nn.functional.pad(kap, (0, 1), value=1.0)
     log_c = contraction.log10()
     # Relative to d = 0: the product over positions t-d .. t-1, for every d (d = 0: 1).
     cumulative = torch.cat([torch.zeros_like(log_c[..., :1]), log_c[..., :-1].flip(-1).cumsum(-1)], dim=-1)

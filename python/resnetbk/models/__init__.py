@@ -39,7 +39,8 @@ def build_model(options: ModelOptions) -> LanguageModel:
 def resnet_bk_block_options(o: ModelOptions) -> dict:
     """``ResNetBKBlock``'s keyword arguments from the model's options."""
     return dict(num_experts=o.num_experts, dropout=o.dropout, channels=o.bk_channels, mode=o.bk_mode,
-                potential_limit=o.potential_limit, grad=o.bk_grad, mixer=not o.no_mixer)
+                potential_limit=o.potential_limit, grad=o.bk_grad, mixer=not o.no_mixer, coupling=o.bk_coupling,
+                coupling_max=o.bk_coupling_max, readout=o.bk_readout)
 
 
 def _resnet_bk_block_parameters(options: ModelOptions) -> int:

@@ -19,6 +19,10 @@ ARCHITECTURES = ("transformer", "resnet_bk", "lstm", "mamba")
 RECURRENT = ("lstm", "mamba")
 BK_GRADS = ("exact", "autograd")
 BK_MODES = ("causal", "bidirectional")
+#: The BK-Core's couplings and read-out (``models.bk_variants``): "fixed" is the Laplacian's 1,
+#: "selective" input-dependent; "complex" reads (Re G, Im G), "gated" multiplies that by the query.
+BK_COUPLINGS = ("fixed", "selective")
+BK_READOUTS = ("complex", "gated")
 #: "normal": every Linear and Embedding weight normal(0, 0.02), biases zero (GPT-2's scheme);
 #: "torch": PyTorch's own defaults (Linear: Kaiming-uniform; Embedding: normal(0, 1));
 #: "uniform": PyTorch's word_language_model example: token embedding and LM head uniform in
@@ -51,6 +55,9 @@ class ModelOptions:
     bk_channels: int = 1  # BK-Core channels per block (independent tridiagonal systems)
     bk_mode: str = "causal"  # see BK_MODES: "bidirectional" reads future tokens (not a language model)
     potential_limit: float = 3.0  # the soft clamp of the BK-Core's potential
+    bk_coupling: str = "fixed"  # see BK_COUPLINGS
+    bk_coupling_max: float = 32.0  # the selective couplings' bound (b_max: effective Im z down to 1/b_max)
+    bk_readout: str = "complex"  # see BK_READOUTS
     #: The no_mixer control: ResNet-BK without its BK-Core mixer (the blocks' sequence channel is
     #: absent, so the update is the feed-forward's alone): a position-wise model, what the mixer adds.
     no_mixer: bool = False
@@ -68,12 +75,14 @@ class ModelOptions:
 
     def __post_init__(self) -> None:
         for name, allowed in (("architecture", ARCHITECTURES), ("init", INITS), ("bk_mode", BK_MODES),
-                              ("transformer_style", TRANSFORMER_STYLES), ("bk_grad", BK_GRADS)):
+                              ("transformer_style", TRANSFORMER_STYLES), ("bk_grad", BK_GRADS),
+                              ("bk_coupling", BK_COUPLINGS), ("bk_readout", BK_READOUTS)):
             check_choice(self, name, allowed)
         for name in ("d_model", "n_layers", "n_seq", "n_heads", "num_experts", "bk_channels"):
             check_int(self, name, low=1)
         check_int(self, "vocab_size", low=0, expected="0 (from the data) or a positive integer")
         check_number(self, "potential_limit", low=0.0, low_open=True)
+        check_number(self, "bk_coupling_max", low=1.0, low_open=True)
         check_number(self, "dropout", low=0.0, high=1.0, high_open=True)
         if self.no_mixer and self.architecture != "resnet_bk":
             raise ValueError(f"no_mixer: only ResNet-BK has a BK-Core mixer to leave out, got architecture "

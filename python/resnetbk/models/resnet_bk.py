@@ -17,6 +17,10 @@ attach:
   and the read-out, and the BK-Core skips their read-out (sparse BK-Core).
 * ``BKMixer.shift``: a module ``shift() -> z`` per channel instead of the fixed ``z = i``
   (spectral z).
+
+The mixer's own variants (``models.bk_variants``, chosen by ``ModelOptions.bk_coupling`` and
+``bk_readout``): input-dependent couplings instead of the Laplacian's 1, and a multiplicative
+read-out.
 """
 
 from __future__ import annotations
@@ -28,10 +32,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import bk_core
+from .bk_variants import QueryGate, SelectiveCoupling
 from .dropout import Dropout
 
 #: The Laplacian's diagonal and off-diagonal entries (H0).
 LAPLACIAN_DIAG, LAPLACIAN_OFF = -2.0, 1.0
+#: The mixer's couplings and read-outs (``models.bk_variants``).
+COUPLINGS = ("fixed", "selective")
+READOUTS = ("complex", "gated")
 
 
 def scatter_rows(rows: Tensor, values: Tensor, total: int, like: Tensor) -> Tensor:
@@ -105,8 +113,11 @@ class BKMixer(nn.Module):
     """The BK-Core mixer: ``channels`` independent tridiagonal systems driven by the block's input."""
 
     def __init__(self, d_model: int, channels: int, *, mode: str = "causal", potential_limit: float = 3.0,
-                 grad: str = "exact"):
+                 grad: str = "exact", coupling: str = "fixed", coupling_max: float = 32.0, readout: str = "complex"):
         super().__init__()
+        for name, value, allowed in (("coupling", coupling, COUPLINGS), ("readout", readout, READOUTS)):
+            if value not in allowed:
+                raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
         self.channels = channels
         self.mode = mode
         self.potential_limit = potential_limit
@@ -114,6 +125,8 @@ class BKMixer(nn.Module):
         self.v_proj = nn.Linear(d_model, channels)
         self.output_proj = nn.Linear(2 * channels, d_model)
         self.bk_scale = nn.Parameter(torch.ones(()))
+        self.coupling = SelectiveCoupling(d_model, channels, coupling_max) if coupling == "selective" else None
+        self.query_gate = QueryGate(d_model) if readout == "gated" else None
         # Extension points (see the module's doc): None = every position, z = i.
         self.gate: Optional[nn.Module] = None
         self.shift: Optional[nn.Module] = None
@@ -125,6 +138,18 @@ class BKMixer(nn.Module):
     def _potential(self, h: Tensor) -> Tensor:
         # A soft clamp (tanh) bounds the potential yet keeps its gradient everywhere.
         return self.potential_limit * torch.tanh(self.v_proj(h) / self.potential_limit)
+
+    def upper(self, flat: Tensor, b: int, n: int, dtype: torch.dtype) -> Tensor:
+        """The couplings ``b_j`` between positions j and j+1: the Laplacian's 1 ``(N-1,)``, or
+        (selective) ``(B, C, N-1)`` from the input at position j+1 (so site k reads inputs up to k)."""
+        if self.coupling is None:
+            return torch.full((n - 1,), LAPLACIAN_OFF, device=flat.device, dtype=dtype)
+        couplings = self.coupling(flat).view(b, n, -1)  # (B, N, C)
+        return couplings[:, 1:, :].transpose(1, 2).to(dtype).contiguous()
+
+    def _read_out(self, features: Tensor, h_rows: Tensor) -> Tensor:
+        out = self.bk_scale * self.output_proj(features)
+        return out if self.query_gate is None else self.query_gate(out, h_rows)
 
     def forward(self, h: Tensor, active: Optional[Tensor] = None) -> Tensor:
         """``h (B, N, d)`` -> the mixer's output ``(B, N, d)``, zero where not ``active`` or gated off."""
@@ -143,14 +168,14 @@ class BKMixer(nn.Module):
         diag = (LAPLACIAN_DIAG + v.view(b, n, -1)).transpose(1, 2)  # (B, C, N)
         if diag.dtype in (torch.float16, torch.bfloat16):  # under autocast the BK-Core stays float32
             diag = diag.float()
-        upper = torch.full((n - 1,), LAPLACIAN_OFF, device=h.device, dtype=diag.dtype)
+        upper = self.upper(flat, b, n, diag.dtype)
         mask = None if read is None else read.view(b, 1, n).expand_as(diag)
         g = bk_core(diag, upper, None, self.spectral_z(), mode=self.mode, grad=self.grad, backend="auto", mask=mask)
         features = torch.cat([g.real, g.imag], dim=1).transpose(1, 2).reshape(b * n, -1).to(h.dtype)  # (BN, 2C)
         if read is None:
-            return (self.bk_scale * self.output_proj(features)).view(b, n, d)
+            return self._read_out(features, flat).view(b, n, d)
         rows = read.nonzero(as_tuple=True)[0]
-        out_rows = self.bk_scale * self.output_proj(features[rows])
+        out_rows = self._read_out(features[rows], flat[rows])
         if keep_st is not None:
             out_rows = out_rows * keep_st[rows, None].to(out_rows.dtype)
         return scatter_rows(rows, out_rows, b * n, flat).view(b, n, d)
@@ -161,12 +186,14 @@ class ResNetBKBlock(nn.Module):
     the Transformer drops each of its branches (the same regularisation where the parts match)."""
 
     def __init__(self, d_model: int, *, num_experts: int = 4, dropout: float = 0.1, channels: int = 1,
-                 mode: str = "causal", potential_limit: float = 3.0, grad: str = "exact", mixer: bool = True):
+                 mode: str = "causal", potential_limit: float = 3.0, grad: str = "exact", mixer: bool = True,
+                 coupling: str = "fixed", coupling_max: float = 32.0, readout: str = "complex"):
         super().__init__()
         self.norm = nn.LayerNorm(d_model)
         self.moe = MoEFeedForward(d_model, num_experts)
         # mixer=False: the no_mixer control (ModelOptions.no_mixer), a position-wise block.
-        self.bk = BKMixer(d_model, channels, mode=mode, potential_limit=potential_limit, grad=grad) if mixer else None
+        self.bk = BKMixer(d_model, channels, mode=mode, potential_limit=potential_limit, grad=grad, coupling=coupling,
+                          coupling_max=coupling_max, readout=readout) if mixer else None
         self.resid_dropout = Dropout(dropout)
 
     @property

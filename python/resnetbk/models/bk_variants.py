@@ -1,0 +1,77 @@
+"""The BK-Core mixer's variants for remembering (issue 23): input-dependent couplings and a
+multiplicative read-out. ``BKMixer`` builds them from ``ModelOptions.bk_coupling`` and
+``bk_readout``; the fixed Laplacian couplings and the plain ``(Re G, Im G)`` read-out stay the
+default.
+
+**Selective couplings** (``bk_coupling = "selective"``). The causal recursion is
+``g_k = 1 / (a_k - z - kap_{k-1} g_{k-1})`` with ``kap_j = b_j^2`` (``H`` symmetric), so one step
+keeps ``|dg_k / dg_{k-1}| = kap_{k-1} |g_k|^2`` of the past. With the Laplacian's ``b = 1`` and
+``z = i`` that is about 1/4 per position: ResNet-BK forgets. Scaling the couplings is scaling
+the shift: the resolvent of ``b H'`` at ``z`` is ``1/b`` times the resolvent of ``H'`` at
+``z / b``, so a coupling ``b`` acts like a spectral shift of imaginary part ``1/b`` (the decay
+slows as ``b`` grows), and ``b -> 0`` cuts the chain (``g_k = 1/(a_k - z)``: the past is
+forgotten). Making ``b_j`` a function of the input lets each channel decide, per position, how
+much of its state to keep: the input-dependent selection of Mamba (Gu and Dao 2023), where the
+step size ``Delta`` computed from the token decides between keeping and overwriting the state.
+Here ``b_j = b_max * sigmoid(w . h_{j+1} + offset)`` per channel: the link from position j to
+j+1 is set by the newer position's input, so the mixer stays causal (site k reads inputs up to
+k). ``|G| <= 1 / Im z`` still holds for every ``kap >= 0`` (the imaginary part of every
+denominator is at most ``-Im z``), and the BK-Core's exact O(N) backward already covers the
+couplings. The offsets start each channel's coupling at values log-spaced over
+``[1, b_max / 4]`` (one channel: the Laplacian's 1), as S4 and Mamba spread their initial time
+scales.
+
+**Multiplicative read-out** (``bk_readout = "gated"``): the mixer's output
+``output_proj(Re G, Im G)`` is multiplied, feature by feature, by ``1 + W_q h_k`` (the current
+position's input): the query meets the state in a product, as attention's ``q . k`` and H3's
+and Hyena's output gates make it (Fu et al. 2023, "Hungry Hungry Hippos"; Poli et al. 2023,
+"Hyena Hierarchy"). ``W_q`` starts at the model's initialisation (near 0), so the mixer starts
+as the plain read-out.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+#: Where the selective couplings start: log-spaced over [1, b_max / START_FRACTION] across channels.
+START_FRACTION = 4.0
+
+
+class SelectiveCoupling(nn.Module):
+    """``b (T, C) = b_max * sigmoid(proj(h) + offset)``: each channel's coupling from each row's input."""
+
+    def __init__(self, d_model: int, channels: int, b_max: float):
+        super().__init__()
+        if not b_max > 1.0:
+            raise ValueError(f"b_max: expected a coupling bound above 1 (the Laplacian's coupling), got {b_max!r}")
+        self.b_max = float(b_max)
+        self.proj = nn.Linear(d_model, channels, bias=False)
+        self.offset = nn.Parameter(self._start_offsets(channels))
+
+    def _start_offsets(self, channels: int) -> Tensor:
+        start = torch.logspace(0.0, math.log10(self.b_max / START_FRACTION), channels, dtype=torch.float64)
+        fraction = start / self.b_max
+        return (fraction / (1 - fraction)).log().float()  # the logit of b / b_max
+
+    def reset_parameters_after_init(self) -> None:
+        """The model-wide initialisation leaves ``offset`` alone; this restores it where a caller
+        re-initialises every parameter (``LanguageModel.init_attached``)."""
+        with torch.no_grad():
+            self.offset.copy_(self._start_offsets(self.offset.numel()))
+
+    def forward(self, flat: Tensor) -> Tensor:
+        return self.b_max * torch.sigmoid(self.proj(flat) + self.offset)
+
+
+class QueryGate(nn.Module):
+    """``out * (1 + W_q h)``: the multiplicative read-out, on rows."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.proj = nn.Linear(d_model, d_model)
+
+    def forward(self, out_rows: Tensor, h_rows: Tensor) -> Tensor:
+        return out_rows * (1.0 + self.proj(h_rows))

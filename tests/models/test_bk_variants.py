@@ -1,0 +1,162 @@
+"""The BK-Core's variants for remembering (``models.bk_variants``): the mixer with selective
+couplings and the multiplicative read-out, held to the dense resolvent in float64 (forward and
+every gradient), causal (the probe and a shared prefix), bounded at N = 65,536 in float32, and
+described by the decay law."""
+
+import math
+
+import pytest
+import torch
+
+from resnetbk import bk_core
+from resnetbk.core.reference import dense_resolvent_diag
+from resnetbk.flops.estimate import StepShape, step_ops
+from resnetbk.measure.causality import probe_causality
+from resnetbk.measure.decay_law import _channel_law, causal_resolvent_diagonal
+from resnetbk.models import ModelOptions, build_model
+from resnetbk.models.bk_variants import SelectiveCoupling
+from resnetbk.models.resnet_bk import LAPLACIAN_DIAG, BKMixer
+
+VARIANTS = [("selective", "complex"), ("fixed", "gated"), ("selective", "gated")]
+
+
+def _mixer(coupling: str, readout: str, *, d: int = 5, channels: int = 3) -> BKMixer:
+    torch.manual_seed(0)
+    mixer = BKMixer(d, channels, coupling=coupling, readout=readout, coupling_max=8.0).double()
+    for p in mixer.parameters():  # away from the initial values, so every term matters
+        torch.nn.init.normal_(p, std=0.5) if p.dim() > 1 else p.data.add_(0.3 * torch.randn_like(p))
+    return mixer
+
+
+def _dense_mixer(mixer: BKMixer, h: torch.Tensor) -> torch.Tensor:
+    """The mixer's forward with the BK-Core replaced by the dense inverse (the definition)."""
+    b, n, d = h.shape
+    flat = h.reshape(b * n, d)
+    diag = (LAPLACIAN_DIAG + mixer._potential(flat).view(b, n, -1)).transpose(1, 2)
+    upper = mixer.upper(flat, b, n, diag.dtype).expand(b, mixer.channels, n - 1)
+    g = dense_resolvent_diag(diag, upper, None, 1j, "causal")
+    features = torch.cat([g.real, g.imag], dim=1).transpose(1, 2).reshape(b * n, -1)
+    return mixer._read_out(features, flat).view(b, n, d)
+
+
+@pytest.mark.parametrize("coupling,readout", VARIANTS)
+def test_the_mixer_and_every_gradient_match_the_dense_resolvent_in_float64(coupling, readout):
+    mixer = _mixer(coupling, readout)
+    h = torch.randn(2, 7, 5, dtype=torch.float64, requires_grad=True)  # odd sizes
+    ours, dense = mixer(h), _dense_mixer(mixer, h)
+    torch.testing.assert_close(ours, dense, rtol=1e-10, atol=1e-12)
+    weights = torch.randn_like(ours)
+    inputs = [h, *mixer.parameters()]
+    ours_grads = torch.autograd.grad((ours * weights).sum(), inputs)
+    dense_grads = torch.autograd.grad((dense * weights).sum(), inputs)
+    for (name, _), a, b in zip([("h", h), *mixer.named_parameters()], ours_grads, dense_grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=lambda m, name=name: f"{name}: {m}")
+    names = [name for name, _ in mixer.named_parameters()]
+    variant = "coupling.proj.weight" if coupling == "selective" else "query_gate.proj.weight"
+    assert float(ours_grads[1 + names.index(variant)].abs().sum()) > 0  # the variant's own parameters learn
+
+
+@pytest.mark.parametrize("coupling,readout", VARIANTS)
+def test_a_shared_prefix_gives_the_same_outputs(coupling, readout):
+    mixer = _mixer(coupling, readout)
+    h = torch.randn(1, 13, 5, dtype=torch.float64)
+    other = h.clone()
+    other[:, 6:] = torch.randn(1, 7, 5, dtype=torch.float64)
+    a, b = mixer(h), mixer(other)
+    torch.testing.assert_close(a[:, :6], b[:, :6], rtol=0, atol=0)
+    assert not torch.allclose(a[:, 6:], b[:, 6:])
+
+
+@pytest.mark.parametrize("coupling,readout", VARIANTS)
+def test_every_variant_model_passes_the_causality_probe(coupling, readout):
+    torch.manual_seed(0)
+    model = build_model(ModelOptions(vocab_size=50, d_model=16, n_layers=2, n_seq=24, dropout=0.0, bk_channels=4,
+                                     bk_coupling=coupling, bk_readout=readout))
+    assert probe_causality(model, 50, 24).causal
+
+
+def test_the_selective_resolvent_stays_bounded_at_65536_positions_in_float32():
+    """``|G| <= 1 / Im z`` for every coupling in [0, b_max]; the exact backward stays finite."""
+    torch.manual_seed(0)
+    n, b_max = 65536, 32.0
+    diag = (LAPLACIAN_DIAG + 3.0 * torch.tanh(torch.randn(2, 3, n))).requires_grad_()
+    # Couplings that switch between cutting the chain (0), the Laplacian's 1 and the bound.
+    upper = (b_max * torch.rand(2, 3, n - 1) ** 0.3).requires_grad_()
+    upper.data[:, :, ::97] = 0.0
+    g = bk_core(diag, upper, None, 1j, mode="causal")
+    assert torch.isfinite(g).all() and float(g.detach().abs().max()) <= 1.0 + 1e-5
+    g.real.sum().backward()
+    assert torch.isfinite(diag.grad).all() and torch.isfinite(upper.grad).all()
+    # And float32 keeps float64's answer over the whole length (measured: 2e-7 relative).
+    diag64, upper64 = diag.detach().double().requires_grad_(), upper.detach().double().requires_grad_()
+    g64 = bk_core(diag64, upper64, None, 1j, mode="causal")
+    g64.real.sum().backward()
+    assert float((g.detach() - g64.detach()).abs().max()) < 1e-5
+    for ours, exact in ((diag.grad, diag64.grad), (upper.grad, upper64.grad)):
+        assert float((ours - exact).abs().max() / exact.abs().max()) < 1e-5
+
+
+def test_the_couplings_start_log_spaced_from_the_laplacians_one_and_survive_the_models_init():
+    coupling = SelectiveCoupling(8, 5, 32.0)
+    start = coupling(torch.zeros(1, 8))[0].detach()
+    torch.testing.assert_close(start, torch.logspace(0, math.log10(8.0), 5), rtol=1e-5, atol=0)
+    assert float(SelectiveCoupling(8, 1, 32.0)(torch.zeros(1, 8)).detach()) == pytest.approx(1.0)
+    model = build_model(ModelOptions(vocab_size=50, d_model=8, n_layers=1, n_seq=16, bk_channels=5,
+                                     bk_coupling="selective"))
+    torch.testing.assert_close(model.blocks[0].bk.coupling(torch.zeros(1, 8))[0].detach(), start)
+    with pytest.raises(ValueError, match="b_max"):
+        SelectiveCoupling(8, 2, 1.0)
+
+
+def test_the_gated_read_out_starts_near_the_plain_one():
+    torch.manual_seed(0)
+    options = dict(vocab_size=50, d_model=16, n_layers=1, n_seq=16, bk_channels=2, dropout=0.0)
+    plain, gated = build_model(ModelOptions(**options)), build_model(ModelOptions(**options, bk_readout="gated"))
+    gated.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.randint(0, 50, (2, 16))
+    with torch.no_grad():
+        h = plain.token_embedding(x)
+        a, b = plain.blocks[0].bk(h), gated.blocks[0].bk(h)
+    assert float((a - b).abs().max()) < 0.2 * float(a.abs().max())
+
+
+def test_the_decay_law_counts_the_selective_couplings():
+    """With couplings kap_j, the prediction is prod_{j=t-d..t-1} kap_j |g_j|^2, and the BK-Core's
+    own gradient agrees."""
+    torch.manual_seed(0)
+    mixer = BKMixer(8, 1, coupling="selective", coupling_max=8.0)
+    torch.nn.init.zeros_(mixer.v_proj.weight)
+    torch.nn.init.zeros_(mixer.v_proj.bias)  # potential 0: a_k = -2
+    torch.nn.init.normal_(mixer.coupling.proj.weight, std=1.0)
+    h = torch.randn(1, 12, 8)
+    law = _channel_law(mixer, h)
+    b = mixer.upper(h.reshape(12, 8), 1, 12, torch.float64)[0, 0].detach()  # (11,)
+    a = torch.full((12,), -2.0, dtype=torch.float64, requires_grad=True)
+    g_all = causal_resolvent_diagonal(a.detach(), 1j, b.square())
+    c = g_all.abs().square()[:11] * b.square()
+    for d in (1, 2, 5, 11):
+        assert math.isclose(law["predicted_relative"][0][d], float(c[11 - d:11].prod()), rel_tol=1e-6)
+    g = bk_core(a, b, None, 1j, mode="causal", backend="torch")[-1]
+    d_real, = torch.autograd.grad(g.real, a, retain_graph=True)
+    d_imag, = torch.autograd.grad(g.imag, a)
+    magnitude = torch.sqrt(d_real**2 + d_imag**2)
+    relative = (magnitude / magnitude[-1]).flip(0)
+    for d in (1, 2, 5):
+        assert math.isclose(relative[d].item(), law["predicted_relative"][0][d], rel_tol=1e-5)
+
+
+def test_bad_variant_options_are_named_errors():
+    with pytest.raises(ValueError, match="bk_coupling"):
+        ModelOptions(bk_coupling="learned")
+    with pytest.raises(ValueError, match="bk_readout"):
+        ModelOptions(bk_readout="bilinear")
+    with pytest.raises(ValueError, match="bk_coupling_max"):
+        ModelOptions(bk_coupling_max=1.0)
+    with pytest.raises(ValueError, match="coupling"):
+        BKMixer(8, 1, coupling="learned")
+
+
+def test_the_closed_form_flops_estimate_refuses_the_variants():
+    options = ModelOptions(vocab_size=50, d_model=8, n_layers=1, n_seq=16, bk_coupling="selective")
+    with pytest.raises(ValueError, match="FlopsTracer"):
+        step_ops(StepShape(options, batch=2))
