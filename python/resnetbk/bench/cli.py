@@ -12,8 +12,9 @@ word_language_model example's published runs, trained through this harness), ``s
 training step's time goes, against the machine's GEMM peak), ``gpu-evidence`` (everything to
 measure on a lent GPU, in one budgeted run), ``sweep`` (one method's hyper-parameter chosen on
 validation data), ``recall`` (multi-query associative recall: can each model use its context?), ``decay-law``
-(the BK-Core's contraction per position beside the measured context reach)
-and ``flops`` (the closed-form FLOPs sweep).
+(the BK-Core's contraction per position beside the measured context reach), ``campaign FILE``
+(many runs with seeds and learning-rate sweeps, resumable, one summary) and ``flops`` (the
+closed-form FLOPs sweep).
 Settings apply in this order: the dataclass defaults, ``--preset``, ``--config FILE``, then the
 other flags.
 """
@@ -28,7 +29,7 @@ from .. import data as wt2
 from ..jsonfile import write_json_atomic
 from ..train import distributed
 from ..train.distributed import resolve_device
-from . import ablation, decay_law, flops_sweep, gpu_evidence, recall, report, reproduce, scaling, step_report, sweep
+from . import ablation, campaign, decay_law, flops_sweep, gpu_evidence, recall, report, reproduce, scaling, step_report, sweep
 from .options import build_configs, parse_args, parse_seeds, run_info
 from .report import RUN_INFO, main_table, write_report
 from .runner import Interrupted, WikiText2Benchmark, write_comparisons
@@ -38,7 +39,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     subcommands = {"flops": flops_sweep.main, "ablation": ablation.main, "report": report.main, "scaling": scaling.main,
                    "reproduce": reproduce.main, "step": step_report.main, "gpu-evidence": gpu_evidence.main,
-                   "sweep": sweep.main, "recall": recall.main,
+                   "sweep": sweep.main, "recall": recall.main, "campaign": campaign.main,
                    "decay-law": decay_law.main}
     if argv[:1] and argv[0] in subcommands:
         return subcommands[argv[0]](argv[1:])

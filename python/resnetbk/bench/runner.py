@@ -96,6 +96,26 @@ def _what_runs(config: dict) -> dict:
     return data
 
 
+def finished_results(config: BenchmarkConfig, result_path: Path) -> tuple:
+    """``(results, None)`` when ``result_path`` holds a finished run of what ``config`` runs;
+    ``(None, why)`` when it holds another one (``why`` says what differs); ``(None, None)`` when
+    there is no readable results file."""
+    result_path = Path(result_path)
+    if not result_path.is_file():
+        return None, None
+    try:
+        kept = BenchmarkResults.load(result_path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None
+    if _what_runs(kept.config) != _what_runs(config.to_dict()):
+        return None, "holds another config's results"
+    older = [m.flag for m in method_registry.enabled(config)
+             if kept.methods.get(m.flag, {}).get("version", 1) != m.version]
+    if older:
+        return None, f"ran an older form of {', '.join(older)}"
+    return kept, None
+
+
 def _worker(config, data_dir, run_dir, result_path, error_path, resume, quiet, tensorboard):
     try:
         run_and_save(config, data_dir, run_dir, result_path, resume, quiet, tensorboard)
@@ -161,23 +181,11 @@ class WikiText2Benchmark:
     def _finished(self, config: BenchmarkConfig, result_path: Path) -> BenchmarkResults | None:
         """With ``--resume``, a run whose results file exists for what this config runs is kept as
         it is (a finished run is never rerun); one of another config is run again, and says so."""
-        if not result_path.is_file():
-            return None
-        try:
-            kept = BenchmarkResults.load(result_path)
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        if _what_runs(kept.config) != _what_runs(config.to_dict()):
-            print(f"{config.model_name}: {result_path} holds another config's results; running it again",
-                  file=sys.stderr)
-            return None
-        older = [m.flag for m in method_registry.enabled(config)
-                 if kept.methods.get(m.flag, {}).get("version", 1) != m.version]
-        if older:
-            print(f"{config.model_name}: {result_path} ran an older form of {', '.join(older)}; running it again",
-                  file=sys.stderr)
-            return None
-        print(f"{config.model_name}: finished earlier, kept ({result_path})", flush=True)
+        kept, why_not = finished_results(config, result_path)
+        if why_not:
+            print(f"{config.model_name}: {result_path} {why_not}; running it again", file=sys.stderr)
+        if kept is not None:
+            print(f"{config.model_name}: finished earlier, kept ({result_path})", flush=True)
         return kept
 
     def compare_results(self, a: BenchmarkResults, b: BenchmarkResults) -> dict:

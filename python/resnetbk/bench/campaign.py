@@ -1,0 +1,314 @@
+"""``python -m resnetbk.bench campaign FILE``: many benchmark runs, in pieces that survive any
+interruption, then one summary across them.
+
+The file (``bench.campaign_file``) lists rows (a model at a preset with overrides) and their
+seeds, and optionally a learning-rate sweep: every row with ``lr: swept`` first trains at each
+of the sweep's values (its preset and seed, the validation split decides: lowest best validation
+perplexity, ties to the smaller rate), then runs at the chosen rate. Runs go one at a time on a
+CPU (``--jobs N`` runs N at once, for a GPU where that is faster), each into its own folder:
+
+    <output_dir>/lr_sweep/<row>_lr<value>_results.json     the sweep
+    <output_dir>/seed_<s>/<row>_results.json               the runs (plus runs/<row>/ checkpoints)
+    <output_dir>/summary.json, comparison_*.json, report.md   across the finished runs (means +- std)
+    <output_dir>/campaign.json, campaign.md                  the plan: done, left, the chosen rates
+
+Stopped anywhere, the same command continues: a finished run is kept (never rerun), an
+interrupted one resumes from its last checkpoint (``bench.runner``). The summary is rewritten
+after every finished run, so a partial campaign can be read. ``--status`` prints the plan
+without training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import multiprocessing
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..jsonfile import write_json_atomic
+from ..measure.environment import machine
+from ..train import distributed
+from .campaign_file import SWEPT, Campaign, CampaignError, Row, load_campaign
+from .report import RUN_INFO, write_report
+from .runner import Interrupted, WikiText2Benchmark, finished_results, write_comparisons
+
+SWEEP_FOLDER = "lr_sweep"
+
+
+@dataclass(frozen=True)
+class Task:
+    """One training run of the campaign: a row at a seed (``phase`` "run"), or a row at one of the
+    sweep's rates (``phase`` "sweep")."""
+
+    phase: str
+    row: Row
+    seed: int
+    lr: float | None
+    folder: Path
+    model_name: str
+
+    @property
+    def label(self) -> str:
+        rate = "" if self.lr is None else f" lr {self.lr:g}"
+        return f"{self.phase} {self.row.name} seed {self.seed}{rate}"
+
+    def config(self, campaign: Campaign, data_dir: str | None, overrides: dict):
+        preset = campaign.lr_sweep.preset if self.phase == "sweep" else None
+        config = self.row.config(data_dir or campaign.data_dir, self.seed, self.lr, preset, self.model_name)
+        return config.replace(**overrides) if overrides else config
+
+    @property
+    def result_path(self) -> Path:
+        return self.folder / f"{self.model_name}_results.json"
+
+
+def sweep_tasks(campaign: Campaign) -> list:
+    sweep = campaign.lr_sweep
+    folder = campaign.output_dir / SWEEP_FOLDER
+    return [Task("sweep", row, sweep.seed, lr, folder, f"{row.name}_lr{lr:g}")
+            for row in campaign.swept_rows for lr in sweep.values]
+
+
+def run_tasks(campaign: Campaign, chosen: dict) -> list:
+    """Every row at every seed, seed by seed (the first seed of every row before the second of
+    any): a partial campaign has every model once. A swept row without a chosen rate waits."""
+    tasks = []
+    depth = max(len(row.seeds) for row in campaign.rows)
+    for i in range(depth):
+        for row in campaign.rows:
+            if i < len(row.seeds):
+                lr = chosen.get(row.name) if row.lr == SWEPT else row.lr
+                tasks.append(Task("run", row, row.seeds[i], lr, campaign.output_dir / f"seed_{row.seeds[i]}", row.name))
+    return tasks
+
+
+def choose_rates(campaign: Campaign, finished: dict) -> tuple:
+    """``(chosen, table)``: per swept row the rate with the lowest best validation perplexity
+    (ties: the smaller rate), once all its sweep runs finished; ``table`` has every value's."""
+    chosen, table = {}, {}
+    for row in campaign.swept_rows:
+        scores = {}
+        for task in sweep_tasks(campaign):
+            if task.row.name == row.name and task.result_path in finished:
+                scores[task.lr] = finished[task.result_path].best_valid_perplexity
+        table[row.name] = {f"{lr:g}": ppl for lr, ppl in sorted(scores.items())}
+        if len(scores) == len(campaign.lr_sweep.values):
+            chosen[row.name] = min(scores, key=lambda lr: (_finite(scores[lr]), lr))
+    return chosen, table
+
+
+def _finite(x) -> float:
+    return x if isinstance(x, (int, float)) and x == x and x != float("inf") else float("inf")
+
+
+def _estimate(task: Task, finished: dict) -> float | None:
+    """Seconds a task should take, from the finished runs of the same model and preset (else the
+    same preset), or None."""
+    def preset_of(t: Task) -> str:
+        return "sweep:" + t.row.preset if t.phase == "sweep" else t.row.preset
+
+    same = [r.training_time for t, r in finished.values() if t.row.model == task.row.model and preset_of(t) == preset_of(task)]
+    same = same or [r.training_time for t, r in finished.values() if preset_of(t) == preset_of(task)]
+    return sum(same) / len(same) if same else None
+
+
+def _left(tasks: list, finished: dict) -> str:
+    estimates = [_estimate(t, finished) for t in tasks]
+    known = sum(e for e in estimates if e is not None)
+    unknown = sum(e is None for e in estimates)
+    text = f"about {known / 3600:.1f} h of training left" if known else "time left: known after a first run"
+    return text + (f" (+{unknown} run(s) not yet estimable)" if unknown and known else "")
+
+
+class CampaignRunner:
+    """Runs a campaign's tasks, keeps its plan file and its summary up to date."""
+
+    def __init__(self, campaign: Campaign, *, data_dir: str | None = None, overrides: dict | None = None,
+                 jobs: int = 1, quiet: bool = False, separate_process: bool | None = None, log=print):
+        self.campaign, self.data_dir, self.overrides = campaign, data_dir, overrides or {}
+        self.jobs, self.quiet, self.separate_process, self.log = jobs, quiet, separate_process, log
+        self.finished: dict = {}  # result path -> (task, BenchmarkResults)
+
+    def _config(self, task: Task):
+        return task.config(self.campaign, self.data_dir, self.overrides)
+
+    def refresh(self, tasks: list) -> list:
+        """The tasks not finished yet (the finished ones recorded in ``self.finished``)."""
+        pending = []
+        for task in tasks:
+            if task.lr is None and task.row.lr == SWEPT:
+                pending.append(task)  # waits for its sweep
+                continue
+            kept, _ = finished_results(self._config(task), task.result_path)
+            if kept is None:
+                pending.append(task)
+            else:
+                self.finished[task.result_path] = (task, kept)
+        return pending
+
+    def plan(self) -> dict:
+        """What is done and what is left, the chosen rates and the sweep's table."""
+        sweeps = sweep_tasks(self.campaign) if self.campaign.lr_sweep else []
+        pending_sweeps = self.refresh(sweeps)
+        chosen, table = choose_rates(self.campaign, {p: r for p, (_, r) in self.finished.items()})
+        runs = run_tasks(self.campaign, chosen)
+        pending_runs = self.refresh(runs)
+        every = sweeps + runs
+        pending = set(map(id, pending_sweeps + pending_runs))
+        return {"tasks": every, "pending": [t for t in every if id(t) in pending], "chosen": chosen, "table": table}
+
+    def write_plan(self, plan: dict) -> None:
+        out = self.campaign.output_dir
+        out.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for task in plan["tasks"]:
+            done = self.finished.get(task.result_path)
+            rows.append({"phase": task.phase, "row": task.row.name, "model": task.row.model, "seed": task.seed,
+                         "lr": task.lr, "preset": self.campaign.lr_sweep.preset if task.phase == "sweep" else task.row.preset,
+                         "done": done is not None, "results": str(task.result_path.relative_to(out)),
+                         "best_valid_perplexity": done[1].best_valid_perplexity if done else None,
+                         "test_perplexity": done[1].test_perplexity if done else None,
+                         "training_time_s": done[1].training_time if done else None})
+        doc = {"campaign": self.campaign.path, "description": self.campaign.description,
+               "done": sum(r["done"] for r in rows), "total": len(rows), "lr_sweep_valid_perplexity": plan["table"],
+               "chosen_lr": plan["chosen"], "runs": rows}
+        write_json_atomic(out / "campaign.json", doc)
+        (out / "campaign.md").write_text(format_plan(doc))
+
+    def run(self, stop_after: int | None = None) -> dict:
+        """Every pending task (the sweep first), the plan and summary rewritten after each;
+        ``stop_after`` (tests) stops after that many trained runs, as an interruption would."""
+        trained = 0
+        while True:
+            plan = self.plan()
+            self.write_plan(plan)
+            ready = [t for t in plan["pending"] if t.lr is not None or t.row.lr != SWEPT]
+            if not ready or (stop_after is not None and trained >= stop_after):
+                return plan
+            batch = ready[: self.jobs] if self.jobs > 1 else ready[:1]
+            done = len(plan["tasks"]) - len(plan["pending"])
+            for i, task in enumerate(batch):
+                self.log(f"[{done + i + 1}/{len(plan['tasks'])}] {task.label}: training; {done} done, "
+                         f"{len(plan['pending'])} left, {_left(plan['pending'], self.finished)}")
+            self._train(batch)
+            trained += len(batch)
+            self.summarise()
+
+    def _train(self, batch: list) -> None:
+        started = time.perf_counter()
+        if len(batch) == 1:
+            task = batch[0]
+            bench = WikiText2Benchmark(task.folder, resume=True, quiet=self.quiet, separate_process=self.separate_process)
+            bench.run_benchmark(self._config(task))
+        else:  # several at once, each in its own process (a GPU shared by runs that each leave it idle)
+            context = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(len(batch), mp_context=context) as pool:
+                futures = [pool.submit(_train_one, str(t.folder), self._config(t), self.quiet) for t in batch]
+                for future in futures:
+                    future.result()
+        self.log(f"    {len(batch)} run(s) finished in {time.perf_counter() - started:.0f} s")
+
+    def summarise(self) -> None:
+        """``summary.json``, the comparisons and ``report.md`` across the finished runs."""
+        out = self.campaign.output_dir
+        names = [row.name for row in self.campaign.rows
+                 if any(t.phase == "run" and t.row.name == row.name for t, _ in self.finished.values())]
+        if not names:
+            return
+        write_comparisons(out, names)
+        write_report(out)
+
+
+def _train_one(folder: str, config, quiet: bool) -> None:
+    WikiText2Benchmark(folder, resume=True, quiet=quiet, separate_process=False).run_benchmark(config)
+
+
+def format_plan(doc: dict) -> str:
+    """``campaign.md``: the runs done and left, the sweep's validation perplexities and choices."""
+    lines = [f"# Campaign `{doc['campaign']}`", "", doc["description"] or "", "",
+             f"{doc['done']} of {doc['total']} runs done.", ""]
+    if doc["lr_sweep_valid_perplexity"]:
+        lines += ["## Learning rate, chosen on validation", "", "| row | best valid ppl by lr | chosen |", "|---|---|---|"]
+        for row, scores in doc["lr_sweep_valid_perplexity"].items():
+            cells = ", ".join(f"{lr}: {ppl:.2f}" for lr, ppl in scores.items()) or "-"
+            chosen = doc["chosen_lr"].get(row)
+            lines.append(f"| {row} | {cells} | {'-' if chosen is None else f'{chosen:g}'} |")
+        lines.append("")
+    lines += ["## Runs", "", "| phase | row | seed | lr | preset | done | valid ppl | test ppl | time (s) |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["runs"]:
+        def num(x, spec=".2f"):
+            return "-" if x is None else format(x, spec)
+        lr = "(sweep pending)" if r["lr"] is None and r["phase"] == "run" else ("preset" if r["lr"] is None else f"{r['lr']:g}")
+        lines.append(f"| {r['phase']} | {r['row']} | {r['seed']} | {lr} | {r['preset']} | {'yes' if r['done'] else 'no'} "
+                     f"| {num(r['best_valid_perplexity'])} | {num(r['test_perplexity'])} | {num(r['training_time_s'], '.0f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m resnetbk.bench campaign", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", help="the campaign file (YAML or JSON), e.g. campaigns/original.yaml")
+    p.add_argument("--data-dir", help="folder with wiki.{train,valid,test}.tokens (else the file's data_dir, "
+                                      "else $RESNETBK_DATA, else the hub)")
+    p.add_argument("--output-dir", help="instead of the file's output_dir")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="for every run (default: each run's config)")
+    p.add_argument("--threads", type=int, help="torch and Rust threads per run")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (default 1; more only pays on a GPU: on a CPU "
+                                                       "they share the cores and their throughput figures overlap)")
+    p.add_argument("--status", action="store_true", help="print what is done and left, train nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    try:
+        campaign = load_campaign(args.file)
+        if args.jobs < 1:
+            raise CampaignError(f"--jobs: expected a positive number of runs at once, got {args.jobs}")
+    except CampaignError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.output_dir:
+        campaign = Campaign(campaign.path, Path(args.output_dir), campaign.rows, campaign.lr_sweep,
+                            campaign.data_dir, campaign.description)
+    overrides = {k: v for k, v in (("device", args.device), ("threads", args.threads)) if v is not None}
+    runner = CampaignRunner(campaign, data_dir=args.data_dir, overrides=overrides, jobs=args.jobs, quiet=args.quiet)
+    if args.status:
+        plan = runner.plan()
+        runner.write_plan(plan)
+        print((campaign.output_dir / "campaign.md").read_text())
+        return 0
+    if args.jobs > 1 and args.device != "cuda":
+        print(f"note: --jobs {args.jobs} without --device cuda: runs share this machine's cores, so their time and "
+              f"throughput figures overlap (perplexities do not depend on it)", file=sys.stderr)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    try:
+        plan = runner.run()
+    except Interrupted as exc:
+        print(f"interrupted: {exc}; rerun the same command to continue", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"interrupted; every finished run is kept in {campaign.output_dir}/ (rerun the same command)", file=sys.stderr)
+        return 130
+    except (RuntimeError, ValueError) as exc:
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        print(f"Finished runs and checkpoints are kept in {campaign.output_dir}/; rerun the same command to continue.",
+              file=sys.stderr)
+        return 1
+    if distributed.is_main_process():
+        write_json_atomic(campaign.output_dir / RUN_INFO, {
+            "command": "python -m resnetbk.bench campaign " + shlex.join(argv), "started": started,
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine()})
+        runner.summarise()
+    waiting = [t for t in plan["pending"]]
+    print(f"Campaign {campaign.path}: {len(plan['tasks']) - len(waiting)} of {len(plan['tasks'])} runs done; "
+          f"plan in {campaign.output_dir}/campaign.md")
+    return 0 if not waiting else 1

@@ -1,0 +1,117 @@
+"""``bench campaign``: a tiny campaign (a learning-rate sweep, two rows, two seeds) interrupted and
+continued gives the same results as one run straight through; a finished run is never rerun; a
+malformed campaign file is one line that names its place."""
+
+import json
+
+import pytest
+
+from resnetbk.bench.campaign import CampaignRunner, main
+from resnetbk.bench.campaign_file import CampaignError, load_campaign
+from resnetbk.train.results import BenchmarkResults
+
+TINY = {"model": {"d_model": 16, "n_layers": 2, "n_seq": 16}, "batch_size": 4, "epochs": 2, "max_train_tokens": 1000,
+        "eval_batch_size": 8}
+
+
+def _write(path, data) -> str:
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def _campaign(tmp_path, tiny_data, name="tiny.json", output="out") -> str:
+    return _write(tmp_path / name, {
+        "output_dir": str(tmp_path / output), "data_dir": str(tiny_data),
+        "lr_sweep": {"preset": "smoke", "seed": 1, "values": [1e-3, 3e-3]},
+        "runs": [
+            {"model": "resnet_bk_baseline", "preset": "smoke", "seeds": [1, 2], "lr": "swept", "overrides": TINY},
+            {"name": "transformer_fixed", "model": "transformer_baseline", "preset": "smoke", "seed": 1, "lr": 2e-3,
+             "overrides": TINY},
+        ]})
+
+
+def _figures(folder) -> dict:
+    """Every results file's numbers that do not depend on the clock."""
+    out = {}
+    for path in sorted(folder.glob("**/*_results.json")):
+        r = BenchmarkResults.load(path)
+        out[str(path.relative_to(folder))] = (r.epoch_losses, r.best_valid_perplexity, r.test_perplexity, r.steps,
+                                              r.config["lr"], r.config["seed"])
+    return out
+
+
+def test_an_interrupted_campaign_continues_to_the_same_results(tmp_path, tiny_data, capsys):
+    straight = CampaignRunner(load_campaign(_campaign(tmp_path, tiny_data, "a.json", "straight")), quiet=True,
+                              separate_process=False)
+    plan = straight.run()
+    assert not plan["pending"] and len(plan["tasks"]) == 5  # 2 sweep runs, 2 + 1 runs
+    chosen = plan["chosen"]["resnet_bk_baseline"]
+    sweep = {lr: BenchmarkResults.load(tmp_path / "straight" / "lr_sweep" / f"resnet_bk_baseline_lr{lr:g}_results.json")
+             for lr in (1e-3, 3e-3)}
+    assert chosen == min(sweep, key=lambda lr: sweep[lr].best_valid_perplexity)  # chosen on validation
+    for seed in (1, 2):
+        ran = BenchmarkResults.load(tmp_path / "straight" / f"seed_{seed}" / "resnet_bk_baseline_results.json")
+        assert ran.config["lr"] == chosen and ran.config["epochs"] == 2
+    summary = json.loads((tmp_path / "straight" / "summary.json").read_text())
+    assert summary["models"]["resnet_bk_baseline"]["test_perplexity"]["n"] == 2
+    assert "transformer_fixed" in summary["models"] and (tmp_path / "straight" / "report.md").is_file()
+    doc = json.loads((tmp_path / "straight" / "campaign.json").read_text())
+    assert doc["done"] == doc["total"] == 5 and doc["chosen_lr"] == {"resnet_bk_baseline": chosen}
+
+    # The same campaign, stopped after every single run and started again each time.
+    path = _campaign(tmp_path, tiny_data, "b.json", "cut")
+    for _ in range(5):
+        CampaignRunner(load_campaign(path), quiet=True, separate_process=False).run(stop_after=1)
+    assert _figures(tmp_path / "cut") == _figures(tmp_path / "straight")
+    # Finished: nothing is trained again.
+    capsys.readouterr()
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "cut").glob("**/*_results.json")}
+    assert main([path, "--quiet"]) == 0
+    assert "training" not in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cut").glob("**/*_results.json")} == before
+
+
+def test_status_lists_what_is_left_without_training(tmp_path, tiny_data, capsys):
+    path = _campaign(tmp_path, tiny_data)
+    assert main([path, "--status"]) == 0
+    out = capsys.readouterr().out
+    assert "0 of 5 runs done" in out and "(sweep pending)" in out
+    assert not list((tmp_path / "out").glob("**/*_results.json"))
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"runs": []}, "runs: expected a non-empty list"),
+    ({"runs": [{"model": "gpt"}]}, r"runs\[0\].model: expected one of"),
+    ({"runs": [{"model": "lstm", "seeds": [1, 1]}]}, r"runs\[0\].seeds: expected distinct seeds"),
+    ({"runs": [{"model": "lstm", "lr": "best"}]}, r"runs\[0\].lr: expected a positive learning rate"),
+    ({"runs": [{"model": "lstm", "lr": "swept"}]}, "lr_sweep: a run asks for lr: swept"),
+    ({"runs": [{"model": "lstm", "preset": "long"}]}, r"runs\[0\].preset: expected one of"),
+    ({"runs": [{"model": "lstm", "overrides": {"batchsize": 3}}]}, r"runs\[0\].overrides: .*batchsize"),
+    ({"runs": [{"model": "lstm"}, {"model": "lstm", "seed": 3}]}, "two rows are named 'lstm'"),
+    ({"runs": [{"model": "lstm", "colour": 1}]}, r"runs\[0\]: unknown key 'colour'"),
+    ({"runs": [{"model": "lstm"}], "lr_sweep": {"values": [1e-3]}}, "lr_sweep.values: expected a list of at least two"),
+])
+def test_a_malformed_campaign_is_one_line_naming_its_place(tmp_path, change, message, capsys):
+    path = _write(tmp_path / "bad.json", change)
+    with pytest.raises(CampaignError, match=message):
+        load_campaign(path)
+    assert main([path]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {path}: ")
+
+
+def test_an_unreadable_campaign_file_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("runs: [model: lstm\n")
+    assert main([str(bad)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert main([str(tmp_path / "missing.yaml")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_the_committed_campaigns_load():
+    campaign = load_campaign("campaigns/original.yaml")
+    names = [row.name for row in campaign.rows]
+    assert {"transformer_baseline", "resnet_bk_baseline", "resnet_bk_full", "lstm", "mamba"} <= set(names)
+    assert all(row.preset == "original" for row in campaign.rows)
+    assert campaign.lr_sweep.preset == "epoch" and len(campaign.lr_sweep.values) == 3
