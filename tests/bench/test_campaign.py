@@ -71,6 +71,20 @@ def test_an_interrupted_campaign_continues_to_the_same_results(tmp_path, tiny_da
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cut").glob("**/*_results.json")} == before
 
 
+def test_a_run_identical_to_a_finished_one_is_copied_not_trained(tmp_path, tiny_data, capsys):
+    row = {"model": "transformer_baseline", "preset": "smoke", "seed": 1, "lr": 2e-3, "overrides": TINY}
+    path = _write(tmp_path / "twins.json", {"output_dir": str(tmp_path / "out"), "data_dir": str(tiny_data),
+                                            "runs": [row, {**row, "name": "the_same_again"}]})
+    assert main([path, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("training;") == 1 and "the same run as run transformer_baseline seed 1" in out
+    a = BenchmarkResults.load(tmp_path / "out" / "seed_1" / "transformer_baseline_results.json")
+    b = BenchmarkResults.load(tmp_path / "out" / "seed_1" / "the_same_again_results.json")
+    assert b.model_name == "the_same_again" and b.test_perplexity == a.test_perplexity
+    assert main([path, "--status"]) == 0  # a later invocation still says where the copy came from
+    assert "same run as `seed_1/transformer_baseline_results.json`" in capsys.readouterr().out
+
+
 def test_status_lists_what_is_left_without_training(tmp_path, tiny_data, capsys):
     path = _campaign(tmp_path, tiny_data)
     assert main([path, "--status"]) == 0

@@ -66,7 +66,7 @@ def test_an_unknown_method_is_one_line(tiny_data, tmp_path, capsys):
 
 def test_resume_compares_what_runs_not_the_settings_of_methods_that_are_off():
     from resnetbk.bench.config import PRESETS, BenchmarkConfig
-    from resnetbk.bench.runner import _what_runs
+    from resnetbk.bench.runner import what_runs
 
     config = BenchmarkConfig.from_dict(PRESETS["smoke"]).with_methods(use_act=True)
     now = config.to_dict()
@@ -75,10 +75,10 @@ def test_resume_compares_what_runs_not_the_settings_of_methods_that_are_off():
     del older["model"]["no_mixer"]  # a field added since, at its default
     now["data_dir"] = "data/wikitext-2"
     older["data_dir"] = str(Path("data/wikitext-2").resolve())  # the same folder, named absolutely
-    assert _what_runs(older) == _what_runs(now)
-    assert _what_runs({**older, "data_dir": "/elsewhere/wikitext-2"}) != _what_runs(now)
+    assert what_runs(older) == what_runs(now)
+    assert what_runs({**older, "data_dir": "/elsewhere/wikitext-2"}) != what_runs(now)
     older["methods"]["use_act"]["act_bias_init"] = 1.0  # on: a different run
-    assert _what_runs(older) != _what_runs(now)
+    assert what_runs(older) != what_runs(now)
 
 
 def test_resume_reruns_a_finished_run_of_an_older_form_of_a_method(tmp_path, tiny_data, capsys):

@@ -13,7 +13,10 @@ CPU (``--jobs N`` runs N at once, for a GPU where that is faster), each into its
     <output_dir>/campaign.json, campaign.md                  the plan: done, left, the chosen rates
 
 Stopped anywhere, the same command continues: a finished run is kept (never rerun), an
-interrupted one resumes from its last checkpoint (``bench.runner``). The summary is rewritten
+interrupted one resumes from its last checkpoint (``bench.runner``). A run whose configuration
+equals a finished one's but for its row name (a swept row whose chosen rate is the stated one of
+another row) is not trained twice: its results are that run's, copied under its name and marked
+in ``campaign.json`` (``same_run_as``); training is deterministic for a seed. The summary is rewritten
 after every finished run, so a partial campaign can be read. ``--status`` prints the plan
 without training.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import json
 import multiprocessing
 import shlex
 import sys
@@ -35,7 +39,7 @@ from ..measure.environment import machine
 from ..train import distributed
 from .campaign_file import SWEPT, Campaign, CampaignError, Row, load_campaign
 from .report import RUN_INFO, write_report
-from .runner import Interrupted, WikiText2Benchmark, finished_results, write_comparisons
+from .runner import Interrupted, WikiText2Benchmark, finished_results, what_runs, write_comparisons
 
 SWEEP_FOLDER = "lr_sweep"
 
@@ -133,6 +137,12 @@ class CampaignRunner:
         self.campaign, self.data_dir, self.overrides = campaign, data_dir, overrides or {}
         self.jobs, self.quiet, self.separate_process, self.log = jobs, quiet, separate_process, log
         self.finished: dict = {}  # result path -> (task, BenchmarkResults)
+        self.twins: dict = {}  # result path -> the result path of the identical run it was copied from
+        plan_file = campaign.output_dir / "campaign.json"
+        if plan_file.is_file():  # the copies an earlier invocation made
+            for row in json.loads(plan_file.read_text()).get("runs", []):
+                if row.get("same_run_as"):
+                    self.twins[campaign.output_dir / row["results"]] = campaign.output_dir / row["same_run_as"]
 
     def _config(self, task: Task):
         return task.config(self.campaign, self.data_dir, self.overrides)
@@ -146,10 +156,35 @@ class CampaignRunner:
                 continue
             kept, _ = finished_results(self._config(task), task.result_path)
             if kept is None:
+                kept = self._copy_twin(task)
+            if kept is None:
                 pending.append(task)
             else:
                 self.finished[task.result_path] = (task, kept)
         return pending
+
+    def _copy_twin(self, task: Task):
+        """The results of a finished run identical to ``task`` but for its name, copied under
+        ``task``'s name (None: there is none)."""
+        def unnamed(config: dict) -> dict:
+            return {k: v for k, v in what_runs(config).items() if k != "model_name"}
+
+        want = unnamed(self._config(task).to_dict())
+        for path, (other, results) in list(self.finished.items()):
+            if other.phase != task.phase or other.seed != task.seed or unnamed(results.config) != want:
+                continue
+            data = json.loads(Path(path).read_text())
+            data["model_name"] = data["config"]["model_name"] = task.model_name
+            task.folder.mkdir(parents=True, exist_ok=True)
+            steps = Path(path).with_name(f"{other.model_name}_steps.csv")
+            if steps.is_file():
+                task.result_path.with_name(f"{task.model_name}_steps.csv").write_text(steps.read_text())
+            write_json_atomic(task.result_path, data)
+            self.twins[task.result_path] = path
+            self.log(f"{task.label}: the same run as {other.label} (identical configuration); its results copied")
+            kept, _ = finished_results(self._config(task), task.result_path)
+            return kept
+        return None
 
     def plan(self) -> dict:
         """What is done and what is left, the chosen rates and the sweep's table."""
@@ -171,6 +206,8 @@ class CampaignRunner:
             rows.append({"phase": task.phase, "row": task.row.name, "model": task.row.model, "seed": task.seed,
                          "lr": task.lr, "preset": self.campaign.lr_sweep.preset if task.phase == "sweep" else task.row.preset,
                          "done": done is not None, "results": str(task.result_path.relative_to(out)),
+                         "same_run_as": (str(Path(self.twins[task.result_path]).relative_to(out))
+                                         if task.result_path in self.twins else None),
                          "best_valid_perplexity": done[1].best_valid_perplexity if done else None,
                          "test_perplexity": done[1].test_perplexity if done else None,
                          "training_time_s": done[1].training_time if done else None})
@@ -245,7 +282,8 @@ def format_plan(doc: dict) -> str:
         def num(x, spec=".2f"):
             return "-" if x is None else format(x, spec)
         lr = "(sweep pending)" if r["lr"] is None and r["phase"] == "run" else ("preset" if r["lr"] is None else f"{r['lr']:g}")
-        lines.append(f"| {r['phase']} | {r['row']} | {r['seed']} | {lr} | {r['preset']} | {'yes' if r['done'] else 'no'} "
+        done = f"same run as `{r['same_run_as']}`" if r.get("same_run_as") else "yes" if r["done"] else "no"
+        lines.append(f"| {r['phase']} | {r['row']} | {r['seed']} | {lr} | {r['preset']} | {done} "
                      f"| {num(r['best_valid_perplexity'])} | {num(r['test_perplexity'])} | {num(r['training_time_s'], '.0f')} |")
     return "\n".join(lines) + "\n"
 

@@ -73,7 +73,7 @@ def _stop_worker(process, grace_s: float = 30.0) -> None:
         process.join()
 
 
-def _what_runs(config: dict) -> dict:
+def what_runs(config: dict) -> dict:
     """A config (as a results file holds it) reduced to what decides the run: only the methods
     that are on (the settings of one that is off do not act; a method added since is off in an
     older file), a field a newer version added at its default (what the older run did), and the
@@ -107,7 +107,7 @@ def finished_results(config: BenchmarkConfig, result_path: Path) -> tuple:
         kept = BenchmarkResults.load(result_path)
     except (OSError, ValueError, KeyError, TypeError):
         return None, None
-    if _what_runs(kept.config) != _what_runs(config.to_dict()):
+    if what_runs(kept.config) != what_runs(config.to_dict()):
         return None, "holds another config's results"
     older = [m.flag for m in method_registry.enabled(config)
              if kept.methods.get(m.flag, {}).get("version", 1) != m.version]
