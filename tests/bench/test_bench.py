@@ -14,6 +14,7 @@ from resnetbk.bench import BenchmarkConfig, BenchmarkResults, compare_results, m
 from resnetbk.bench.cli import main as cli_main
 from resnetbk.bench.config import PRESETS
 from resnetbk.bench.recipe import train_model as train
+from resnetbk.bench.report import requirement_change, requirement_line
 from resnetbk.measure.step_log import read_steps
 
 RESULT_FIELDS = {
@@ -537,3 +538,19 @@ def test_training_time_counts_a_methods_epoch_start_work_but_not_its_batch_start
                                 methods=[slow], quiet=True, log=lambda *_: None)
     assert runs["epoch"].training_time >= runs["plain"].training_time + 0.45
     assert runs["batch"].training_time < runs["plain"].training_time + 0.45  # 3 steps x 0.5 s left out
+
+
+def test_the_requirement_line_says_whether_within_30_percent_holds_at_two_standard_deviations():
+    def summary(mean, std):
+        return {"test_perplexity": {"mean": mean, "std": std}}
+
+    change, spread = requirement_change({"mean": 100.0, "std": 2.0}, {"mean": 128.0, "std": 2.56})
+    assert change == pytest.approx(28.0) and spread == pytest.approx(128 * (2 * 0.02 ** 2) ** 0.5)
+    line, = requirement_line({"transformer_baseline": summary(100.0, 2.0), "resnet_bk_baseline": summary(128.0, 2.56)})
+    assert "is met" in line and "undecided" in line  # 28% +- 2 x 3.6%: the line is inside the band
+    line, = requirement_line({"transformer_baseline": summary(100.0, 0.1), "resnet_bk_baseline": summary(110.0, 0.1)})
+    assert "still met" in line
+    line, = requirement_line({"transformer_baseline": summary(100.0, 0.1), "resnet_bk_baseline": summary(150.0, 0.1)})
+    assert "NOT met even so" in line
+    line, = requirement_line({"transformer_baseline": summary(100.0, None), "resnet_bk_baseline": summary(120.0, None)})
+    assert "one seed" in line
