@@ -37,6 +37,16 @@ def test_a_tiny_grid_writes_its_files_and_resumes_without_retraining(tmp_path, c
     out = capsys.readouterr().out
     assert out.count("finished earlier, kept") == 6 and "training" not in out.replace("training;", "")
     assert json.loads((tmp_path / "recall.json").read_text())["models"] == doc["models"]
+    assert doc["complete"] is True and doc["missing_runs"] == []
+    # --report with a run missing: the files say what is missing, and nothing is trained.
+    (tmp_path / "runs" / "no_mixer" / "lr0.003_seed0.json").unlink()
+    assert cli_main([*args, "--report"]) == 0
+    out = capsys.readouterr().out
+    partial = json.loads((tmp_path / "recall.json").read_text())
+    assert "training" not in out and partial["complete"] is False
+    assert {"model": "no_mixer", "lr": 0.003, "seed": 0} in partial["missing_runs"]
+    assert partial["models"]["no_mixer"]["chosen_lr"] is None and partial["models"]["transformer"] == doc["models"]["transformer"]
+    assert "**Partial**" in (tmp_path / "recall.md").read_text()
 
 
 def test_attention_recalls_where_a_position_wise_model_can_only_guess():

@@ -216,6 +216,21 @@ def run_all(config: RecallConfig, output: Path, *, resume: bool, quiet: bool) ->
     return runs
 
 
+def finished_runs(config: RecallConfig, output: Path) -> tuple:
+    """``(runs, missing)``: the grid's finished runs in ``output`` (the sweep, then the seeds at
+    the chosen rates) and the ``(model, lr, seed)`` of those not run yet; nothing is trained."""
+    runs, missing = [], []
+    for key in sweep_runs(config):
+        run = _finished(run_path(output, *key), config)
+        runs.append(run) if run is not None else missing.append(key)
+    chosen = choose_lr(runs, config)
+    for key in seed_runs(config, chosen):
+        run = _finished(run_path(output, *key), config)
+        runs.append(run) if run is not None else missing.append(key)
+    missing += [(m, None, s) for m in config.models if m not in chosen for s in config.seeds[1:]]
+    return runs, missing
+
+
 def _run_or_keep(config, output, key, tag, resume, quiet, clock, left_runs) -> dict:
     name, lr, seed = key
     path = run_path(output, name, lr, seed)
@@ -277,7 +292,10 @@ def _pct(stat: dict) -> str:
 
 def format_markdown(doc: dict) -> str:
     cells = doc["cells"]
-    lines = [f"# MQAR recall ({doc['grid']} grid)", "",
+    missing = doc.get("missing_runs") or []
+    note = [f"**Partial**: {len(missing)} run(s) not finished yet (`missing_runs` in recall.json); a model "
+            "without its whole learning-rate sweep has no chosen rate and no test accuracy here.", ""] if missing else []
+    lines = [f"# MQAR recall ({doc['grid']} grid)", "", *note,
              f"Test accuracy at the query positions, % ({'mean +- std over seeds ' if len(doc['seeds']) > 1 else 'seed '}"
              f"{', '.join(map(str, doc['seeds']))}); {doc['selection']}.", "",
              "| model | overall | " + " | ".join(cells) + " | lr | valid accuracy by lr | parameters | causal |",
@@ -358,6 +376,9 @@ def parse_config(argv=None) -> tuple:
     p.add_argument("--output-dir", default="benchmark_results/recall")
     p.add_argument("--resume", action="store_true", help="keep every finished run in --output-dir")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.add_argument("--report", action="store_true",
+                   help="train nothing: write recall.json/md/png from the finished runs in --output-dir (a partial "
+                        "grid lists the runs still missing)")
     args = p.parse_args(argv)
     fields = {"grid": args.grid, **GRIDS[args.grid]}
     if args.models:
@@ -390,12 +411,18 @@ def main(argv=None) -> int:
     print(f"MQAR recall, {args.grid} grid: {len(config.cells())} cells ({', '.join(c.name for c in config.cells())}), "
           f"vocabulary {config.vocab_size}; models {', '.join(config.models)}; learning rates "
           f"{', '.join(f'{lr:g}' for lr in config.lrs)}; seeds {', '.join(map(str, config.seeds))}", flush=True)
+    missing = []
     try:
-        runs = run_all(config, output, resume=args.resume, quiet=args.quiet)
+        if args.report:
+            runs, missing = finished_runs(config, output)
+        else:
+            runs = run_all(config, output, resume=args.resume, quiet=args.quiet)
     except KeyboardInterrupt:
         print(f"interrupted; every finished run is in {output}/runs (rerun with --resume to go on)", file=sys.stderr)
         return 130
     doc = summarise(config, runs)
+    doc["complete"] = not missing
+    doc["missing_runs"] = [{"model": m, "lr": lr, "seed": seed} for m, lr, seed in missing]
     versions, revision = environment()
     doc.update({"command": "python -m resnetbk.bench recall " + " ".join(argv), "started": started,
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
