@@ -8,12 +8,13 @@ with 8 channels, ResNet-BK with learnt spectral z (8 channels, ``methods.spectra
 and can only guess among all of them). The variants of the BK-Core made to remember
 (``models.bk_variants``, issue 23): ``resnet_bk_selective`` (8 channels, input-dependent
 couplings), ``resnet_bk_gated`` (8 channels, a multiplicative read-out),
-``resnet_bk_selective_gated`` (8 channels, both) and ``resnet_bk_selective_gated_64ch`` (both,
-64 channels: one per feature). Each model learns every cell of the grid at once (Zoology's
-mixture) with the recipe of ``recall.training``, at each learning rate of ``--lrs`` for the
-first seed; the learning rate with the best validation accuracy is then run for the other seeds.
-Test accuracy is reported as mean +- std over the seeds, overall, per cell and by key-to-query
-distance, with the causality probe of every trained model.
+``resnet_bk_selective_gated`` (8 channels, both), ``resnet_bk_selective_gated_64ch`` (both,
+64 channels: one per feature; couplings up to 32) and ``resnet_bk_selective_gated_64ch_b128``
+(the same with couplings up to 128). Each model learns every cell of the grid at once
+(Zoology's mixture) with the recipe of ``recall.training``, at each learning rate of ``--lrs``
+for the first seed; the learning rate with the best validation accuracy is then run for the
+other seeds. Test accuracy is reported as mean +- std over the seeds, overall, per cell and by
+key-to-query distance, with the causality probe of every trained model.
 
 Grids (``--grid``): ``default`` (vocabulary 256, sequence 64, 4/8 pairs, 10,000 steps a run;
 ``--seq-lens 64,128`` adds the length axis) and ``zoology`` (Zoology's: vocabulary 8,192,
@@ -60,6 +61,10 @@ MODELS = {  # in the order they run (the slowest per step, Mamba, last)
                                       bk_readout="gated"),
     "resnet_bk_selective_gated_64ch": dict(architecture="resnet_bk", bk_channels=64, bk_coupling="selective",
                                            bk_readout="gated"),
+    # The couplings' bound decides how long a channel can hold: at b the best retention is about
+    # (1 - 1/b)^2 per position (half-life ~b/3), so 32 holds ~10 positions, 128 ~40 (sequence 64).
+    "resnet_bk_selective_gated_64ch_b128": dict(architecture="resnet_bk", bk_channels=64, bk_coupling="selective",
+                                                bk_readout="gated", bk_coupling_max=128.0),
     "no_mixer": dict(architecture="resnet_bk", no_mixer=True),
     "lstm": dict(architecture="lstm"),
     "mamba": dict(architecture="mamba"),
