@@ -1,11 +1,14 @@
-"""``bench campaign``: a tiny campaign (a learning-rate sweep, two rows, two seeds) interrupted and
-continued gives the same results as one run straight through; a finished run is never rerun; a
-malformed campaign file is one line that names its place."""
+"""``bench campaign``: a tiny campaign (a learning-rate sweep, two rows, two seeds) stopped after
+every run and continued gives the same results as one run straight through (a run resumed from
+its checkpoint mid-way is ``test_bench``'s resume test); a finished run is never rerun, whatever
+threads it ran with; a failed run does not stop the others; runs at once (``--jobs``) give the
+same results; a malformed campaign file is one line that names its place."""
 
 import json
 
 import pytest
 
+from resnetbk.bench import campaign as campaign_module
 from resnetbk.bench.campaign import CampaignRunner, main
 from resnetbk.bench.campaign_file import CampaignError, load_campaign
 from resnetbk.train.results import BenchmarkResults
@@ -85,6 +88,45 @@ def test_a_run_identical_to_a_finished_one_is_copied_not_trained(tmp_path, tiny_
     assert "same run as `seed_1/transformer_baseline_results.json`" in capsys.readouterr().out
 
 
+def test_a_failed_run_is_recorded_and_the_others_go_on(tmp_path, tiny_data, monkeypatch, capsys):
+    row = {"model": "transformer_baseline", "preset": "smoke", "seed": 1, "lr": 2e-3, "overrides": TINY}
+    path = _write(tmp_path / "fails.json", {"output_dir": str(tmp_path / "out"), "data_dir": str(tiny_data),
+                                            "runs": [{**row, "name": "breaks"}, {**row, "seed": 2}]})
+    real = campaign_module._train_one
+
+    def breaks(folder, config, quiet, separate_process):
+        if config.model_name == "breaks":
+            raise RuntimeError("breaks: training failed in its worker process: MemoryError")
+        real(folder, config, quiet, separate_process)
+
+    monkeypatch.setattr(campaign_module, "_train_one", breaks)
+    runner = CampaignRunner(load_campaign(path), quiet=True, separate_process=False)
+    plan = runner.run()
+    assert (tmp_path / "out" / "seed_2" / "transformer_baseline_results.json").is_file()  # the other ran
+    assert [t.row.name for t in plan["pending"]] == ["breaks"]
+    assert "FAILED: RuntimeError: breaks: training failed" in (tmp_path / "out" / "campaign.md").read_text()
+    assert main([path, "--quiet"]) == 1  # tried again, fails again, says so
+    assert "FAILED" in capsys.readouterr().err
+
+
+def test_a_finished_run_is_kept_whatever_threads_it_ran_with(tmp_path, tiny_data, capsys):
+    path = _write(tmp_path / "t.json", {"output_dir": str(tmp_path / "out"), "data_dir": str(tiny_data), "runs": [
+        {"model": "resnet_bk_baseline", "preset": "smoke", "seed": 1, "overrides": TINY}]})
+    assert main([path, "--quiet", "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert main([path, "--quiet"]) == 0
+    assert "training" not in capsys.readouterr().out
+
+
+def test_runs_at_once_give_the_same_results(tmp_path, tiny_data):
+    straight = CampaignRunner(load_campaign(_campaign(tmp_path, tiny_data, "a.json", "one")), quiet=True,
+                              separate_process=False)
+    straight.run()
+    together = CampaignRunner(load_campaign(_campaign(tmp_path, tiny_data, "b.json", "two")), quiet=True, jobs=2)
+    assert not together.run()["pending"]
+    assert _figures(tmp_path / "two") == _figures(tmp_path / "one")
+
+
 def test_status_lists_what_is_left_without_training(tmp_path, tiny_data, capsys):
     path = _campaign(tmp_path, tiny_data)
     assert main([path, "--status"]) == 0
@@ -103,6 +145,11 @@ def test_status_lists_what_is_left_without_training(tmp_path, tiny_data, capsys)
     ({"runs": [{"model": "lstm", "overrides": {"batchsize": 3}}]}, r"runs\[0\].overrides: .*batchsize"),
     ({"runs": [{"model": "lstm"}, {"model": "lstm", "seed": 3}]}, "two rows are named 'lstm'"),
     ({"runs": [{"model": "lstm", "colour": 1}]}, r"runs\[0\]: unknown key 'colour'"),
+    ({"runs": [{"model": "lstm", "overrides": {"seed": 7}}]}, r"runs\[0\].overrides.seed: set by the row itself"),
+    ({"runs": [{"model": "lstm", "overrides": {"lr": 1e-2}}]}, r"runs\[0\].overrides.lr: set by the row itself: use lr"),
+    ({"runs": [{"model": "lstm", "overrides": {"model": {"architecture": "mamba"}}}]}, "set by the row's model"),
+    ({"runs": [{"model": "lstm", "lr": "swept"}], "lr_sweep": {"values": [1e-3, 1.0000001e-3]}},
+     "distinct to 6 significant digits"),
     ({"runs": [{"model": "lstm"}], "lr_sweep": {"values": [1e-3]}}, "lr_sweep.values: expected a list of at least two"),
 ])
 def test_a_malformed_campaign_is_one_line_naming_its_place(tmp_path, change, message, capsys):
@@ -121,6 +168,13 @@ def test_an_unreadable_campaign_file_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
     assert main([str(tmp_path / "missing.yaml")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_overrides_act_on_top_of_the_models_own_settings(tmp_path):
+    path = _write(tmp_path / "o.json", {"runs": [{"model": "resnet_bk_baseline", "preset": "smoke", "overrides": {
+        "methods": {"use_act": {"enabled": True}}, "model": {"bk_channels": 3}}}]})
+    config = load_campaign(path).rows[0].config(None, 5)
+    assert config.enabled("use_act") and config.model.bk_channels == 3 and config.seed == 5
 
 
 def test_the_committed_campaigns_load():

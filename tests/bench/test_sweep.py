@@ -8,6 +8,8 @@ import pytest
 
 from resnetbk.bench import sweep
 from resnetbk.bench.cli import main as cli_main
+from resnetbk.bench.config import PRESETS, BenchmarkConfig
+from resnetbk.bench.runner import what_runs
 from resnetbk.methods import ACT
 
 
@@ -65,9 +67,6 @@ def test_an_unknown_method_is_one_line(tiny_data, tmp_path, capsys):
 
 
 def test_resume_compares_what_runs_not_the_settings_of_methods_that_are_off():
-    from resnetbk.bench.config import PRESETS, BenchmarkConfig
-    from resnetbk.bench.runner import what_runs
-
     config = BenchmarkConfig.from_dict(PRESETS["smoke"]).with_methods(use_act=True)
     now = config.to_dict()
     older = json.loads(json.dumps(now))

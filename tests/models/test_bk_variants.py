@@ -108,16 +108,34 @@ def test_the_couplings_start_log_spaced_from_the_laplacians_one_and_survive_the_
         SelectiveCoupling(8, 2, 1.0)
 
 
-def test_the_gated_read_out_starts_near_the_plain_one():
+@pytest.mark.parametrize("init", ["normal", "torch", "uniform"])
+def test_the_gated_read_out_starts_as_the_plain_one_under_every_init(init):
     torch.manual_seed(0)
-    options = dict(vocab_size=50, d_model=16, n_layers=1, n_seq=16, bk_channels=2, dropout=0.0)
+    options = dict(vocab_size=50, d_model=16, n_layers=1, n_seq=16, bk_channels=2, dropout=0.0, init=init)
     plain, gated = build_model(ModelOptions(**options)), build_model(ModelOptions(**options, bk_readout="gated"))
     gated.load_state_dict(plain.state_dict(), strict=False)
-    x = torch.randint(0, 50, (2, 16))
+    h = torch.randn(2, 16, 16)
     with torch.no_grad():
-        h = plain.token_embedding(x)
-        a, b = plain.blocks[0].bk(h), gated.blocks[0].bk(h)
-    assert float((a - b).abs().max()) < 0.2 * float(a.abs().max())
+        torch.testing.assert_close(gated.blocks[0].bk(h), plain.blocks[0].bk(h), rtol=0, atol=0)
+    loss = gated.blocks[0].bk(h).square().sum()
+    loss.backward()
+    assert float(gated.blocks[0].bk.query_gate.proj.weight.grad.abs().sum()) > 0  # and it learns from there
+
+
+def test_the_link_into_position_k_is_set_by_the_input_at_k():
+    """b_j (the link j -> j+1) comes from h_{j+1}: with the potential fixed, changing h_k alone
+    changes the output at k and leaves k-1 alone (b_j from h_j would leave k alone too)."""
+    torch.manual_seed(0)
+    mixer = BKMixer(6, 2, coupling="selective", coupling_max=8.0).double()
+    torch.nn.init.zeros_(mixer.v_proj.weight)  # the potential no longer depends on the input
+    torch.nn.init.normal_(mixer.coupling.proj.weight, std=1.0)
+    h = torch.randn(1, 9, 6, dtype=torch.float64)
+    other = h.clone()
+    other[0, 5] += 1.0
+    with torch.no_grad():
+        a, b = mixer(h), mixer(other)
+    torch.testing.assert_close(a[0, :5], b[0, :5], rtol=0, atol=0)
+    assert not torch.allclose(a[0, 5], b[0, 5])
 
 
 def test_the_decay_law_counts_the_selective_couplings():
@@ -145,6 +163,22 @@ def test_the_decay_law_counts_the_selective_couplings():
         assert math.isclose(relative[d].item(), law["predicted_relative"][0][d], rel_tol=1e-5)
 
 
+def test_the_laws_summary_per_position_is_the_steady_state_past_the_start():
+    """A constant coupling b = 32 at zero potential: the start's transient (kap_0 |g_0|^2 = b^2 / 5)
+    stays out of the summary, which is the steady state's contraction (1 - 1/(2b))^2."""
+    mixer = BKMixer(8, 1, coupling="selective", coupling_max=64.0)
+    torch.nn.init.zeros_(mixer.v_proj.weight)
+    torch.nn.init.zeros_(mixer.v_proj.bias)
+    torch.nn.init.zeros_(mixer.coupling.proj.weight)
+    with torch.no_grad():
+        mixer.coupling.offset.fill_(0.0)  # b = 64 * sigmoid(0) = 32 everywhere
+    law = _channel_law(mixer, torch.randn(2, 256, 8))
+    (decay,) = law["decay_per_position"]
+    assert math.isclose(1 / decay, (1 - 1 / 64) ** 2, rel_tol=0.01)
+    (mean,) = law["mean_contraction"]
+    assert mean < 1.0
+
+
 def test_bad_variant_options_are_named_errors():
     with pytest.raises(ValueError, match="bk_coupling"):
         ModelOptions(bk_coupling="learned")
@@ -154,6 +188,12 @@ def test_bad_variant_options_are_named_errors():
         ModelOptions(bk_coupling_max=1.0)
     with pytest.raises(ValueError, match="coupling"):
         BKMixer(8, 1, coupling="learned")
+    with pytest.raises(ValueError, match="variants of ResNet-BK's mixer"):
+        ModelOptions(architecture="transformer", bk_coupling="selective")
+    with pytest.raises(ValueError, match="no_mixer"):
+        ModelOptions(no_mixer=True, bk_readout="gated")
+    with pytest.raises(ValueError, match="bk_coupling_max: bounds the selective couplings"):
+        ModelOptions(bk_coupling_max=64.0)
 
 
 def test_the_closed_form_flops_estimate_refuses_the_variants():

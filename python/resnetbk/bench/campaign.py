@@ -16,7 +16,11 @@ Stopped anywhere, the same command continues: a finished run is kept (never reru
 interrupted one resumes from its last checkpoint (``bench.runner``). A run whose configuration
 equals a finished one's but for its row name (a swept row whose chosen rate is the stated one of
 another row) is not trained twice: its results are that run's, copied under its name and marked
-in ``campaign.json`` (``same_run_as``); training is deterministic for a seed. The summary is rewritten
+in ``campaign.json`` (``same_run_as``); training is deterministic for a seed. A finished run is
+kept whatever ``--device`` and ``--threads`` it ran with (a campaign begun on a CPU can finish on
+a GPU); an interrupted one resumes only with the settings it started with. A run that fails is
+recorded (``campaign.md``) and the others go on; the same command tries it again. A results file
+of another configuration under a run's name is moved to ``stale-<time>/`` before that run trains. The summary is rewritten
 after every finished run, so a partial campaign can be read. ``--status`` prints the plan
 without training.
 """
@@ -30,6 +34,7 @@ import multiprocessing
 import shlex
 import sys
 import time
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -92,18 +97,23 @@ def run_tasks(campaign: Campaign, chosen: dict) -> list:
 
 
 def choose_rates(campaign: Campaign, finished: dict) -> tuple:
-    """``(chosen, table)``: per swept row the rate with the lowest best validation perplexity
-    (ties: the smaller rate), once all its sweep runs finished; ``table`` has every value's."""
-    chosen, table = {}, {}
+    """``(chosen, table, diverged)``: per swept row the rate with the lowest best validation
+    perplexity (ties: the smaller rate), once all its sweep runs finished; ``table`` has every
+    value's; ``diverged`` the rows where no rate gave a finite perplexity (nothing chosen)."""
+    chosen, table, diverged = {}, {}, []
     for row in campaign.swept_rows:
         scores = {}
         for task in sweep_tasks(campaign):
             if task.row.name == row.name and task.result_path in finished:
                 scores[task.lr] = finished[task.result_path].best_valid_perplexity
         table[row.name] = {f"{lr:g}": ppl for lr, ppl in sorted(scores.items())}
-        if len(scores) == len(campaign.lr_sweep.values):
-            chosen[row.name] = min(scores, key=lambda lr: (_finite(scores[lr]), lr))
-    return chosen, table
+        if len(scores) < len(campaign.lr_sweep.values):
+            continue
+        if all(_finite(v) == float("inf") for v in scores.values()):
+            diverged.append(row.name)
+            continue
+        chosen[row.name] = min(scores, key=lambda lr: (_finite(scores[lr]), lr))
+    return chosen, table, diverged
 
 
 def _finite(x) -> float:
@@ -111,22 +121,27 @@ def _finite(x) -> float:
 
 
 def _estimate(task: Task, finished: dict) -> float | None:
-    """Seconds a task should take, from the finished runs of the same model and preset (else the
-    same preset), or None."""
-    def preset_of(t: Task) -> str:
-        return "sweep:" + t.row.preset if t.phase == "sweep" else t.row.preset
+    """Seconds a task should take, from the finished runs of the same model and budget (else the
+    same budget), or None."""
+    def budget(t: Task) -> str:
+        return "sweep" if t.phase == "sweep" else t.row.preset
 
-    same = [r.training_time for t, r in finished.values() if t.row.model == task.row.model and preset_of(t) == preset_of(task)]
-    same = same or [r.training_time for t, r in finished.values() if preset_of(t) == preset_of(task)]
+    same = [r.training_time for t, r in finished.values() if t.row.model == task.row.model and budget(t) == budget(task)]
+    same = same or [r.training_time for t, r in finished.values() if budget(t) == budget(task)]
     return sum(same) / len(same) if same else None
 
 
-def _left(tasks: list, finished: dict) -> str:
+def _left(tasks: list, finished: dict, jobs: int) -> str:
     estimates = [_estimate(t, finished) for t in tasks]
-    known = sum(e for e in estimates if e is not None)
+    known = sum(e for e in estimates if e is not None) / jobs
     unknown = sum(e is None for e in estimates)
     text = f"about {known / 3600:.1f} h of training left" if known else "time left: known after a first run"
     return text + (f" (+{unknown} run(s) not yet estimable)" if unknown and known else "")
+
+
+#: Execution settings that do not change what a run computes: a finished run is kept whatever
+#: they were (a campaign begun on a CPU can finish on a GPU).
+EXECUTION_FIELDS = ("device", "threads")
 
 
 class CampaignRunner:
@@ -137,25 +152,40 @@ class CampaignRunner:
         self.campaign, self.data_dir, self.overrides = campaign, data_dir, overrides or {}
         self.jobs, self.quiet, self.separate_process, self.log = jobs, quiet, separate_process, log
         self.finished: dict = {}  # result path -> (task, BenchmarkResults)
+        self.failed: dict = {}  # result path -> what went wrong (this invocation; tried again by the next)
         self.twins: dict = {}  # result path -> the result path of the identical run it was copied from
+        self.stale: dict = {}  # result path -> why its file is not this campaign's run
         plan_file = campaign.output_dir / "campaign.json"
-        if plan_file.is_file():  # the copies an earlier invocation made
-            for row in json.loads(plan_file.read_text()).get("runs", []):
-                if row.get("same_run_as"):
-                    self.twins[campaign.output_dir / row["results"]] = campaign.output_dir / row["same_run_as"]
+        try:  # the copies an earlier invocation made
+            rows = json.loads(plan_file.read_text()).get("runs", []) if plan_file.is_file() else []
+        except (OSError, ValueError):
+            rows = []
+            log(f"note: {plan_file} is unreadable; it is written again")
+        for row in rows:
+            if isinstance(row, dict) and row.get("same_run_as") and row.get("results"):
+                self.twins[campaign.output_dir / row["results"]] = campaign.output_dir / row["same_run_as"]
 
     def _config(self, task: Task):
         return task.config(self.campaign, self.data_dir, self.overrides)
 
-    def refresh(self, tasks: list) -> list:
-        """The tasks not finished yet (the finished ones recorded in ``self.finished``)."""
+    def _kept(self, task: Task):
+        kept, why_not = finished_results(self._config(task), task.result_path, ignore=EXECUTION_FIELDS)
+        if why_not:
+            self.stale[task.result_path] = why_not
+        else:
+            self.stale.pop(task.result_path, None)
+        return kept
+
+    def refresh(self, tasks: list, *, copy: bool = True) -> list:
+        """The tasks not finished yet (the finished ones recorded in ``self.finished``); with
+        ``copy``, a task identical to a finished run gets that run's results."""
         pending = []
         for task in tasks:
             if task.lr is None and task.row.lr == SWEPT:
                 pending.append(task)  # waits for its sweep
                 continue
-            kept, _ = finished_results(self._config(task), task.result_path)
-            if kept is None:
+            kept = self._kept(task)
+            if kept is None and copy:
                 kept = self._copy_twin(task)
             if kept is None:
                 pending.append(task)
@@ -163,106 +193,161 @@ class CampaignRunner:
                 self.finished[task.result_path] = (task, kept)
         return pending
 
+    def _unnamed(self, config: dict) -> dict:
+        data = what_runs(config)
+        for name in ("model_name", *EXECUTION_FIELDS):
+            data.pop(name, None)
+        return data
+
+    def _twin_of(self, task: Task, among) -> Task | None:
+        want = self._unnamed(self._config(task).to_dict())
+        for other in among:
+            if other is not task and other.phase == task.phase and self._unnamed(self._config(other).to_dict()) == want:
+                return other
+        return None
+
     def _copy_twin(self, task: Task):
         """The results of a finished run identical to ``task`` but for its name, copied under
         ``task``'s name (None: there is none)."""
-        def unnamed(config: dict) -> dict:
-            return {k: v for k, v in what_runs(config).items() if k != "model_name"}
+        other = self._twin_of(task, [t for t, _ in self.finished.values()])
+        if other is None:
+            return None
+        data = json.loads(other.result_path.read_text())
+        data["model_name"] = data["config"]["model_name"] = task.model_name
+        task.folder.mkdir(parents=True, exist_ok=True)
+        steps = other.result_path.with_name(f"{other.model_name}_steps.csv")
+        if steps.is_file():
+            task.result_path.with_name(f"{task.model_name}_steps.csv").write_text(steps.read_text())
+        write_json_atomic(task.result_path, data)
+        self.twins[task.result_path] = other.result_path
+        self.log(f"{task.label}: the same run as {other.label} (identical configuration); its results copied")
+        return self._kept(task)
 
-        want = unnamed(self._config(task).to_dict())
-        for path, (other, results) in list(self.finished.items()):
-            if other.phase != task.phase or other.seed != task.seed or unnamed(results.config) != want:
-                continue
-            data = json.loads(Path(path).read_text())
-            data["model_name"] = data["config"]["model_name"] = task.model_name
-            task.folder.mkdir(parents=True, exist_ok=True)
-            steps = Path(path).with_name(f"{other.model_name}_steps.csv")
-            if steps.is_file():
-                task.result_path.with_name(f"{task.model_name}_steps.csv").write_text(steps.read_text())
-            write_json_atomic(task.result_path, data)
-            self.twins[task.result_path] = path
-            self.log(f"{task.label}: the same run as {other.label} (identical configuration); its results copied")
-            kept, _ = finished_results(self._config(task), task.result_path)
-            return kept
-        return None
-
-    def plan(self) -> dict:
+    def plan(self, *, copy: bool = True) -> dict:
         """What is done and what is left, the chosen rates and the sweep's table."""
         sweeps = sweep_tasks(self.campaign) if self.campaign.lr_sweep else []
-        pending_sweeps = self.refresh(sweeps)
-        chosen, table = choose_rates(self.campaign, {p: r for p, (_, r) in self.finished.items()})
+        pending_sweeps = self.refresh(sweeps, copy=copy)
+        chosen, table, diverged = choose_rates(self.campaign, {p: r for p, (_, r) in self.finished.items()})
         runs = run_tasks(self.campaign, chosen)
-        pending_runs = self.refresh(runs)
+        pending_runs = self.refresh(runs, copy=copy)
         every = sweeps + runs
         pending = set(map(id, pending_sweeps + pending_runs))
-        return {"tasks": every, "pending": [t for t in every if id(t) in pending], "chosen": chosen, "table": table}
+        return {"tasks": every, "pending": [t for t in every if id(t) in pending], "chosen": chosen, "table": table,
+                "diverged": diverged}
 
     def write_plan(self, plan: dict) -> None:
         out = self.campaign.output_dir
         out.mkdir(parents=True, exist_ok=True)
-        rows = []
-        for task in plan["tasks"]:
-            done = self.finished.get(task.result_path)
-            rows.append({"phase": task.phase, "row": task.row.name, "model": task.row.model, "seed": task.seed,
-                         "lr": task.lr, "preset": self.campaign.lr_sweep.preset if task.phase == "sweep" else task.row.preset,
-                         "done": done is not None, "results": str(task.result_path.relative_to(out)),
-                         "same_run_as": (str(Path(self.twins[task.result_path]).relative_to(out))
-                                         if task.result_path in self.twins else None),
-                         "best_valid_perplexity": done[1].best_valid_perplexity if done else None,
-                         "test_perplexity": done[1].test_perplexity if done else None,
-                         "training_time_s": done[1].training_time if done else None})
+        rows = [self._plan_row(task, out) for task in plan["tasks"]]
         doc = {"campaign": self.campaign.path, "description": self.campaign.description,
                "done": sum(r["done"] for r in rows), "total": len(rows), "lr_sweep_valid_perplexity": plan["table"],
-               "chosen_lr": plan["chosen"], "runs": rows}
+               "chosen_lr": plan["chosen"], "diverged_sweeps": plan["diverged"], "runs": rows}
         write_json_atomic(out / "campaign.json", doc)
         (out / "campaign.md").write_text(format_plan(doc))
 
+    def _plan_row(self, task: Task, out: Path) -> dict:
+        done = self.finished.get(task.result_path)
+        twin = self.twins.get(task.result_path) if done else None
+        return {"phase": task.phase, "row": task.row.name, "model": task.row.model, "seed": task.seed, "lr": task.lr,
+                "preset": self.campaign.lr_sweep.preset if task.phase == "sweep" else task.row.preset,
+                "done": done is not None, "results": str(task.result_path.relative_to(out)),
+                "same_run_as": str(Path(twin).relative_to(out)) if twin else None,
+                "failed": self.failed.get(task.result_path), "stale_file": self.stale.get(task.result_path),
+                "best_valid_perplexity": done[1].best_valid_perplexity if done else None,
+                "test_perplexity": done[1].test_perplexity if done else None,
+                "training_time_s": done[1].training_time if done else None}
+
     def run(self, stop_after: int | None = None) -> dict:
-        """Every pending task (the sweep first), the plan and summary rewritten after each;
-        ``stop_after`` (tests) stops after that many trained runs, as an interruption would."""
+        """Every pending task (the sweep first), the plan and summary rewritten after each; a
+        failed run is recorded and the others go on. ``stop_after`` (tests) stops after that
+        many trained runs, as an interruption between runs would."""
         trained = 0
         while True:
             plan = self.plan()
             self.write_plan(plan)
-            ready = [t for t in plan["pending"] if t.lr is not None or t.row.lr != SWEPT]
+            ready = [t for t in plan["pending"] if (t.lr is not None or t.row.lr != SWEPT)
+                     and t.result_path not in self.failed]
             if not ready or (stop_after is not None and trained >= stop_after):
                 return plan
-            batch = ready[: self.jobs] if self.jobs > 1 else ready[:1]
+            batch = self._batch(ready)
             done = len(plan["tasks"]) - len(plan["pending"])
             for i, task in enumerate(batch):
                 self.log(f"[{done + i + 1}/{len(plan['tasks'])}] {task.label}: training; {done} done, "
-                         f"{len(plan['pending'])} left, {_left(plan['pending'], self.finished)}")
+                         f"{len(plan['pending'])} left, {_left(plan['pending'], self.finished, self.jobs)}")
             self._train(batch)
             trained += len(batch)
             self.summarise()
 
+    def _batch(self, ready: list) -> list:
+        """Up to ``jobs`` tasks, none identical to another (the copy comes after)."""
+        batch = []
+        for task in ready:
+            if len(batch) < self.jobs and self._twin_of(task, batch) is None:
+                batch.append(task)
+        return batch
+
     def _train(self, batch: list) -> None:
         started = time.perf_counter()
+        for task in batch:
+            self._set_aside_stale(task)
         if len(batch) == 1:
-            task = batch[0]
-            bench = WikiText2Benchmark(task.folder, resume=True, quiet=self.quiet, separate_process=self.separate_process)
-            bench.run_benchmark(self._config(task))
+            self._guarded(batch[0], lambda: _train_one(str(batch[0].folder), self._config(batch[0]), self.quiet,
+                                                        self.separate_process))
         else:  # several at once, each in its own process (a GPU shared by runs that each leave it idle)
             context = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(len(batch), mp_context=context) as pool:
-                futures = [pool.submit(_train_one, str(t.folder), self._config(t), self.quiet) for t in batch]
-                for future in futures:
-                    future.result()
-        self.log(f"    {len(batch)} run(s) finished in {time.perf_counter() - started:.0f} s")
+            with concurrent.futures.ProcessPoolExecutor(len(batch), mp_context=context, max_tasks_per_child=1) as pool:
+                futures = {pool.submit(_train_one, str(t.folder), self._config(t), self.quiet, False): t for t in batch}
+                for future, task in futures.items():
+                    self._guarded(task, future.result)
+        for task in batch:
+            self.twins.pop(task.result_path, None)
+            if task.result_path not in self.failed and self._kept(task) is None:
+                self.failed[task.result_path] = "trained, yet its results file does not hold its run"
+        self.log(f"    {len(batch)} run(s) done in {time.perf_counter() - started:.0f} s")
+
+    def _guarded(self, task: Task, work) -> None:
+        """``work()``; a failure is recorded against ``task`` (an interruption is not a failure)."""
+        try:
+            work()
+        except Interrupted:
+            raise
+        except (RuntimeError, ValueError, OSError, BrokenProcessPool) as exc:
+            error = task.folder / "runs" / task.model_name / "error.txt"
+            where = f" (details: {error})" if error.is_file() else ""
+            self.failed[task.result_path] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            self.log(f"FAILED: {task.label}: {self.failed[task.result_path]}{where}; the other runs go on")
+
+    def _set_aside_stale(self, task: Task) -> None:
+        """A results file (and its checkpoint) of another configuration under this run's name is
+        moved to ``stale-<time>/`` beside it: kept, but out of the summary and of the resume."""
+        if task.result_path not in self.stale:
+            return
+        aside = task.folder / f"stale-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
+        aside.mkdir(parents=True, exist_ok=True)
+        for path in (task.result_path, task.result_path.with_name(f"{task.model_name}_steps.csv"),
+                     task.folder / "runs" / task.model_name):
+            if path.exists():
+                path.rename(aside / path.name)
+        self.log(f"{task.label}: {task.result_path.name} {self.stale.pop(task.result_path)}; moved to {aside}")
 
     def summarise(self) -> None:
-        """``summary.json``, the comparisons and ``report.md`` across the finished runs."""
+        """``summary.json``, the comparisons and ``report.md`` across the finished runs of the
+        campaign's rows (nothing else in the folder)."""
         out = self.campaign.output_dir
         names = [row.name for row in self.campaign.rows
                  if any(t.phase == "run" and t.row.name == row.name for t, _ in self.finished.values())]
         if not names:
             return
         write_comparisons(out, names)
-        write_report(out)
+        write_report(out, names)
 
 
-def _train_one(folder: str, config, quiet: bool) -> None:
-    WikiText2Benchmark(folder, resume=True, quiet=quiet, separate_process=False).run_benchmark(config)
+def _train_one(folder: str, config, quiet: bool, separate_process) -> None:
+    WikiText2Benchmark(folder, resume=True, quiet=quiet, separate_process=separate_process).run_benchmark(config)
+
+
+def _num(x, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
 
 
 def format_plan(doc: dict) -> str:
@@ -272,19 +357,20 @@ def format_plan(doc: dict) -> str:
     if doc["lr_sweep_valid_perplexity"]:
         lines += ["## Learning rate, chosen on validation", "", "| row | best valid ppl by lr | chosen |", "|---|---|---|"]
         for row, scores in doc["lr_sweep_valid_perplexity"].items():
-            cells = ", ".join(f"{lr}: {ppl:.2f}" for lr, ppl in scores.items()) or "-"
+            cells = ", ".join(f"{lr}: {_num(ppl)}" for lr, ppl in scores.items()) or "-"
             chosen = doc["chosen_lr"].get(row)
-            lines.append(f"| {row} | {cells} | {'-' if chosen is None else f'{chosen:g}'} |")
+            choice = "no finite perplexity at any rate: none chosen" if row in doc["diverged_sweeps"] else (
+                "-" if chosen is None else f"{chosen:g}")
+            lines.append(f"| {row} | {cells} | {choice} |")
         lines.append("")
     lines += ["## Runs", "", "| phase | row | seed | lr | preset | done | valid ppl | test ppl | time (s) |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in doc["runs"]:
-        def num(x, spec=".2f"):
-            return "-" if x is None else format(x, spec)
         lr = "(sweep pending)" if r["lr"] is None and r["phase"] == "run" else ("preset" if r["lr"] is None else f"{r['lr']:g}")
-        done = f"same run as `{r['same_run_as']}`" if r.get("same_run_as") else "yes" if r["done"] else "no"
+        done = (f"same run as `{r['same_run_as']}`" if r.get("same_run_as") else "yes" if r["done"]
+                else f"FAILED: {r['failed']}" if r.get("failed") else "no")
         lines.append(f"| {r['phase']} | {r['row']} | {r['seed']} | {lr} | {r['preset']} | {done} "
-                     f"| {num(r['best_valid_perplexity'])} | {num(r['test_perplexity'])} | {num(r['training_time_s'], '.0f')} |")
+                     f"| {_num(r['best_valid_perplexity'])} | {_num(r['test_perplexity'])} | {_num(r['training_time_s'], '.0f')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -320,7 +406,7 @@ def main(argv=None) -> int:
     overrides = {k: v for k, v in (("device", args.device), ("threads", args.threads)) if v is not None}
     runner = CampaignRunner(campaign, data_dir=args.data_dir, overrides=overrides, jobs=args.jobs, quiet=args.quiet)
     if args.status:
-        plan = runner.plan()
+        plan = runner.plan(copy=False)
         runner.write_plan(plan)
         print((campaign.output_dir / "campaign.md").read_text())
         return 0
@@ -346,7 +432,11 @@ def main(argv=None) -> int:
             "command": "python -m resnetbk.bench campaign " + shlex.join(argv), "started": started,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine()})
         runner.summarise()
-    waiting = [t for t in plan["pending"]]
+    waiting = plan["pending"]
     print(f"Campaign {campaign.path}: {len(plan['tasks']) - len(waiting)} of {len(plan['tasks'])} runs done; "
           f"plan in {campaign.output_dir}/campaign.md")
+    for path, why in runner.failed.items():
+        print(f"FAILED: {path}: {why} (the same command tries it again)", file=sys.stderr)
+    for name in plan["diverged"]:
+        print(f"error: {name}: no rate of the lr_sweep gave a finite validation perplexity; widen it", file=sys.stderr)
     return 0 if not waiting else 1

@@ -26,6 +26,8 @@ from pathlib import Path
 from .config import MODEL_NAMES, PRESETS, BenchmarkConfig, load_config_file, merge, model_config
 
 SWEPT = "swept"
+#: Fields a row sets with its own keys, not through ``overrides`` (where they would be overwritten).
+ROW_FIELDS = {"seed": "seed/seeds", "lr": "lr", "model_name": "name", "data_dir": "the file's data_dir or --data-dir"}
 TOP_KEYS = ("description", "output_dir", "data_dir", "lr_sweep", "runs")
 RUN_KEYS = ("model", "name", "preset", "seed", "seeds", "lr", "overrides")
 SWEEP_KEYS = ("preset", "seed", "values")
@@ -55,14 +57,16 @@ class Row:
 
     def config(self, data_dir: str | None, seed: int, lr: float | None = None, preset: str | None = None,
                model_name: str | None = None) -> BenchmarkConfig:
-        """The run's ``BenchmarkConfig``: the preset, the overrides, the seed, the learning rate."""
-        fields = merge(PRESETS[preset or self.preset], self.overrides)
-        fields["seed"] = seed
+        """The run's ``BenchmarkConfig``: the preset, the seed, the learning rate, the benchmark
+        model's own settings (``model_config``), then the overrides on top of all of them."""
+        fields = dict(PRESETS[preset or self.preset], seed=seed)
         if data_dir is not None:
             fields["data_dir"] = data_dir
         if lr is not None:
             fields["lr"] = lr
         config = model_config(self.model, BenchmarkConfig.from_dict(fields))
+        if self.overrides:
+            config = BenchmarkConfig.from_dict(merge(config.to_dict(), self.overrides))
         return config.replace(model_name=model_name or self.name)
 
 
@@ -125,8 +129,8 @@ def _sweep(path, data) -> LRSweep | None:
     if not isinstance(values, list) or len(values) < 2:
         _fail(path, "lr_sweep.values", f"expected a list of at least two learning rates, got {values!r}")
     rates = tuple(_lr(path, f"lr_sweep.values[{i}]", v, swept_allowed=False) for i, v in enumerate(values))
-    if len(set(rates)) != len(rates):
-        _fail(path, "lr_sweep.values", f"expected distinct learning rates, got {values!r}")
+    if len({f"{lr:g}" for lr in rates}) != len(rates):  # they name the sweep's results files
+        _fail(path, "lr_sweep.values", f"expected learning rates distinct to 6 significant digits, got {values!r}")
     return LRSweep(_preset(path, "lr_sweep.preset", data.get("preset", "epoch")),
                    _seed(path, "lr_sweep.seed", data.get("seed", 42)), rates)
 
@@ -153,6 +157,11 @@ def _row(path, i: int, data) -> Row:
     overrides = data.get("overrides", {})
     if not isinstance(overrides, dict):
         _fail(path, f"{place}.overrides", f"expected a mapping of BenchmarkConfig fields, got {type(overrides).__name__}")
+    for key, where in ROW_FIELDS.items():
+        if key in overrides:
+            _fail(path, f"{place}.overrides.{key}", f"set by the row itself: use {where}")
+    if isinstance(overrides.get("model"), dict) and "architecture" in overrides["model"]:
+        _fail(path, f"{place}.overrides.model.architecture", "set by the row's model; pick another model instead")
     row = Row(name, model, _preset(path, f"{place}.preset", data.get("preset", "original")), seeds,
               _lr(path, f"{place}.lr", data.get("lr"), swept_allowed=True), overrides)
     try:  # every field and value checked now, not hours into the campaign

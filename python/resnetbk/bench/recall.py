@@ -62,7 +62,8 @@ MODELS = {  # in the order they run (the slowest per step, Mamba, last)
     "resnet_bk_selective_gated_64ch": dict(architecture="resnet_bk", bk_channels=64, bk_coupling="selective",
                                            bk_readout="gated"),
     # The couplings' bound decides how long a channel can hold: at b the best retention is about
-    # (1 - 1/b)^2 per position (half-life ~b/3), so 32 holds ~10 positions, 128 ~40 (sequence 64).
+    # 1 - 1/b per position (half-life ~b ln 2: 22 positions at 32, shorter than sequence 64's
+    # longest key-to-query distances; 89 at 128, longer).
     "resnet_bk_selective_gated_64ch_b128": dict(architecture="resnet_bk", bk_channels=64, bk_coupling="selective",
                                                 bk_readout="gated", bk_coupling_max=128.0),
     "no_mixer": dict(architecture="resnet_bk", no_mixer=True),
@@ -225,13 +226,18 @@ def finished_runs(config: RecallConfig, output: Path) -> tuple:
     """``(runs, missing)``: the grid's finished runs in ``output`` (the sweep, then the seeds at
     the chosen rates) and the ``(model, lr, seed)`` of those not run yet; nothing is trained."""
     runs, missing = [], []
+    def keep(key) -> None:
+        run = _finished(run_path(output, *key), config)
+        if run is None:
+            missing.append(key)
+        else:
+            runs.append(run)
+
     for key in sweep_runs(config):
-        run = _finished(run_path(output, *key), config)
-        runs.append(run) if run is not None else missing.append(key)
+        keep(key)
+    for key in seed_runs(config, choose_lr(runs, config)):
+        keep(key)
     chosen = choose_lr(runs, config)
-    for key in seed_runs(config, chosen):
-        run = _finished(run_path(output, *key), config)
-        runs.append(run) if run is not None else missing.append(key)
     missing += [(m, None, s) for m in config.models if m not in chosen for s in config.seeds[1:]]
     return runs, missing
 

@@ -37,6 +37,9 @@ class Interrupted(Exception):
         self.model_name, self.epochs_done = model_name, epochs_done
         super().__init__(str(self))
 
+    def __reduce__(self):  # raised in a worker process, re-raised in the parent as itself
+        return type(self), (self.model_name, self.epochs_done)
+
     def __str__(self) -> str:
         if self.epochs_done:
             return (f"{self.model_name}: interrupted after epoch {self.epochs_done} (checkpointed); "
@@ -96,10 +99,10 @@ def what_runs(config: dict) -> dict:
     return data
 
 
-def finished_results(config: BenchmarkConfig, result_path: Path) -> tuple:
-    """``(results, None)`` when ``result_path`` holds a finished run of what ``config`` runs;
-    ``(None, why)`` when it holds another one (``why`` says what differs); ``(None, None)`` when
-    there is no readable results file."""
+def finished_results(config: BenchmarkConfig, result_path: Path, ignore: tuple = ()) -> tuple:
+    """``(results, None)`` when ``result_path`` holds a finished run of what ``config`` runs
+    (the fields in ``ignore`` left out of the comparison); ``(None, why)`` when it holds another
+    one (``why`` says what differs); ``(None, None)`` when there is no readable results file."""
     result_path = Path(result_path)
     if not result_path.is_file():
         return None, None
@@ -107,8 +110,13 @@ def finished_results(config: BenchmarkConfig, result_path: Path) -> tuple:
         kept = BenchmarkResults.load(result_path)
     except (OSError, ValueError, KeyError, TypeError):
         return None, None
-    if what_runs(kept.config) != what_runs(config.to_dict()):
-        return None, "holds another config's results"
+    kept_runs, wanted = what_runs(kept.config), what_runs(config.to_dict())
+    for name in ignore:
+        kept_runs.pop(name, None)
+        wanted.pop(name, None)
+    if kept_runs != wanted:
+        differ = sorted(k for k in set(kept_runs) | set(wanted) if kept_runs.get(k) != wanted.get(k))
+        return None, f"holds another config's results (differing: {', '.join(differ)})"
     older = [m.flag for m in method_registry.enabled(config)
              if kept.methods.get(m.flag, {}).get("version", 1) != m.version]
     if older:

@@ -14,7 +14,8 @@ spectrum); a potential or a ``z`` near the spectrum decays slower.
 
 For validation windows (the context reach's) the potentials are captured from every block's
 mixer input, the recursion is run in float64, and per block and channel this reports the mean
-``log10 |g_k|^2`` over positions (as a decay factor per position) and the predicted relative
+``log10 c_k`` over the window's second half (as a decay factor per position: past the start's
+transient, where the measured reach is taken) and the predicted relative
 sensitivity at each distance from the last position (the mean over windows of the product).
 A mixer with a sparse gate is measured without it (the gate's zeroed positions are not modelled);
 a bidirectional mixer is not described by the causal recursion and is left out.
@@ -30,8 +31,8 @@ from .. import data as wt2
 
 METHOD = ("g_k = 1/(a_k - z - kap_{k-1} g_{k-1}) in float64 from each mixer's learnt potentials (a_k = -2 + v_k), "
           "couplings (kap = b^2) and z on validation windows; contraction c_k = kap_k |g_k|^2; decay per position = "
-          "10^-(mean log10 c_k); predicted relative sensitivity at distance d from the last position t = mean over "
-          "windows of prod_{j=t-d..t-1} c_j")
+          "10^-(mean log10 c_k over positions N/2 .. N-2); predicted relative sensitivity at distance d from the last "
+          "position t = mean over windows of prod_{j=t-d..t-1} c_j")
 
 
 def causal_resolvent_diagonal(diag: torch.Tensor, z, kap: torch.Tensor | None = None) -> torch.Tensor:
@@ -95,11 +96,14 @@ def _channel_law(mixer, h: torch.Tensor) -> dict:
     g = causal_resolvent_diagonal((-2.0 + v).transpose(1, 2), z, kap)  # (S, C, N)
     contraction = g.abs().square() * torch.nn.functional.pad(kap, (0, 1), value=1.0)
     log_c = contraction.log10()
+    # The summaries per position: the window's second half before its last position (what the
+    # products from the end use), past the start's transient (with couplings b it lasts ~b positions).
+    steady = log_c[..., n // 2: n - 1] if n > 2 else log_c
     # Relative to d = 0: the product over positions t-d .. t-1, for every d (d = 0: 1).
     cumulative = torch.cat([torch.zeros_like(log_c[..., :1]), log_c[..., :-1].flip(-1).cumsum(-1)], dim=-1)
     predicted = (10.0 ** cumulative).mean(0)  # (C, N): mean over windows
     z_list = [[complex(zz).real, complex(zz).imag] for zz in (z.flatten().tolist() if isinstance(z, torch.Tensor)
                                                              else [z] * v.shape[-1])]
-    return {"z": z_list, "decay_per_position": (10.0 ** -log_c.mean(dim=(0, 2))).tolist(),
-            "mean_contraction": contraction.mean(dim=(0, 2)).tolist(),
+    return {"z": z_list, "decay_per_position": (10.0 ** -steady.mean(dim=(0, 2))).tolist(),
+            "mean_contraction": (10.0 ** steady).mean(dim=(0, 2)).tolist(),
             "predicted_relative": predicted.tolist()}

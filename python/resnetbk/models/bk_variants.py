@@ -7,10 +7,13 @@ default.
 ``g_k = 1 / (a_k - z - kap_{k-1} g_{k-1})`` with ``kap_j = b_j^2`` (``H`` symmetric), so one step
 keeps ``|dg_k / dg_{k-1}| = kap_{k-1} |g_k|^2`` of the past. With the Laplacian's ``b = 1`` and
 ``z = i`` that is about 1/4 per position: ResNet-BK forgets. Scaling the couplings is scaling
-the shift: the resolvent of ``b H'`` at ``z`` is ``1/b`` times the resolvent of ``H'`` at
-``z / b``, so a coupling ``b`` acts like a spectral shift of imaginary part ``1/b`` (the decay
-slows as ``b`` grows), and ``b -> 0`` cuts the chain (``g_k = 1/(a_k - z)``: the past is
-forgotten). Making ``b_j`` a function of the input lets each channel decide, per position, how
+the shift: with ``H = diag(a) + b L`` (``L`` the unit off-diagonals), ``(H - z)^-1 = (1/b)
+(diag(a/b) + L - z/b)^-1``, so a coupling ``b`` acts like a spectral shift of imaginary part
+``1/b`` (at the band's centre the best contraction is ``(1 - 1/(2b))^2``, about ``1 - 1/b``
+per position: a half-life of about ``b ln 2`` positions), and ``b -> 0`` cuts the chain
+(``g_k = 1/(a_k - z)``: the past is forgotten). The price: the potential is divided by ``b``
+too, so a position writes into a long-memory channel weakly (``|g| ~ 1/b``, ``dg/da = -g^2 ~
+1/b^2``). Making ``b_j`` a function of the input lets each channel decide, per position, how
 much of its state to keep: the input-dependent selection of Mamba (Gu and Dao 2023), where the
 step size ``Delta`` computed from the token decides between keeping and overwriting the state.
 Here ``b_j = b_max * sigmoid(w . h_{j+1} + offset)`` per channel: the link from position j to
@@ -25,8 +28,8 @@ scales.
 ``output_proj(Re G, Im G)`` is multiplied, feature by feature, by ``1 + W_q h_k`` (the current
 position's input): the query meets the state in a product, as attention's ``q . k`` and H3's
 and Hyena's output gates make it (Fu et al. 2023, "Hungry Hungry Hippos"; Poli et al. 2023,
-"Hyena Hierarchy"). ``W_q`` starts at the model's initialisation (near 0), so the mixer starts
-as the plain read-out.
+"Hyena Hierarchy"). ``W_q`` starts at 0 (whatever the model's initialisation), so the mixer
+starts as the plain read-out and learns the product.
 """
 
 from __future__ import annotations
@@ -72,6 +75,13 @@ class QueryGate(nn.Module):
     def __init__(self, d_model: int):
         super().__init__()
         self.proj = nn.Linear(d_model, d_model)
+        self.reset_parameters_after_init()
+
+    def reset_parameters_after_init(self) -> None:
+        """A gate of exactly 1 at the start (the model-wide initialisation must not override it)."""
+        with torch.no_grad():
+            self.proj.weight.zero_()
+            self.proj.bias.zero_()
 
     def forward(self, out_rows: Tensor, h_rows: Tensor) -> Tensor:
         return out_rows * (1.0 + self.proj(h_rows))

@@ -64,7 +64,7 @@ class LanguageModel(nn.Module):
                 self.lm_head.weight.uniform_(-0.1, 0.1)
                 if self.lm_head.bias is not None:
                     self.lm_head.bias.zero_()
-        for module in self.blocks:
+        for module in self.blocks.modules():
             if hasattr(module, "reset_parameters_after_init"):  # inits the model-wide one must not override
                 module.reset_parameters_after_init()
 

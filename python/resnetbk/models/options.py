@@ -87,6 +87,14 @@ class ModelOptions:
         if self.no_mixer and self.architecture != "resnet_bk":
             raise ValueError(f"no_mixer: only ResNet-BK has a BK-Core mixer to leave out, got architecture "
                              f"{self.architecture!r}; set it to false")
+        variant = (self.bk_coupling, self.bk_readout) != ("fixed", "complex")
+        if variant and (self.architecture != "resnet_bk" or self.no_mixer):
+            raise ValueError(f"bk_coupling/bk_readout: variants of ResNet-BK's mixer, but architecture is "
+                             f"{self.architecture!r}{' with no_mixer' if self.no_mixer else ''}; leave them at "
+                             f"'fixed'/'complex'")
+        if self.bk_coupling_max != 32.0 and self.bk_coupling != "selective":
+            raise ValueError(f"bk_coupling_max: bounds the selective couplings, but bk_coupling is {self.bk_coupling!r}; "
+                             f"set bk_coupling: selective or leave bk_coupling_max at 32")
         if self.architecture == "transformer" and self.d_model % self.n_heads:
             raise ValueError(f"n_heads: d_model = {self.d_model} must be divisible by n_heads = {self.n_heads}")
         for name in ("mamba_d_state", "mamba_layers_per_block"):

@@ -34,12 +34,10 @@ from torch import Tensor, nn
 from ..core import bk_core
 from .bk_variants import QueryGate, SelectiveCoupling
 from .dropout import Dropout
+from .options import BK_COUPLINGS, BK_READOUTS
 
 #: The Laplacian's diagonal and off-diagonal entries (H0).
 LAPLACIAN_DIAG, LAPLACIAN_OFF = -2.0, 1.0
-#: The mixer's couplings and read-outs (``models.bk_variants``).
-COUPLINGS = ("fixed", "selective")
-READOUTS = ("complex", "gated")
 
 
 def scatter_rows(rows: Tensor, values: Tensor, total: int, like: Tensor) -> Tensor:
@@ -115,7 +113,7 @@ class BKMixer(nn.Module):
     def __init__(self, d_model: int, channels: int, *, mode: str = "causal", potential_limit: float = 3.0,
                  grad: str = "exact", coupling: str = "fixed", coupling_max: float = 32.0, readout: str = "complex"):
         super().__init__()
-        for name, value, allowed in (("coupling", coupling, COUPLINGS), ("readout", readout, READOUTS)):
+        for name, value, allowed in (("coupling", coupling, BK_COUPLINGS), ("readout", readout, BK_READOUTS)):
             if value not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
         self.channels = channels
