@@ -171,7 +171,8 @@ def run_one(config: RecallConfig, name: str, lr: float, seed: int, log=None) -> 
     return {"model": name, "lr": lr, "seed": seed, "task": config.task(), "training": dataclasses.asdict(settings),
             **trained, "valid_accuracy": trained["best_valid_accuracy"], "test_accuracy": overall_accuracy(scores),
             "test_by_cell": scores, "parameters": sum(p.numel() for p in model.parameters()),
-            "causal": probe.causal, "causality_probe": probe.summary()}
+            "causal": probe.causal, "causality_probe": probe.summary(), "git_revision": environment()[1],
+            "threads": torch.get_num_threads()}
 
 
 def _finished(path: Path, config: RecallConfig) -> dict | None:
