@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
 import json
 import multiprocessing
 import shlex
@@ -261,49 +262,67 @@ class CampaignRunner:
         """Every pending task (the sweep first), the plan and summary rewritten after each; a
         failed run is recorded and the others go on. ``stop_after`` (tests) stops after that
         many trained runs, as an interruption between runs would."""
+        if self.jobs > 1:
+            return self._run_at_once()
         trained = 0
         while True:
             plan = self.plan()
             self.write_plan(plan)
-            ready = [t for t in plan["pending"] if (t.lr is not None or t.row.lr != SWEPT)
-                     and t.result_path not in self.failed]
+            ready = self._ready(plan, running=())
             if not ready or (stop_after is not None and trained >= stop_after):
                 return plan
-            batch = self._batch(ready)
-            done = len(plan["tasks"]) - len(plan["pending"])
-            for i, task in enumerate(batch):
-                self.log(f"[{done + i + 1}/{len(plan['tasks'])}] {task.label}: training; {done} done, "
-                         f"{len(plan['pending'])} left, {_left(plan['pending'], self.finished, self.jobs)}")
-            self._train(batch)
-            trained += len(batch)
-            self.summarise()
-
-    def _batch(self, ready: list) -> list:
-        """Up to ``jobs`` tasks, none identical to another (the copy comes after)."""
-        batch = []
-        for task in ready:
-            if len(batch) < self.jobs and self._twin_of(task, batch) is None:
-                batch.append(task)
-        return batch
-
-    def _train(self, batch: list) -> None:
-        started = time.perf_counter()
-        for task in batch:
+            task = ready[0]
+            self._announce(task, plan, 0)
+            started = time.perf_counter()
             self._set_aside_stale(task)
-        if len(batch) == 1:
-            self._guarded(batch[0], lambda: _train_one(str(batch[0].folder), self._config(batch[0]), self.quiet,
-                                                        self.separate_process))
-        else:  # several at once, each in its own process (a GPU shared by runs that each leave it idle)
-            context = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(len(batch), mp_context=context, max_tasks_per_child=1) as pool:
-                futures = {pool.submit(_train_one, str(t.folder), self._config(t), self.quiet, False): t for t in batch}
-                for future, task in futures.items():
+            self._guarded(task, functools.partial(_train_one, str(task.folder), self._config(task), self.quiet,
+                                                  self.separate_process))
+            self._after(task, time.perf_counter() - started)
+            trained += 1
+
+    def _run_at_once(self) -> dict:
+        """``jobs`` runs at a time, each in its own process; as one finishes the next starts (a GPU
+        shared by runs that each leave it partly idle). Identical runs never run side by side."""
+        context = multiprocessing.get_context("spawn")
+        running: dict = {}  # future -> (task, start time)
+        with concurrent.futures.ProcessPoolExecutor(self.jobs, mp_context=context, max_tasks_per_child=1) as pool:
+            while True:
+                plan = self.plan()
+                self.write_plan(plan)
+                for task in self._ready(plan, running=[t for t, _ in running.values()]):
+                    if len(running) >= self.jobs:
+                        break
+                    self._announce(task, plan, len(running))
+                    self._set_aside_stale(task)
+                    future = pool.submit(_train_one, str(task.folder), self._config(task), self.quiet, False)
+                    running[future] = (task, time.perf_counter())
+                if not running:
+                    return plan
+                finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in finished:
+                    task, started = running.pop(future)
                     self._guarded(task, future.result)
-        for task in batch:
-            self.twins.pop(task.result_path, None)
-            if task.result_path not in self.failed and self._kept(task) is None:
-                self.failed[task.result_path] = "trained, yet its results file does not hold its run"
-        self.log(f"    {len(batch)} run(s) done in {time.perf_counter() - started:.0f} s")
+                    self._after(task, time.perf_counter() - started)
+
+    def _ready(self, plan: dict, running) -> list:
+        """Pending tasks that can start: their rate known, not failed in this invocation, not
+        running, and not identical to a running one (that one's results are copied after)."""
+        busy = {t.result_path for t in running}
+        return [t for t in plan["pending"] if (t.lr is not None or t.row.lr != SWEPT) and t.result_path not in self.failed
+                and t.result_path not in busy and self._twin_of(t, running) is None]
+
+    def _announce(self, task: Task, plan: dict, offset: int) -> None:
+        done = len(plan["tasks"]) - len(plan["pending"])
+        self.log(f"[{done + offset + 1}/{len(plan['tasks'])}] {task.label}: training; {done} done, "
+                 f"{len(plan['pending'])} left, {_left(plan['pending'], self.finished, self.jobs)}")
+
+    def _after(self, task: Task, seconds: float) -> None:
+        """After a run: a trained run is no copy; one whose file does not hold it failed; the summary."""
+        self.twins.pop(task.result_path, None)
+        if task.result_path not in self.failed and self._kept(task) is None:
+            self.failed[task.result_path] = "trained, yet its results file does not hold its run"
+        self.log(f"    {task.label}: {'FAILED' if task.result_path in self.failed else 'done'} after {seconds:.0f} s")
+        self.summarise()
 
     def _guarded(self, task: Task, work) -> None:
         """``work()``; a failure is recorded against ``task`` (an interruption is not a failure)."""
