@@ -25,17 +25,18 @@ def test_a_tiny_grid_writes_its_files_and_resumes_without_retraining(tmp_path, c
     assert (tmp_path / "recall.md").is_file() and (tmp_path / "recall.png").stat().st_size > 0
     for name in ("transformer", "no_mixer"):
         m = doc["models"][name]
-        assert set(m["lr_sweep_valid_accuracy"]) == {"0.001", "0.003"}
+        assert {"0.001", "0.003"} <= set(m["lr_sweep_valid_accuracy"]) and len(m["lr_sweep_valid_accuracy"]) <= 3  # + an edge
         best = max(m["lr_sweep_valid_accuracy"].items(), key=lambda kv: (kv[1], -float(kv[0])))
         assert m["chosen_lr"] == float(best[0])  # chosen on validation accuracy
         assert m["seeds"] == [0, 1] and m["test_accuracy"]["n"] == 2 and m["causal"] is True
         assert set(m["test_by_cell"]) == {"seq16-pairs2"}
-    assert len(list(tmp_path.glob("runs/*/*.json"))) == 2 * (2 + 1)
+    edges = sum(len(doc["models"][n]["lr_sweep_valid_accuracy"]) - 2 for n in ("transformer", "no_mixer"))
+    assert len(list(tmp_path.glob("runs/*/*.json"))) == 2 * (2 + 1) + edges
     assert doc["git_revision"] is not None or doc["versions"]
     capsys.readouterr()
     assert cli_main([*args, "--resume"]) == 0
     out = capsys.readouterr().out
-    assert out.count("finished earlier, kept") == 6 and "training" not in out.replace("training;", "")
+    assert out.count("finished earlier, kept") == 6 + edges and "training" not in out.replace("training;", "")
     assert json.loads((tmp_path / "recall.json").read_text())["models"] == doc["models"]
     assert doc["complete"] is True and doc["missing_runs"] == []
     # --report with a run missing: the files say what is missing, and nothing is trained.
@@ -104,3 +105,24 @@ def test_weight_decay_spares_the_time_scales():
         names = {n for n, p in model.named_parameters() if id(p) in decayed}
         assert not any(spared in n or "norm" in n or "embedding" in n for n in names)
         assert any("weight" in n for n in names)
+
+
+def test_a_sweep_whose_edge_wins_goes_one_rate_further():
+    config = recall.RecallConfig(lrs=(3e-4, 1e-3, 3e-3), models=("resnet_bk",))
+
+    def runs(**accuracy):
+        return [{"model": "resnet_bk", "seed": 0, "lr": float(lr.replace("_", ".").replace("e", "e-")),
+                 "valid_accuracy": a} for lr, a in accuracy.items()]
+
+    top = runs(**{"3e4": 0.02, "1e3": 0.05, "3e3": 0.09})
+    assert recall.edge_rate(top, config, "resnet_bk") == 0.009
+    assert recall.choose_lr(top, config) == {}  # waits for the edge's run
+    top.append({"model": "resnet_bk", "seed": 0, "lr": 0.009, "valid_accuracy": 0.07})
+    assert recall.choose_lr(top, config) == {"resnet_bk": 3e-3}  # and it may lose
+    bottom = runs(**{"3e4": 0.30, "1e3": 0.10, "3e3": 0.05})
+    assert recall.edge_rate(bottom, config, "resnet_bk") == 9e-5
+    noise = runs(**{"3e4": 0.012, "1e3": 0.008, "3e3": 0.009})  # nothing learnt: no trend to follow
+    assert recall.edge_rate(noise, config, "resnet_bk") is None
+    assert recall.choose_lr(noise, config) == {"resnet_bk": 3e-4}
+    inside = runs(**{"3e4": 0.5, "1e3": 0.99, "3e3": 0.6})
+    assert recall.edge_rate(inside, config, "resnet_bk") is None

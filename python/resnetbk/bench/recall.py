@@ -193,15 +193,44 @@ def seed_runs(config: RecallConfig, chosen: dict) -> list:
     return [(m, chosen[m], s) for m in config.models if m in chosen for s in config.seeds[1:]]
 
 
+#: The sweep goes one step past an edge only when that edge wins by at least this much validation
+#: accuracy (absolute): a clear trend, not the noise of a model that learnt nothing at any rate.
+EDGE_MARGIN = 0.01
+
+
+def _first_seed_runs(runs: list, config: RecallConfig, name: str) -> dict:
+    return {r["lr"]: r for r in runs if r["model"] == name and r["seed"] == config.seeds[0]}
+
+
+def edge_rate(runs: list, config: RecallConfig, name: str) -> float | None:
+    """The one extra rate of ``name``'s sweep, or None: when the best of the swept rates (at the
+    first seed) is the largest or the smallest by at least ``EDGE_MARGIN``, the next rate past
+    that edge (the same ratio as the last step), so that a winning edge is not the answer of a
+    sweep that stopped too soon."""
+    lrs = sorted(config.lrs)
+    done = _first_seed_runs(runs, config, name)
+    if len(lrs) < 2 or any(lr not in done for lr in lrs):
+        return None
+    accuracy = {lr: _finite(done[lr]["valid_accuracy"]) for lr in lrs}
+    for edge, beyond in ((lrs[-1], lrs[-1] ** 2 / lrs[-2]), (lrs[0], lrs[0] ** 2 / lrs[1])):
+        if all(accuracy[edge] >= accuracy[lr] + EDGE_MARGIN for lr in lrs if lr != edge):
+            return float(f"{beyond:.3g}")
+    return None
+
+
 def choose_lr(runs: list, config: RecallConfig) -> dict:
     """Per model, the learning rate with the best validation accuracy at the first seed (ties: the
-    smaller rate)."""
+    smaller rate), once its sweep is complete (with its edge rate, where one is called for)."""
     chosen = {}
     for name in config.models:
-        candidates = [r for r in runs if r["model"] == name and r["seed"] == config.seeds[0]]
-        if len(candidates) == len(config.lrs):
-            best = max(candidates, key=lambda r: (_finite(r["valid_accuracy"]), -r["lr"]))
-            chosen[name] = best["lr"]
+        done = _first_seed_runs(runs, config, name)
+        if any(lr not in done for lr in config.lrs):
+            continue
+        edge = edge_rate(runs, config, name)
+        if edge is not None and edge not in done:
+            continue
+        best = max(done.values(), key=lambda r: (_finite(r["valid_accuracy"]), -r["lr"]))
+        chosen[name] = best["lr"]
     return chosen
 
 
@@ -214,9 +243,16 @@ def run_all(config: RecallConfig, output: Path, *, resume: bool, quiet: bool) ->
     estimate of the time left."""
     runs, clock = [], {"spent": 0.0, "trained": 0}
     total = len(config.models) * (len(config.lrs) + len(config.seeds) - 1)
-    for name, lr, seed in sweep_runs(config):
-        runs.append(_run_or_keep(config, output, (name, lr, seed), f"[{len(runs) + 1}/{total}]", resume, quiet, clock,
-                                 total - len(runs)))
+    for name in config.models:
+        for key in [k for k in sweep_runs(config) if k[0] == name]:
+            runs.append(_run_or_keep(config, output, key, f"[{len(runs) + 1}/{total}]", resume, quiet, clock,
+                                     total - len(runs)))
+        edge = edge_rate(runs, config, name)
+        if edge is not None:  # a sweep whose edge wins goes one rate further
+            total += 1
+            print(f"{name}: the best rate is at the sweep's edge; adding lr {edge:g}", flush=True)
+            runs.append(_run_or_keep(config, output, (name, edge, config.seeds[0]), f"[{len(runs) + 1}/{total}]", resume,
+                                     quiet, clock, total - len(runs)))
     for name, lr, seed in seed_runs(config, choose_lr(runs, config)):
         runs.append(_run_or_keep(config, output, (name, lr, seed), f"[{len(runs) + 1}/{total}]", resume, quiet, clock,
                                  total - len(runs)))
@@ -236,6 +272,10 @@ def finished_runs(config: RecallConfig, output: Path) -> tuple:
 
     for key in sweep_runs(config):
         keep(key)
+    for name in config.models:
+        edge = edge_rate(runs, config, name)
+        if edge is not None:
+            keep((name, edge, config.seeds[0]))
     for key in seed_runs(config, choose_lr(runs, config)):
         keep(key)
     chosen = choose_lr(runs, config)
