@@ -554,3 +554,16 @@ def test_the_requirement_line_says_whether_within_30_percent_holds_at_two_standa
     assert "NOT met even so" in line
     line, = requirement_line({"transformer_baseline": summary(100.0, None), "resnet_bk_baseline": summary(120.0, None)})
     assert "one seed" in line
+
+
+def test_resnet_bk_selective_is_the_recall_studys_variant_with_no_method(tmp_path, tiny_data):
+    config = model_config("resnet_bk_selective", BenchmarkConfig.from_dict(PRESETS["smoke"]))
+    m = config.model
+    assert (m.architecture, m.bk_channels, m.bk_coupling, m.bk_readout, m.bk_coupling_max) == (
+        "resnet_bk", 64, "selective", "gated", 128.0)
+    assert not any(config.enabled(flag) for flag in methods.FLAGS)
+    out = tmp_path / "out"
+    assert cli_main(["--preset", "smoke", "--data-dir", str(tiny_data), "--output-dir", str(out), "--quiet", "--device",
+                     "cpu", "--threads", "1", "--epochs", "1", "--models", "resnet_bk_selective"]) == 0
+    doc = json.loads((out / "resnet_bk_selective_results.json").read_text())
+    assert doc["causal"] is True and math.isfinite(doc["test_perplexity"]) and doc["decay_law"]["blocks"]

@@ -180,6 +180,7 @@ def test_overrides_act_on_top_of_the_models_own_settings(tmp_path):
 def test_the_committed_campaigns_load():
     campaign = load_campaign("campaigns/original.yaml")
     names = [row.name for row in campaign.rows]
-    assert {"transformer_baseline", "resnet_bk_baseline", "resnet_bk_full", "lstm", "mamba"} <= set(names)
+    assert {"transformer_baseline", "resnet_bk_baseline", "resnet_bk_full", "lstm", "mamba", "resnet_bk_selective",
+            "transformer_baseline_lr1e-3", "resnet_bk_baseline_lr1e-3"} == set(names)
     assert all(row.preset == "original" for row in campaign.rows)
     assert campaign.lr_sweep.preset == "epoch" and len(campaign.lr_sweep.values) == 3

@@ -31,8 +31,13 @@ from ..models.recurrent import mamba_cuda_available
 from ..validate import check_choice, check_int, check_number, reject_unknown_fields
 
 OPTIMIZATION_FLAGS = methods.FLAGS
-#: The original benchmark's three models, then the peers people pick instead (models.recurrent).
-MODEL_NAMES = ("transformer_baseline", "resnet_bk_baseline", "resnet_bk_full", "lstm", "mamba")
+#: The original benchmark's three models, the peers people pick instead (models.recurrent), then
+#: the best ResNet-BK variant of the recall study.
+MODEL_NAMES = ("transformer_baseline", "resnet_bk_baseline", "resnet_bk_full", "lstm", "mamba", "resnet_bk_selective")
+#: ``resnet_bk_selective``: the recall study's best variant (``results/recall``, the harness's
+#: ``resnet_bk_selective_gated_64ch_b128``): 64 BK-Core channels with input-dependent couplings up
+#: to 128 and the multiplicative read-out (``models.bk_variants``); no optimization method.
+RESNET_BK_SELECTIVE = dict(bk_channels=64, bk_coupling="selective", bk_readout="gated", bk_coupling_max=128.0)
 #: What ``--models`` runs when not given: the original benchmark's three.
 DEFAULT_MODELS = MODEL_NAMES[:3]
 MAMBA_KERNELS = ("auto", "mambapy", "mamba_ssm")
@@ -340,6 +345,9 @@ def model_config(model_name: str, base: BenchmarkConfig) -> BenchmarkConfig:
     if model_name in ("transformer_baseline", "resnet_bk_baseline", "lstm", "mamba"):
         architecture = {"transformer_baseline": "transformer", "resnet_bk_baseline": "resnet_bk"}.get(model_name, model_name)
         return base.replace(model_name=model_name, model=base.model.replace(architecture=architecture),
+                            methods=base.method_settings(**off))
+    if model_name == "resnet_bk_selective":
+        return base.replace(model_name=model_name, model=base.model.replace(architecture="resnet_bk", **RESNET_BK_SELECTIVE),
                             methods=base.method_settings(**off))
     if model_name == "resnet_bk_full":
         # Every method of the original benchmark (this package's own stay off), but mixed

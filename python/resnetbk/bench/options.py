@@ -38,7 +38,8 @@ def parse_args(argv=None, *, prog: str = "python -m resnetbk.bench", description
     if models:
         p.add_argument("--models", default=",".join(DEFAULT_MODELS),
                        help=f"comma-separated, from {', '.join(MODEL_NAMES)} (default: the original benchmark's "
-                            "three; lstm and mamba are the peers, matched in non-embedding parameters)")
+                            "three; lstm and mamba are the peers, matched in non-embedding parameters; resnet_bk_selective is the "
+                            "recall study's best ResNet-BK variant)")
     if ablation_rows:
         p.add_argument("--rows", help="comma-separated method flags (e.g. use_spectral_z), controls (no_mixer, "
                                       "random_selection, small_dense, ptq_int8) and/or 'all': only these "

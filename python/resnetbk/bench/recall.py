@@ -47,6 +47,7 @@ from ..models import ModelOptions, build_model
 from ..recall.mqar import MQARCell, generate
 from ..recall.training import RECIPE_VERSION, RecallTraining, evaluate, overall_accuracy, train_recall
 from ..validate import check_int
+from .config import RESNET_BK_SELECTIVE
 from .summary import mean_std
 
 #: The harness's models: the architecture and what changes in it.
@@ -64,8 +65,7 @@ MODELS = {  # in the order they run (the slowest per step, Mamba, last)
     # The couplings' bound decides how long a channel can hold: at b the best retention is about
     # 1 - 1/b per position (half-life ~b ln 2: 22 positions at 32, shorter than sequence 64's
     # longest key-to-query distances; 89 at 128, longer).
-    "resnet_bk_selective_gated_64ch_b128": dict(architecture="resnet_bk", bk_channels=64, bk_coupling="selective",
-                                                bk_readout="gated", bk_coupling_max=128.0),
+    "resnet_bk_selective_gated_64ch_b128": dict(architecture="resnet_bk", **RESNET_BK_SELECTIVE),  # bench's resnet_bk_selective
     "no_mixer": dict(architecture="resnet_bk", no_mixer=True),
     "lstm": dict(architecture="lstm"),
     "mamba": dict(architecture="mamba"),
