@@ -17,7 +17,8 @@ from resnetbk.models import ModelOptions, build_model
 from resnetbk.models.bk_variants import SelectiveCoupling
 from resnetbk.models.resnet_bk import LAPLACIAN_DIAG, BKMixer
 
-VARIANTS = [("selective", "complex"), ("fixed", "gated"), ("selective", "gated")]
+VARIANTS = [("selective", "complex"), ("fixed", "gated"), ("selective", "gated"), ("fixed", "selective"),
+            ("selective", "selective")]
 
 
 def _mixer(coupling: str, readout: str, *, d: int = 5, channels: int = 3) -> BKMixer:
@@ -52,8 +53,10 @@ def test_the_mixer_and_every_gradient_match_the_dense_resolvent_in_float64(coupl
     for (name, _), a, b in zip([("h", h), *mixer.named_parameters()], ours_grads, dense_grads):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=lambda m, name=name: f"{name}: {m}")
     names = [name for name, _ in mixer.named_parameters()]
-    variant = "coupling.proj.weight" if coupling == "selective" else "query_gate.proj.weight"
-    assert float(ours_grads[1 + names.index(variant)].abs().sum()) > 0  # the variant's own parameters learn
+    own = (["coupling.proj.weight"] if coupling == "selective" else []) + {
+        "complex": [], "gated": ["query_gate.proj.weight"], "selective": ["read_gate.proj.weight"]}[readout]
+    for variant in own:
+        assert float(ours_grads[1 + names.index(variant)].abs().sum()) > 0  # the variant's own parameters learn
 
 
 @pytest.mark.parametrize("coupling,readout", VARIANTS)
@@ -108,18 +111,19 @@ def test_the_couplings_start_log_spaced_from_the_laplacians_one_and_survive_the_
         SelectiveCoupling(8, 2, 1.0)
 
 
+@pytest.mark.parametrize("readout,gate", [("gated", "query_gate"), ("selective", "read_gate")])
 @pytest.mark.parametrize("init", ["normal", "torch", "uniform"])
-def test_the_gated_read_out_starts_as_the_plain_one_under_every_init(init):
+def test_the_gated_read_outs_start_as_the_plain_one_under_every_init(init, readout, gate):
     torch.manual_seed(0)
     options = dict(vocab_size=50, d_model=16, n_layers=1, n_seq=16, bk_channels=2, dropout=0.0, init=init)
-    plain, gated = build_model(ModelOptions(**options)), build_model(ModelOptions(**options, bk_readout="gated"))
+    plain, gated = build_model(ModelOptions(**options)), build_model(ModelOptions(**options, bk_readout=readout))
     gated.load_state_dict(plain.state_dict(), strict=False)
     h = torch.randn(2, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(gated.blocks[0].bk(h), plain.blocks[0].bk(h), rtol=0, atol=0)
     loss = gated.blocks[0].bk(h).square().sum()
     loss.backward()
-    assert float(gated.blocks[0].bk.query_gate.proj.weight.grad.abs().sum()) > 0  # and it learns from there
+    assert float(getattr(gated.blocks[0].bk, gate).proj.weight.grad.abs().sum()) > 0  # and it learns from there
 
 
 def test_the_link_into_position_k_is_set_by_the_input_at_k():

@@ -10,7 +10,8 @@ and can only guess among all of them). The variants of the BK-Core made to remem
 couplings), ``resnet_bk_gated`` (8 channels, a multiplicative read-out),
 ``resnet_bk_selective_gated`` (8 channels, both), ``resnet_bk_selective_gated_64ch`` (both,
 64 channels: one per feature; couplings up to 32) and ``resnet_bk_selective_gated_64ch_b128``
-(the same with couplings up to 128). Each model learns every cell of the grid at once
+(the same with couplings up to 128), ``resnet_bk_selective_read_64ch_b128`` (the query weighs
+each channel before the projection). Each model learns every cell of the grid at once
 (Zoology's mixture) with the recipe of ``recall.training``, at each learning rate of ``--lrs``
 for the first seed; the learning rate with the best validation accuracy is then run for the
 other seeds. Test accuracy is reported as mean +- std over the seeds, overall, per cell and by
@@ -66,6 +67,9 @@ MODELS = {  # in the order they run (the slowest per step, Mamba, last)
     # 1 - 1/b per position (half-life ~b ln 2: 22 positions at 32, shorter than sequence 64's
     # longest key-to-query distances; 89 at 128, longer).
     "resnet_bk_selective_gated_64ch_b128": dict(architecture="resnet_bk", **RESNET_BK_SELECTIVE),  # bench's resnet_bk_selective
+    # The query weighs each channel before the projection (Mamba's input-dependent C).
+    "resnet_bk_selective_read_64ch_b128": dict(architecture="resnet_bk", bk_channels=64, bk_coupling="selective",
+                                               bk_readout="selective", bk_coupling_max=128.0),
     "no_mixer": dict(architecture="resnet_bk", no_mixer=True),
     "lstm": dict(architecture="lstm"),
     "mamba": dict(architecture="mamba"),

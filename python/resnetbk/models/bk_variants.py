@@ -30,6 +30,11 @@ position's input): the query meets the state in a product, as attention's ``q . 
 and Hyena's output gates make it (Fu et al. 2023, "Hungry Hungry Hippos"; Poli et al. 2023,
 "Hyena Hierarchy"). ``W_q`` starts at 0 (whatever the model's initialisation), so the mixer
 starts as the plain read-out and learns the product.
+
+**Selective read-out** (``bk_readout = "selective"``): the gate acts on each channel's
+``(Re g, Im g)`` *before* the output projection, so the query chooses which channels it reads:
+Mamba's input-dependent ``C_t`` (``y_t = C_t . state_t``), where the gated read-out above can
+only scale the features the channels were already mixed into.
 """
 
 from __future__ import annotations
@@ -70,11 +75,11 @@ class SelectiveCoupling(nn.Module):
 
 
 class QueryGate(nn.Module):
-    """``out * (1 + W_q h)``: the multiplicative read-out, on rows."""
+    """``x * (1 + W_q h)`` on rows: ``x`` of ``width`` features, ``h`` the position's input."""
 
-    def __init__(self, d_model: int):
+    def __init__(self, d_model: int, width: int):
         super().__init__()
-        self.proj = nn.Linear(d_model, d_model)
+        self.proj = nn.Linear(d_model, width)
         self.reset_parameters_after_init()
 
     def reset_parameters_after_init(self) -> None:

@@ -20,9 +20,10 @@ RECURRENT = ("lstm", "mamba")
 BK_GRADS = ("exact", "autograd")
 BK_MODES = ("causal", "bidirectional")
 #: The BK-Core's couplings and read-out (``models.bk_variants``): "fixed" is the Laplacian's 1,
-#: "selective" input-dependent; "complex" reads (Re G, Im G), "gated" multiplies that by the query.
+#: "selective" input-dependent; "complex" reads (Re G, Im G), "gated" multiplies the read-out by the
+#: query, "selective" lets the query weigh each channel before the read-out's projection.
 BK_COUPLINGS = ("fixed", "selective")
-BK_READOUTS = ("complex", "gated")
+BK_READOUTS = ("complex", "gated", "selective")
 #: "normal": every Linear and Embedding weight normal(0, 0.02), biases zero (GPT-2's scheme);
 #: "torch": PyTorch's own defaults (Linear: Kaiming-uniform; Embedding: normal(0, 1));
 #: "uniform": PyTorch's word_language_model example: token embedding and LM head uniform in

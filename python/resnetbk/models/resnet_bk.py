@@ -124,7 +124,8 @@ class BKMixer(nn.Module):
         self.output_proj = nn.Linear(2 * channels, d_model)
         self.bk_scale = nn.Parameter(torch.ones(()))
         self.coupling = SelectiveCoupling(d_model, channels, coupling_max) if coupling == "selective" else None
-        self.query_gate = QueryGate(d_model) if readout == "gated" else None
+        self.query_gate = QueryGate(d_model, d_model) if readout == "gated" else None  # after the projection
+        self.read_gate = QueryGate(d_model, 2 * channels) if readout == "selective" else None  # per channel, before it
         # Extension points (see the module's doc): None = every position, z = i.
         self.gate: Optional[nn.Module] = None
         self.shift: Optional[nn.Module] = None
@@ -146,6 +147,8 @@ class BKMixer(nn.Module):
         return couplings[:, 1:, :].transpose(1, 2).to(dtype).contiguous()
 
     def _read_out(self, features: Tensor, h_rows: Tensor) -> Tensor:
+        if self.read_gate is not None:
+            features = self.read_gate(features, h_rows)
         out = self.bk_scale * self.output_proj(features)
         return out if self.query_gate is None else self.query_gate(out, h_rows)
 
