@@ -14,7 +14,7 @@ from resnetbk.bench.campaign_file import CampaignError, load_campaign
 from resnetbk.train.results import BenchmarkResults
 
 TINY = {"model": {"d_model": 16, "n_layers": 2, "n_seq": 16}, "batch_size": 4, "epochs": 2, "max_train_tokens": 1000,
-        "eval_batch_size": 8}
+        "eval_batch_size": 8, "threads": 1}
 
 
 def _write(path, data) -> str:
