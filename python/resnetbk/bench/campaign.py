@@ -17,12 +17,12 @@ interrupted one resumes from its last checkpoint (``bench.runner``). A run whose
 equals a finished one's but for its row name (a swept row whose chosen rate is the stated one of
 another row) is not trained twice: its results are that run's, copied under its name and marked
 in ``campaign.json`` (``same_run_as``); training is deterministic for a seed. A finished run is
-kept whatever ``--device`` and ``--threads`` it ran with (a campaign begun on a CPU can finish on
-a GPU); an interrupted one resumes only with the settings it started with. A run that fails is
-recorded (``campaign.md``) and the others go on; the same command tries it again. A results file
-of another configuration under a run's name is moved to ``stale-<time>/`` before that run trains. The summary is rewritten
-after every finished run, so a partial campaign can be read. ``--status`` prints the plan
-without training.
+kept whatever ``--device`` and ``--threads`` it ran with (a campaign begun on a CPU can finish
+on a GPU); an interrupted one resumes only with the settings it started with. A run that fails
+is recorded (``campaign.md``) and the others go on; the same command tries it again. A results
+file of another configuration under a run's name is moved to ``stale-<time>/`` before that run
+trains. The summary is rewritten after every finished run, so a partial campaign can be read.
+``--status`` prints the plan without training.
 """
 
 from __future__ import annotations
