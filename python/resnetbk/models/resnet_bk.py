@@ -19,8 +19,8 @@ attach:
   (spectral z).
 
 The mixer's own variants (``models.bk_variants``, chosen by ``ModelOptions.bk_coupling`` and
-``bk_readout``): input-dependent couplings instead of the Laplacian's 1, and a multiplicative
-read-out.
+``bk_readout``): input-dependent couplings instead of the Laplacian's 1, and read-outs that the
+query multiplies, after the projection ("gated") or per channel before it ("selective").
 """
 
 from __future__ import annotations
