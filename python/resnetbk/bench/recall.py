@@ -242,46 +242,59 @@ def _finite(x: float) -> float:
     return x if isinstance(x, (int, float)) and math.isfinite(x) else -1.0
 
 
+def walk_grid(config: RecallConfig, visit) -> list:
+    """The grid's runs in order, each ``(model, lr, seed)`` handed to ``visit`` (its run, or None
+    where there is none): per model its sweep, then its edge rate where one is called for (the
+    announcement printed only when it is), then every model at its chosen rate at the other seeds.
+    Returns the runs ``visit`` gave."""
+    runs = []
+
+    def add(key) -> None:
+        run = visit(key)
+        if run is not None:
+            runs.append(run)
+
+    for name in config.models:
+        for key in [k for k in sweep_runs(config) if k[0] == name]:
+            add(key)
+        edge = edge_rate(runs, config, name)
+        if edge is not None:  # a sweep whose edge wins goes one rate further
+            add((name, edge, config.seeds[0]))
+    for key in seed_runs(config, choose_lr(runs, config)):
+        add(key)
+    return runs
+
+
 def run_all(config: RecallConfig, output: Path, *, resume: bool, quiet: bool) -> list:
     """Every run, the sweep first (finished runs kept with ``resume``), with progress and an
     estimate of the time left."""
-    runs, clock = [], {"spent": 0.0, "trained": 0}
-    total = len(config.models) * (len(config.lrs) + len(config.seeds) - 1)
-    for name in config.models:
-        for key in [k for k in sweep_runs(config) if k[0] == name]:
-            runs.append(_run_or_keep(config, output, key, f"[{len(runs) + 1}/{total}]", resume, quiet, clock,
-                                     total - len(runs)))
-        edge = edge_rate(runs, config, name)
-        if edge is not None:  # a sweep whose edge wins goes one rate further
-            total += 1
-            print(f"{name}: the best rate is at the sweep's edge; adding lr {edge:g}", flush=True)
-            runs.append(_run_or_keep(config, output, (name, edge, config.seeds[0]), f"[{len(runs) + 1}/{total}]", resume,
-                                     quiet, clock, total - len(runs)))
-    for name, lr, seed in seed_runs(config, choose_lr(runs, config)):
-        runs.append(_run_or_keep(config, output, (name, lr, seed), f"[{len(runs) + 1}/{total}]", resume, quiet, clock,
-                                 total - len(runs)))
-    return runs
+    clock = {"spent": 0.0, "trained": 0, "visited": 0,
+             "total": len(config.models) * (len(config.lrs) + len(config.seeds) - 1)}
+
+    def visit(key) -> dict:
+        name, lr, seed = key
+        if seed == config.seeds[0] and lr not in config.lrs:
+            clock["total"] += 1
+            print(f"{name}: the best rate is at the sweep's edge; adding lr {lr:g}", flush=True)
+        clock["visited"] += 1
+        return _run_or_keep(config, output, key, f"[{clock['visited']}/{clock['total']}]", resume, quiet, clock,
+                            clock["total"] - clock["visited"] + 1)
+
+    return walk_grid(config, visit)
 
 
 def finished_runs(config: RecallConfig, output: Path) -> tuple:
     """``(runs, missing)``: the grid's finished runs in ``output`` (the sweep, then the seeds at
     the chosen rates) and the ``(model, lr, seed)`` of those not run yet; nothing is trained."""
-    runs, missing = [], []
-    def keep(key) -> None:
+    missing = []
+
+    def visit(key) -> dict | None:
         run = _finished(run_path(output, *key), config)
         if run is None:
             missing.append(key)
-        else:
-            runs.append(run)
+        return run
 
-    for key in sweep_runs(config):
-        keep(key)
-    for name in config.models:
-        edge = edge_rate(runs, config, name)
-        if edge is not None:
-            keep((name, edge, config.seeds[0]))
-    for key in seed_runs(config, choose_lr(runs, config)):
-        keep(key)
+    runs = walk_grid(config, visit)
     chosen = choose_lr(runs, config)
     missing += [(m, None, s) for m in config.models if m not in chosen for s in config.seeds[1:]]
     return runs, missing
