@@ -58,6 +58,8 @@ def test_an_interrupted_campaign_continues_to_the_same_results(tmp_path, tiny_da
     summary = json.loads((tmp_path / "straight" / "summary.json").read_text())
     assert summary["models"]["resnet_bk_baseline"]["test_perplexity"]["n"] == 2
     assert "transformer_fixed" in summary["models"] and (tmp_path / "straight" / "report.md").is_file()
+    assert (tmp_path / "straight" / "training_curves.png").stat().st_size > 0
+    assert "training_curves.png" in (tmp_path / "straight" / "report.md").read_text()  # the report shows it
     doc = json.loads((tmp_path / "straight" / "campaign.json").read_text())
     assert doc["done"] == doc["total"] == 5 and doc["chosen_lr"] == {"resnet_bk_baseline": chosen}
 

@@ -10,6 +10,7 @@ CPU (``--jobs N`` runs N at once, for a GPU where that is faster), each into its
     <output_dir>/lr_sweep/<row>_lr<value>_results.json     the sweep
     <output_dir>/seed_<s>/<row>_results.json               the runs (plus runs/<row>/ checkpoints)
     <output_dir>/summary.json, comparison_*.json, report.md   across the finished runs (means +- std)
+    <output_dir>/training_curves.png                         validation curves and test perplexity over seeds
     <output_dir>/campaign.json, campaign.md                  the plan: done, left, the chosen rates
 
 Stopped anywhere, the same command continues: a finished run is kept (never rerun), an
@@ -44,8 +45,10 @@ from ..jsonfile import write_json_atomic
 from ..measure.environment import machine
 from ..train import distributed
 from .campaign_file import SWEPT, Campaign, CampaignError, Row, load_campaign
+from .plots import plot_seed_curves
 from .report import RUN_INFO, write_report
 from .runner import Interrupted, WikiText2Benchmark, finished_results, what_runs, write_comparisons
+from .summary import load_runs
 
 SWEEP_FOLDER = "lr_sweep"
 
@@ -350,7 +353,7 @@ class CampaignRunner:
         self.log(f"{task.label}: {task.result_path.name} {self.stale.pop(task.result_path)}; moved to {aside}")
 
     def summarise(self) -> None:
-        """``summary.json``, the comparisons and ``report.md`` across the finished runs of the
+        """``summary.json``, the comparisons, the figure and ``report.md`` across the finished runs of the
         campaign's rows (nothing else in the folder)."""
         out = self.campaign.output_dir
         names = [row.name for row in self.campaign.rows
@@ -358,6 +361,7 @@ class CampaignRunner:
         if not names:
             return
         write_comparisons(out, names)
+        plot_seed_curves(load_runs(out, names), out / "training_curves.png")  # before the report, which shows it
         write_report(out, names)
 
 

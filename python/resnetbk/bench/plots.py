@@ -5,10 +5,13 @@ visible; the title names the configuration and the machine."""
 
 from __future__ import annotations
 
+import math
+import statistics
 from pathlib import Path
 
 from ..measure.step_log import read_steps
 from ..train.results import BenchmarkResults
+from .config import flat_view
 
 STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", (0, (5, 1))), ("P", (0, (3, 1, 1, 1)))]
 
@@ -25,7 +28,7 @@ def _smooth(values: list, window: int) -> list:
 
 
 def _title(results: list) -> str:
-    c = results[0].config
+    c = flat_view(results[0].config)  # results files of any schema
     budget = (f"{c.get('max_train_tokens'):,} training tokens" if c.get("max_train_tokens") else "all training tokens")
     return (f"WikiText-2: d {c.get('d_model')}, {c.get('n_layers')} layers, N {c.get('n_seq')}, batch {c.get('batch_size')}, "
             f"{c.get('epochs')} epoch(s) over {budget}, seed {c.get('seed')}\n{results[0].device}, "
@@ -102,4 +105,64 @@ def plot_training_curves(results: list, path: str | Path) -> Path:
     return path
 
 
-__all__ = ["BenchmarkResults", "plot_training_curves"]
+def _epoch_band(results: list) -> tuple:
+    """Per epoch: the mean validation perplexity over the seeds that reached it, and its sample std
+    (0 where one seed did)."""
+    longest = max(len(r.epoch_perplexities) for r in results)
+    means, stds = [], []
+    for epoch in range(longest):
+        values = [r.epoch_perplexities[epoch] for r in results if len(r.epoch_perplexities) > epoch]
+        means.append(statistics.fmean(values))
+        stds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
+    return means, stds
+
+
+def plot_seed_curves(runs: dict, path: str | Path) -> Path:
+    """The figure of a campaign (``bench.campaign``): per model (``runs``: name -> its
+    ``BenchmarkResults``, one per seed), the validation perplexity after each epoch as the seeds'
+    mean with a band of +- one sample std, and the test perplexity as mean +- std with every seed
+    as a dot. Throughput is left out: a campaign's runs share the machine with other work."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    path = Path(path)
+    fig, (ppl_ax, test_ax) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
+    names = list(runs)
+    for i, name in enumerate(names):
+        results = runs[name]
+        marker, line = STYLES[i % len(STYLES)]
+        means, stds = _epoch_band(results)
+        epochs = range(1, len(means) + 1)
+        (drawn,) = ppl_ax.plot(epochs, means, marker=marker, linestyle=line, label=f"{name} ({len(results)} seed(s))")
+        colour = drawn.get_color()  # the same model in the same colour on both panels
+        ppl_ax.fill_between(epochs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                            color=colour, alpha=0.2)
+        tests = [r.test_perplexity for r in results if math.isfinite(r.test_perplexity)]
+        if tests:
+            spread = statistics.stdev(tests) if len(tests) > 1 else 0.0
+            test_ax.bar(i, statistics.fmean(tests), yerr=spread, capsize=4, color=colour, alpha=0.6)
+            test_ax.plot([i] * len(tests), tests, "k.", markersize=5)
+    ppl_ax.set(title="Validation perplexity (mean over seeds, band +- 1 std)", xlabel="epoch", ylabel="perplexity",
+               yscale="log")
+    ppl_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ppl_ax.legend(fontsize=8)
+    ppl_ax.grid(alpha=0.3)
+    test_ax.set(title="Test perplexity (mean +- std; dots: seeds)", ylabel="perplexity")
+    test_ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+    test_ax.grid(alpha=0.3, axis="y")
+    first = next(iter(runs.values()))[0]
+    c = flat_view(first.config)
+    fig.suptitle(f"WikiText-2: d {c.get('d_model')}, {c.get('n_layers')} layers, N {c.get('n_seq')}, batch "
+                 f"{c.get('batch_size')}, {c.get('epochs')} epoch(s); {first.device}", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+__all__ = ["BenchmarkResults", "plot_seed_curves", "plot_training_curves"]
