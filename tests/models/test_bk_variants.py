@@ -1,5 +1,5 @@
 """The BK-Core's variants for remembering (``models.bk_variants``): the mixer with selective
-couplings and the multiplicative read-out, held to the dense resolvent in float64 (forward and
+couplings, the multiplicative read-outs and the outer-product write, held to the dense resolvent in float64 (forward and
 every gradient), causal (the probe and a shared prefix), bounded at N = 65,536 in float32, and
 described by the decay law."""
 
@@ -14,16 +14,18 @@ from resnetbk.flops.estimate import StepShape, step_ops
 from resnetbk.measure.causality import probe_causality
 from resnetbk.measure.decay_law import _channel_law, causal_resolvent_diagonal
 from resnetbk.models import ModelOptions, build_model
-from resnetbk.models.bk_variants import SelectiveCoupling
+from resnetbk.models.bk_variants import OuterWrite, SelectiveCoupling
 from resnetbk.models.resnet_bk import LAPLACIAN_DIAG, BKMixer
 
-VARIANTS = [("selective", "complex"), ("fixed", "gated"), ("selective", "gated"), ("fixed", "selective"),
-            ("selective", "selective")]
+VARIANTS = [("selective", "complex", "linear"), ("fixed", "gated", "linear"), ("selective", "gated", "linear"),
+            ("fixed", "selective", "linear"), ("selective", "selective", "linear"), ("fixed", "complex", "outer"),
+            ("selective", "selective", "outer")]
 
 
-def _mixer(coupling: str, readout: str, *, d: int = 5, channels: int = 3) -> BKMixer:
+def _mixer(coupling: str, readout: str, write: str = "linear", *, d: int = 5, channels: int = 6) -> BKMixer:
     torch.manual_seed(0)
-    mixer = BKMixer(d, channels, coupling=coupling, readout=readout, coupling_max=8.0).double()
+    mixer = BKMixer(d, channels, coupling=coupling, readout=readout, coupling_max=8.0, write=write,
+                    write_keys=3).double()
     for p in mixer.parameters():  # away from the initial values, so every term matters
         torch.nn.init.normal_(p, std=0.5) if p.dim() > 1 else p.data.add_(0.3 * torch.randn_like(p))
     return mixer
@@ -33,16 +35,16 @@ def _dense_mixer(mixer: BKMixer, h: torch.Tensor) -> torch.Tensor:
     """The mixer's forward with the BK-Core replaced by the dense inverse (the definition)."""
     b, n, d = h.shape
     flat = h.reshape(b * n, d)
-    diag = (LAPLACIAN_DIAG + mixer._potential(flat).view(b, n, -1)).transpose(1, 2)
+    diag = (LAPLACIAN_DIAG + mixer.potential(h).view(b, n, -1)).transpose(1, 2)
     upper = mixer.upper(flat, b, n, diag.dtype).expand(b, mixer.channels, n - 1)
     g = dense_resolvent_diag(diag, upper, None, 1j, "causal")
     features = torch.cat([g.real, g.imag], dim=1).transpose(1, 2).reshape(b * n, -1)
     return mixer._read_out(features, flat).view(b, n, d)
 
 
-@pytest.mark.parametrize("coupling,readout", VARIANTS)
-def test_the_mixer_and_every_gradient_match_the_dense_resolvent_in_float64(coupling, readout):
-    mixer = _mixer(coupling, readout)
+@pytest.mark.parametrize("coupling,readout,write", VARIANTS)
+def test_the_mixer_and_every_gradient_match_the_dense_resolvent_in_float64(coupling, readout, write):
+    mixer = _mixer(coupling, readout, write)
     h = torch.randn(2, 7, 5, dtype=torch.float64, requires_grad=True)  # odd sizes
     ours, dense = mixer(h), _dense_mixer(mixer, h)
     torch.testing.assert_close(ours, dense, rtol=1e-10, atol=1e-12)
@@ -54,14 +56,15 @@ def test_the_mixer_and_every_gradient_match_the_dense_resolvent_in_float64(coupl
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=lambda m, name=name: f"{name}: {m}")
     names = [name for name, _ in mixer.named_parameters()]
     own = (["coupling.proj.weight"] if coupling == "selective" else []) + {
-        "complex": [], "gated": ["query_gate.proj.weight"], "selective": ["read_gate.proj.weight"]}[readout]
+        "complex": [], "gated": ["query_gate.proj.weight"], "selective": ["read_gate.proj.weight"]}[readout] + (
+        ["outer_write.conv.weight", "outer_write.values.weight", "outer_write.keys.weight"] if write == "outer" else [])
     for variant in own:
         assert float(ours_grads[1 + names.index(variant)].abs().sum()) > 0  # the variant's own parameters learn
 
 
-@pytest.mark.parametrize("coupling,readout", VARIANTS)
-def test_a_shared_prefix_gives_the_same_outputs(coupling, readout):
-    mixer = _mixer(coupling, readout)
+@pytest.mark.parametrize("coupling,readout,write", VARIANTS)
+def test_a_shared_prefix_gives_the_same_outputs(coupling, readout, write):
+    mixer = _mixer(coupling, readout, write)
     h = torch.randn(1, 13, 5, dtype=torch.float64)
     other = h.clone()
     other[:, 6:] = torch.randn(1, 7, 5, dtype=torch.float64)
@@ -70,11 +73,12 @@ def test_a_shared_prefix_gives_the_same_outputs(coupling, readout):
     assert not torch.allclose(a[:, 6:], b[:, 6:])
 
 
-@pytest.mark.parametrize("coupling,readout", VARIANTS)
-def test_every_variant_model_passes_the_causality_probe(coupling, readout):
+@pytest.mark.parametrize("coupling,readout,write", VARIANTS)
+def test_every_variant_model_passes_the_causality_probe(coupling, readout, write):
     torch.manual_seed(0)
     model = build_model(ModelOptions(vocab_size=50, d_model=16, n_layers=2, n_seq=24, dropout=0.0, bk_channels=4,
-                                     bk_coupling=coupling, bk_readout=readout))
+                                     bk_coupling=coupling, bk_readout=readout, bk_write=write,
+                                     bk_write_keys=2 if write == "outer" else 8))
     assert probe_causality(model, 50, 24).causal
 
 
@@ -183,6 +187,55 @@ def test_the_laws_summary_per_position_is_the_steady_state_past_the_start():
     assert mean < 1.0
 
 
+def test_the_outer_write_is_a_value_times_a_key_read_from_the_last_four_positions():
+    torch.manual_seed(0)
+    write = OuterWrite(6, 12, 3)  # 4 values x 3 keys
+    torch.nn.init.normal_(write.keys.weight, std=0.5)
+    h = torch.randn(2, 11, 6, dtype=torch.float64)
+    write = write.double()
+    raw = write(h).view(2, 11, 4, 3)
+    u = torch.nn.functional.silu(write.conv(h.transpose(1, 2))[..., :11].transpose(1, 2))
+    torch.testing.assert_close(raw, write.values(u)[..., :, None] * write.keys(u)[..., None, :])
+    # Position 7 reads positions 4..7: a change at 3 leaves it alone, one at 4 does not.
+    for changed, moves in ((3, False), (4, True)):
+        other = h.clone()
+        other[:, changed] += 1.0
+        assert torch.allclose(write(other).view(2, 11, -1)[:, 7], raw.reshape(2, 11, -1)[:, 7]) != moves
+
+
+@pytest.mark.parametrize("init", ["normal", "torch", "uniform"])
+def test_the_outer_writes_keys_start_at_one_under_every_init(init):
+    """Each key's channels start as the plain write of their value feature."""
+    model = build_model(ModelOptions(vocab_size=50, d_model=8, n_layers=1, n_seq=16, bk_channels=6, init=init,
+                                     bk_write="outer", bk_write_keys=3))
+    write = model.blocks[0].bk.outer_write
+    raw = write(torch.randn(2, 16, 8)).view(2, 16, 2, 3)
+    torch.testing.assert_close(raw, raw[..., :1].expand_as(raw), rtol=0, atol=0)
+
+
+def test_the_sparse_gate_keeping_every_position_leaves_the_outer_write_as_it_was():
+    """The gated path (the sparse BK-Core's) computes the outer write over every position and
+    gathers the kept rows: keeping all of them gives the ungated mixer."""
+    mixer = _mixer("fixed", "complex", "outer")
+    h = torch.randn(2, 9, 5, dtype=torch.float64)
+    plain = mixer(h)
+    mixer.gate = lambda flat: (torch.ones(flat.shape[0], dtype=torch.bool), torch.ones(flat.shape[0], dtype=flat.dtype))
+    torch.testing.assert_close(mixer(h), plain, rtol=1e-12, atol=1e-14)
+
+
+def test_the_decay_law_reads_the_outer_writes_potentials():
+    mixer = _mixer("selective", "selective", "outer").float()
+    h = torch.randn(2, 16, 5)
+    law = _channel_law(mixer, h)
+    assert len(law["decay_per_position"]) == 6 and all(math.isfinite(x) for x in law["decay_per_position"])
+    # Its potentials are the mixer's own: the law's resolvent is the BK-Core's.
+    v = mixer.potential(h).view(2, 16, -1).double()
+    kap = mixer.upper(h.reshape(32, 5), 2, 16, torch.float64).square()
+    g = causal_resolvent_diagonal((LAPLACIAN_DIAG + v).transpose(1, 2), 1j, kap)
+    ours = bk_core((LAPLACIAN_DIAG + v).transpose(1, 2), kap.sqrt(), None, 1j, mode="causal")
+    torch.testing.assert_close(g, ours, rtol=1e-9, atol=1e-12)
+
+
 def test_bad_variant_options_are_named_errors():
     with pytest.raises(ValueError, match="bk_coupling"):
         ModelOptions(bk_coupling="learned")
@@ -198,9 +251,20 @@ def test_bad_variant_options_are_named_errors():
         ModelOptions(no_mixer=True, bk_readout="gated")
     with pytest.raises(ValueError, match="bk_coupling_max: bounds the selective couplings"):
         ModelOptions(bk_coupling_max=64.0)
+    with pytest.raises(ValueError, match="bk_write"):
+        ModelOptions(bk_write="quadratic")
+    with pytest.raises(ValueError, match="bk_write_keys: the outer-product write needs bk_channels"):
+        ModelOptions(bk_channels=12, bk_write="outer", bk_write_keys=5)
+    with pytest.raises(ValueError, match="bk_write_keys: sets the outer-product write's keys"):
+        ModelOptions(bk_write_keys=4)
+    with pytest.raises(ValueError, match="bk_write_keys"):
+        OuterWrite(8, 12, 5)
+    with pytest.raises(ValueError, match="variants of ResNet-BK's mixer"):
+        ModelOptions(architecture="lstm", bk_write="outer")
 
 
-def test_the_closed_form_flops_estimate_refuses_the_variants():
-    options = ModelOptions(vocab_size=50, d_model=8, n_layers=1, n_seq=16, bk_coupling="selective")
+@pytest.mark.parametrize("variant", [dict(bk_coupling="selective"), dict(bk_write="outer", bk_channels=8)])
+def test_the_closed_form_flops_estimate_refuses_the_variants(variant):
+    options = ModelOptions(vocab_size=50, d_model=8, n_layers=1, n_seq=16, **variant)
     with pytest.raises(ValueError, match="FlopsTracer"):
         step_ops(StepShape(options, batch=2))

@@ -183,10 +183,10 @@ def step_ops(s: StepShape) -> list:
     if s.options.architecture not in blocks:
         raise ValueError(f"architecture: the closed-form estimate covers {tuple(blocks)}, not "
                          f"{s.options.architecture!r}; measure it with the execution tracer (flops.FlopsTracer)")
-    if s.options.architecture == "resnet_bk" and (s.options.bk_coupling, s.options.bk_readout) != ("fixed", "complex"):
-        raise ValueError(f"bk_coupling/bk_readout: the closed-form estimate covers the fixed couplings and the complex "
-                         f"read-out, not {s.options.bk_coupling!r}/{s.options.bk_readout!r}; measure it with the "
-                         f"execution tracer (flops.FlopsTracer)")
+    if s.options.architecture == "resnet_bk" and s.options.bk_variant:
+        raise ValueError(f"bk_coupling/bk_readout/bk_write: the closed-form estimate covers the fixed couplings, the "
+                         f"complex read-out and the linear write, not {s.options.bk_coupling!r}/{s.options.bk_readout!r}/"
+                         f"{s.options.bk_write!r}; measure it with the execution tracer (flops.FlopsTracer)")
     ops = _Ops()
     t, d, v = s.batch * s.seq, s.options.d_model, s.options.vocab_size
     ops.elementwise("forward", "model (top level)", "add", t * d)  # token + position embeddings

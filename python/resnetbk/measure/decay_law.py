@@ -89,7 +89,7 @@ def _channel_law(mixer, h: torch.Tensor) -> dict:
     """One mixer's contraction per channel from its inputs ``h (S, N, d)``."""
     s, n, d = h.shape
     flat = h.reshape(s * n, d).float()
-    v = mixer._potential(flat).view(s, n, -1).double()  # (S, N, C)
+    v = mixer.potential(h.float()).view(s, n, -1).double()  # (S, N, C)
     kap = mixer.upper(flat, s, n, torch.float64).square().expand(s, v.shape[-1], n - 1)  # (S, C, N-1)
     z = mixer.spectral_z()
     z = z.detach().to(torch.complex128) if isinstance(z, torch.Tensor) else z  # (C,) or a number

@@ -40,7 +40,7 @@ def resnet_bk_block_options(o: ModelOptions) -> dict:
     """``ResNetBKBlock``'s keyword arguments from the model's options."""
     return dict(num_experts=o.num_experts, dropout=o.dropout, channels=o.bk_channels, mode=o.bk_mode,
                 potential_limit=o.potential_limit, grad=o.bk_grad, mixer=not o.no_mixer, coupling=o.bk_coupling,
-                coupling_max=o.bk_coupling_max, readout=o.bk_readout)
+                coupling_max=o.bk_coupling_max, readout=o.bk_readout, write=o.bk_write, write_keys=o.bk_write_keys)
 
 
 def _resnet_bk_block_parameters(options: ModelOptions) -> int:

@@ -35,6 +35,20 @@ starts as the plain read-out and learns the product.
 ``(Re g, Im g)`` *before* the output projection, so the query chooses which channels it reads:
 Mamba's input-dependent ``C_t`` (``y_t = C_t . state_t``), where the gated read-out above can
 only scale the features the channels were already mixed into.
+
+**Outer-product write** (``bk_write = "outer"``): the channels form a grid of ``channels / keys``
+values by ``keys`` keys, and channel ``(i, s)``'s potential is the product ``x_i(u_t) k_s(u_t)``
+of a value and a key feature, with ``u = silu(conv(h))`` a causal depthwise convolution of width
+4 over the positions. This is the write of Mamba's selective scan (``B_t x_t``: the input times
+an input-dependent key, after the same short convolution), of linear attention (``v_t k_t^T``)
+and of H3 (a shift, then a product): the state then holds *which value came with which key*, and
+the selective read-out's per-channel weights pick a key, as ``C_t`` does. The plain write gives
+every channel one linear function of the position's input, so no channel's state depends on a
+value *and* the key before it at once: it can hold which values occurred (the bag-of-values level
+the recall study measured), not which key they followed. The key's bias starts at 1 (whatever the
+model's initialisation), so each key's channels start as the plain write of their value feature.
+The potential is still real and soft-clamped, so ``|G| <= 1 / Im z`` holds and the BK-Core's
+exact backward is unchanged; the write is autograd's.
 """
 
 from __future__ import annotations
@@ -42,10 +56,13 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 #: Where the selective couplings start: log-spaced over [1, b_max / START_FRACTION] across channels.
 START_FRACTION = 4.0
+#: The outer-product write's causal convolution width (Mamba's d_conv).
+SHORT_CONV_WIDTH = 4
 
 
 class SelectiveCoupling(nn.Module):
@@ -90,3 +107,30 @@ class QueryGate(nn.Module):
 
     def forward(self, out_rows: Tensor, h_rows: Tensor) -> Tensor:
         return out_rows * (1.0 + self.proj(h_rows))
+
+
+class OuterWrite(nn.Module):
+    """Pre-clamp potentials ``(B*N, C)`` of ``h (B, N, d)``: channel ``(i, s)`` (``s`` fastest) gets
+    ``x_i(u) * k_s(u)``, ``u = silu(conv(h))``, the convolution causal (position t reads t-3..t)."""
+
+    def __init__(self, d_model: int, channels: int, keys: int):
+        super().__init__()
+        if keys < 1 or channels % keys:
+            raise ValueError(f"bk_write_keys: the outer-product write needs bk_channels ({channels}) to be a multiple "
+                             f"of the keys, got {keys!r}; pick a divisor of bk_channels")
+        self.conv = nn.Conv1d(d_model, d_model, SHORT_CONV_WIDTH, groups=d_model, padding=SHORT_CONV_WIDTH - 1)
+        self.values = nn.Linear(d_model, channels // keys)
+        self.keys = nn.Linear(d_model, keys)
+        self.reset_parameters_after_init()
+
+    def reset_parameters_after_init(self) -> None:
+        """Keys start at 1 (zero weights, bias 1): each key's channels start as the plain write of
+        their value feature, and the model-wide initialisation must not undo it."""
+        with torch.no_grad():
+            self.keys.weight.zero_()
+            self.keys.bias.fill_(1.0)
+
+    def forward(self, h: Tensor) -> Tensor:
+        b, n, _ = h.shape
+        u = F.silu(self.conv(h.transpose(1, 2))[..., :n].transpose(1, 2))  # the right padding's outputs dropped
+        return (self.values(u).unsqueeze(-1) * self.keys(u).unsqueeze(-2)).reshape(b * n, -1)

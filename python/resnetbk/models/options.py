@@ -24,6 +24,9 @@ BK_MODES = ("causal", "bidirectional")
 #: query, "selective" lets the query weigh each channel before the read-out's projection.
 BK_COUPLINGS = ("fixed", "selective")
 BK_READOUTS = ("complex", "gated", "selective")
+#: The potential's write: "linear" one projection of the position's input per channel, "outer" the
+#: product of a value and a key feature per channel (``models.bk_variants.OuterWrite``).
+BK_WRITES = ("linear", "outer")
 #: "normal": every Linear and Embedding weight normal(0, 0.02), biases zero (GPT-2's scheme);
 #: "torch": PyTorch's own defaults (Linear: Kaiming-uniform; Embedding: normal(0, 1));
 #: "uniform": PyTorch's word_language_model example: token embedding and LM head uniform in
@@ -59,6 +62,8 @@ class ModelOptions:
     bk_coupling: str = "fixed"  # see BK_COUPLINGS
     bk_coupling_max: float = 32.0  # the selective couplings' bound (b_max: effective Im z down to 1/b_max)
     bk_readout: str = "complex"  # see BK_READOUTS
+    bk_write: str = "linear"  # see BK_WRITES
+    bk_write_keys: int = 8  # the outer-product write's keys (bk_channels / keys values per key)
     #: The no_mixer control: ResNet-BK without its BK-Core mixer (the blocks' sequence channel is
     #: absent, so the update is the feed-forward's alone): a position-wise model, what the mixer adds.
     no_mixer: bool = False
@@ -77,7 +82,7 @@ class ModelOptions:
     def __post_init__(self) -> None:
         for name, allowed in (("architecture", ARCHITECTURES), ("init", INITS), ("bk_mode", BK_MODES),
                               ("transformer_style", TRANSFORMER_STYLES), ("bk_grad", BK_GRADS),
-                              ("bk_coupling", BK_COUPLINGS), ("bk_readout", BK_READOUTS)):
+                              ("bk_coupling", BK_COUPLINGS), ("bk_readout", BK_READOUTS), ("bk_write", BK_WRITES)):
             check_choice(self, name, allowed)
         for name in ("d_model", "n_layers", "n_seq", "n_heads", "num_experts", "bk_channels"):
             check_int(self, name, low=1)
@@ -88,14 +93,21 @@ class ModelOptions:
         if self.no_mixer and self.architecture != "resnet_bk":
             raise ValueError(f"no_mixer: only ResNet-BK has a BK-Core mixer to leave out, got architecture "
                              f"{self.architecture!r}; set it to false")
-        variant = (self.bk_coupling, self.bk_readout) != ("fixed", "complex")
-        if variant and (self.architecture != "resnet_bk" or self.no_mixer):
-            raise ValueError(f"bk_coupling/bk_readout: variants of ResNet-BK's mixer, but architecture is "
+        if self.bk_variant and (self.architecture != "resnet_bk" or self.no_mixer):
+            raise ValueError(f"bk_coupling/bk_readout/bk_write: variants of ResNet-BK's mixer, but architecture is "
                              f"{self.architecture!r}{' with no_mixer' if self.no_mixer else ''}; leave them at "
-                             f"'fixed'/'complex'")
+                             f"'fixed'/'complex'/'linear'")
         if self.bk_coupling_max != 32.0 and self.bk_coupling != "selective":
             raise ValueError(f"bk_coupling_max: bounds the selective couplings, but bk_coupling is {self.bk_coupling!r}; "
                              f"set bk_coupling: selective or leave bk_coupling_max at 32")
+        if self.bk_write == "outer":
+            check_int(self, "bk_write_keys", low=1)
+            if self.bk_channels % self.bk_write_keys:
+                raise ValueError(f"bk_write_keys: the outer-product write needs bk_channels ({self.bk_channels}) to be a "
+                                 f"multiple of the keys, got {self.bk_write_keys}; pick a divisor of bk_channels")
+        elif self.bk_write_keys != 8:
+            raise ValueError(f"bk_write_keys: sets the outer-product write's keys, but bk_write is {self.bk_write!r}; "
+                             f"set bk_write: outer or leave bk_write_keys at 8")
         if self.architecture == "transformer" and self.d_model % self.n_heads:
             raise ValueError(f"n_heads: d_model = {self.d_model} must be divisible by n_heads = {self.n_heads}")
         for name in ("mamba_d_state", "mamba_layers_per_block"):
@@ -105,6 +117,11 @@ class ModelOptions:
 
     def replace(self, **changes) -> ModelOptions:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def bk_variant(self) -> bool:
+        """Whether the BK-Core mixer is one of its variants (``models.bk_variants``)."""
+        return (self.bk_coupling, self.bk_readout, self.bk_write) != ("fixed", "complex", "linear")
 
     @property
     def position_embedding(self) -> bool:

@@ -18,9 +18,10 @@ attach:
 * ``BKMixer.shift``: a module ``shift() -> z`` per channel instead of the fixed ``z = i``
   (spectral z).
 
-The mixer's own variants (``models.bk_variants``, chosen by ``ModelOptions.bk_coupling`` and
-``bk_readout``): input-dependent couplings instead of the Laplacian's 1, and read-outs that the
-query multiplies, after the projection ("gated") or per channel before it ("selective").
+The mixer's own variants (``models.bk_variants``, chosen by ``ModelOptions.bk_coupling``,
+``bk_readout`` and ``bk_write``): input-dependent couplings instead of the Laplacian's 1,
+read-outs that the query multiplies, after the projection ("gated") or per channel before it
+("selective"), and a write that binds a value to a key (an outer product, "outer").
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import bk_core
-from .bk_variants import QueryGate, SelectiveCoupling
+from .bk_variants import OuterWrite, QueryGate, SelectiveCoupling
 from .dropout import Dropout
-from .options import BK_COUPLINGS, BK_READOUTS
+from .options import BK_COUPLINGS, BK_READOUTS, BK_WRITES
 
 #: The Laplacian's diagonal and off-diagonal entries (H0).
 LAPLACIAN_DIAG, LAPLACIAN_OFF = -2.0, 1.0
@@ -111,16 +112,19 @@ class BKMixer(nn.Module):
     """The BK-Core mixer: ``channels`` independent tridiagonal systems driven by the block's input."""
 
     def __init__(self, d_model: int, channels: int, *, mode: str = "causal", potential_limit: float = 3.0,
-                 grad: str = "exact", coupling: str = "fixed", coupling_max: float = 32.0, readout: str = "complex"):
+                 grad: str = "exact", coupling: str = "fixed", coupling_max: float = 32.0, readout: str = "complex",
+                 write: str = "linear", write_keys: int = 8):
         super().__init__()
-        for name, value, allowed in (("coupling", coupling, BK_COUPLINGS), ("readout", readout, BK_READOUTS)):
+        for name, value, allowed in (("coupling", coupling, BK_COUPLINGS), ("readout", readout, BK_READOUTS),
+                                     ("write", write, BK_WRITES)):
             if value not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
         self.channels = channels
         self.mode = mode
         self.potential_limit = potential_limit
         self.grad = grad
-        self.v_proj = nn.Linear(d_model, channels)
+        self.v_proj = nn.Linear(d_model, channels) if write == "linear" else None
+        self.outer_write = OuterWrite(d_model, channels, write_keys) if write == "outer" else None
         self.output_proj = nn.Linear(2 * channels, d_model)
         self.bk_scale = nn.Parameter(torch.ones(()))
         self.coupling = SelectiveCoupling(d_model, channels, coupling_max) if coupling == "selective" else None
@@ -134,9 +138,19 @@ class BKMixer(nn.Module):
         """The shift ``z``: ``shift()`` (``(channels,)`` complex) where one is attached, else ``1j``."""
         return 1j if self.shift is None else self.shift()
 
-    def _potential(self, h: Tensor) -> Tensor:
+    def _clamp(self, raw: Tensor) -> Tensor:
         # A soft clamp (tanh) bounds the potential yet keeps its gradient everywhere.
-        return self.potential_limit * torch.tanh(self.v_proj(h) / self.potential_limit)
+        return self.potential_limit * torch.tanh(raw / self.potential_limit)
+
+    def _potential(self, rows: Tensor) -> Tensor:
+        """The plain write's potential of some rows ``(T, d)`` (each row alone)."""
+        return self._clamp(self.v_proj(rows))
+
+    def potential(self, h: Tensor) -> Tensor:
+        """Every position's potential ``(B*N, C)`` of ``h (B, N, d)``."""
+        if self.outer_write is not None:  # reads the positions before (its convolution)
+            return self._clamp(self.outer_write(h))
+        return self._potential(h.reshape(-1, h.shape[-1]))
 
     def upper(self, flat: Tensor, b: int, n: int, dtype: torch.dtype) -> Tensor:
         """The couplings ``b_j`` between positions j and j+1: the Laplacian's 1 ``(N-1,)``, or
@@ -158,12 +172,14 @@ class BKMixer(nn.Module):
         flat = h.reshape(b * n, d)
         read = active  # positions whose output is used
         if self.gate is None:
-            v = self._potential(flat)
+            v = self.potential(h)
             keep_st = None
         else:
             keep, keep_st = self.gate(flat)
             kept = keep.nonzero(as_tuple=True)[0]
-            v_kept = self._potential(flat[kept]) * keep_st[kept, None].to(flat.dtype)
+            # The plain write computes the kept rows only; the outer one needs every position (its convolution).
+            v_kept = self._potential(flat[kept]) if self.outer_write is None else self.potential(h)[kept]
+            v_kept = v_kept * keep_st[kept, None].to(flat.dtype)
             v = scatter_rows(kept, v_kept, b * n, flat)
             read = keep if read is None else read & keep
         diag = (LAPLACIAN_DIAG + v.view(b, n, -1)).transpose(1, 2)  # (B, C, N)
@@ -188,13 +204,14 @@ class ResNetBKBlock(nn.Module):
 
     def __init__(self, d_model: int, *, num_experts: int = 4, dropout: float = 0.1, channels: int = 1,
                  mode: str = "causal", potential_limit: float = 3.0, grad: str = "exact", mixer: bool = True,
-                 coupling: str = "fixed", coupling_max: float = 32.0, readout: str = "complex"):
+                 coupling: str = "fixed", coupling_max: float = 32.0, readout: str = "complex", write: str = "linear",
+                 write_keys: int = 8):
         super().__init__()
         self.norm = nn.LayerNorm(d_model)
         self.moe = MoEFeedForward(d_model, num_experts)
         # mixer=False: the no_mixer control (ModelOptions.no_mixer), a position-wise block.
         self.bk = BKMixer(d_model, channels, mode=mode, potential_limit=potential_limit, grad=grad, coupling=coupling,
-                          coupling_max=coupling_max, readout=readout) if mixer else None
+                          coupling_max=coupling_max, readout=readout, write=write, write_keys=write_keys) if mixer else None
         self.resid_dropout = Dropout(dropout)
 
     @property
