@@ -9,8 +9,8 @@ import json
 import pytest
 
 from resnetbk.bench import campaign as campaign_module
-from resnetbk.bench.campaign import CampaignRunner, main
-from resnetbk.bench.campaign_file import CampaignError, load_campaign
+from resnetbk.bench.campaign import CampaignRunner, main, sweep_values
+from resnetbk.bench.campaign_file import CampaignError, LRSweep, load_campaign
 from resnetbk.train.results import BenchmarkResults
 
 TINY = {"model": {"d_model": 16, "n_layers": 2, "n_seq": 16}, "batch_size": 4, "epochs": 2, "max_train_tokens": 1000,
@@ -25,7 +25,7 @@ def _write(path, data) -> str:
 def _campaign(tmp_path, tiny_data, name="tiny.json", output="out") -> str:
     return _write(tmp_path / name, {
         "output_dir": str(tmp_path / output), "data_dir": str(tiny_data),
-        "lr_sweep": {"preset": "smoke", "seed": 1, "values": [1e-3, 3e-3]},
+        "lr_sweep": {"preset": "smoke", "seed": 1, "values": [1e-3, 3e-3], "extend": 0},
         "runs": [
             {"model": "resnet_bk_baseline", "preset": "smoke", "seeds": [1, 2], "lr": "swept", "overrides": TINY},
             {"name": "transformer_fixed", "model": "transformer_baseline", "preset": "smoke", "seed": 1, "lr": 2e-3,
@@ -129,6 +129,41 @@ def test_runs_at_once_give_the_same_results(tmp_path, tiny_data):
     assert _figures(tmp_path / "two") == _figures(tmp_path / "one")
 
 
+SWEEP = LRSweep("epoch", 42, (5e-4, 1e-3, 2e-3), extend=2, edge_margin=0.01)
+
+
+@pytest.mark.parametrize("scores,values", [
+    ({}, (5e-4, 1e-3, 2e-3)),  # nothing finished: the file's values
+    ({5e-4: 540.0, 1e-3: 390.0}, (5e-4, 1e-3, 2e-3)),  # waits for the last
+    ({5e-4: 540.0, 1e-3: 390.0, 2e-3: 320.0}, (5e-4, 1e-3, 2e-3, 4e-3)),  # the top edge wins by 18%: one further
+    ({5e-4: 540.0, 1e-3: 390.0, 2e-3: 320.0, 4e-3: 300.0}, (5e-4, 1e-3, 2e-3, 4e-3, 8e-3)),  # and again
+    ({5e-4: 540.0, 1e-3: 390.0, 2e-3: 320.0, 4e-3: 300.0, 8e-3: 290.0}, (5e-4, 1e-3, 2e-3, 4e-3, 8e-3)),  # extend: 2
+    ({5e-4: 540.0, 1e-3: 390.0, 2e-3: 320.0, 4e-3: 330.0}, (5e-4, 1e-3, 2e-3, 4e-3)),  # 2e-3 now inside: done
+    ({5e-4: 400.0, 1e-3: 398.0, 2e-3: 396.0}, (5e-4, 1e-3, 2e-3)),  # the edge wins by 0.5%: within the margin
+    ({5e-4: 300.0, 1e-3: 350.0, 2e-3: 500.0}, (2.5e-4, 5e-4, 1e-3, 2e-3)),  # the bottom edge
+    ({5e-4: 350.0, 1e-3: 300.0, 2e-3: 310.0}, (5e-4, 1e-3, 2e-3)),  # inside: nothing to add
+    ({5e-4: float("nan"), 1e-3: float("nan"), 2e-3: float("nan")}, (5e-4, 1e-3, 2e-3)),  # diverged: nothing
+    ({5e-4: float("nan"), 1e-3: 390.0, 2e-3: float("inf")}, (5e-4, 1e-3, 2e-3)),
+    ({5e-4: 300.0, 1e-3: float("nan"), 2e-3: float("nan")}, (2.5e-4, 5e-4, 1e-3, 2e-3)),  # finite beats diverged
+])
+def test_a_sweep_whose_edge_wins_goes_one_rate_further(scores, values):
+    assert sweep_values(SWEEP, scores) == values
+
+
+def test_a_campaign_trains_the_rate_past_a_winning_edge_and_may_choose_it(tmp_path, tiny_data):
+    path = _write(tmp_path / "edge.json", {
+        "output_dir": str(tmp_path / "out"), "data_dir": str(tiny_data),
+        "lr_sweep": {"preset": "smoke", "seed": 1, "values": [1e-4, 3e-4], "extend": 1, "edge_margin": 0.0},
+        "runs": [{"model": "transformer_baseline", "preset": "smoke", "seed": 1, "lr": "swept", "overrides": TINY}]})
+    plan = CampaignRunner(load_campaign(path), quiet=True, separate_process=False).run()
+    sweep = {float(lr): ppl for lr, ppl in plan["table"]["transformer_baseline"].items()}
+    # On 1,000 tokens the larger rate learns faster, so the edge wins and 9e-4 is tried too.
+    assert set(sweep) == {1e-4, 3e-4, 9e-4} and not plan["pending"]
+    assert plan["chosen"]["transformer_baseline"] == min(sweep, key=sweep.get)
+    assert (tmp_path / "out" / "lr_sweep" / "transformer_baseline_lr0.0009_results.json").is_file()
+    assert "0.0009:" in (tmp_path / "out" / "campaign.md").read_text()
+
+
 def test_status_lists_what_is_left_without_training(tmp_path, tiny_data, capsys):
     path = _campaign(tmp_path, tiny_data)
     assert main([path, "--status"]) == 0
@@ -153,6 +188,9 @@ def test_status_lists_what_is_left_without_training(tmp_path, tiny_data, capsys)
     ({"runs": [{"model": "lstm", "lr": "swept"}], "lr_sweep": {"values": [1e-3, 1.0000001e-3]}},
      "distinct to 6 significant digits"),
     ({"runs": [{"model": "lstm"}], "lr_sweep": {"values": [1e-3]}}, "lr_sweep.values: expected a list of at least two"),
+    ({"runs": [{"model": "lstm"}], "lr_sweep": {"values": [1e-3, 2e-3], "extend": -1}}, "lr_sweep.extend: expected"),
+    ({"runs": [{"model": "lstm"}], "lr_sweep": {"values": [1e-3, 2e-3], "edge_margin": 1.5}},
+     "lr_sweep.edge_margin: expected a fraction"),
 ])
 def test_a_malformed_campaign_is_one_line_naming_its_place(tmp_path, change, message, capsys):
     path = _write(tmp_path / "bad.json", change)

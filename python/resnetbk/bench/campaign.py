@@ -4,7 +4,8 @@ interruption, then one summary across them.
 The file (``bench.campaign_file``) lists rows (a model at a preset with overrides) and their
 seeds, and optionally a learning-rate sweep: every row with ``lr: swept`` first trains at each
 of the sweep's values (its preset and seed, the validation split decides: lowest best validation
-perplexity, ties to the smaller rate), then runs at the chosen rate. Runs go one at a time on a
+perplexity, ties to the smaller rate), then runs at the chosen rate; a row whose best is an edge
+that still wins goes one rate further (``sweep_values``). Runs go one at a time on a
 CPU (``--jobs N`` runs N at once, for a GPU where that is faster), each into its own folder:
 
     <output_dir>/lr_sweep/<row>_lr<value>_results.json     the sweep
@@ -44,7 +45,7 @@ from pathlib import Path
 from ..jsonfile import write_json_atomic
 from ..measure.environment import machine
 from ..train import distributed
-from .campaign_file import SWEPT, Campaign, CampaignError, Row, load_campaign
+from .campaign_file import SWEPT, Campaign, CampaignError, LRSweep, Row, load_campaign
 from .plots import plot_seed_curves
 from .report import RUN_INFO, write_report
 from .runner import Interrupted, WikiText2Benchmark, finished_results, what_runs, write_comparisons
@@ -80,11 +81,49 @@ class Task:
         return self.folder / f"{self.model_name}_results.json"
 
 
-def sweep_tasks(campaign: Campaign) -> list:
+def sweep_values(sweep: LRSweep, scores: dict) -> tuple:
+    """The rates a row's sweep trains, given its finished ``scores`` (rate -> best validation
+    perplexity): the file's values, and where the best of them is an edge that beats its
+    neighbour by more than ``edge_margin``, one rate further at the same ratio (2e-3 -> 4e-3,
+    5e-4 -> 2.5e-4), up to ``extend`` times: no rate is chosen at an edge that was still winning."""
+    values = list(sweep.values)
+    for _ in range(sweep.extend):
+        if any(v not in scores for v in values):
+            break  # the next step waits for these
+        further = _past_edge(values, scores, sweep.edge_margin)
+        if further is None or further in values:
+            break
+        values = sorted([*values, further])
+    return tuple(values)
+
+
+def _past_edge(values: list, scores: dict, margin: float) -> float | None:
+    best = min(values, key=lambda lr: (_finite(scores[lr]), lr))
+    if _finite(scores[best]) == float("inf") or best not in (values[0], values[-1]):
+        return None
+    edge, neighbour = (values[-1], values[-2]) if best == values[-1] else (values[0], values[1])
+    beaten = _finite(scores[neighbour])  # a diverged neighbour is beaten by any margin
+    if beaten != float("inf") and beaten - scores[best] <= margin * beaten:
+        return None
+    return float(f"{edge * edge / neighbour:.6g}")  # a rate that reads as it is written
+
+
+def sweep_scores(finished: dict) -> dict:
+    """``{row name: {rate: best validation perplexity}}`` of the finished sweep runs (``finished``:
+    result path -> (task, results))."""
+    scores: dict = {}
+    for task, results in finished.values():
+        if task.phase == "sweep":
+            scores.setdefault(task.row.name, {})[task.lr] = results.best_valid_perplexity
+    return scores
+
+
+def sweep_tasks(campaign: Campaign, scores: dict) -> list:
+    """Every swept row at each rate of its sweep (``sweep_values`` of its finished ``scores``)."""
     sweep = campaign.lr_sweep
     folder = campaign.output_dir / SWEEP_FOLDER
     return [Task("sweep", row, sweep.seed, lr, folder, f"{row.name}_lr{lr:g}")
-            for row in campaign.swept_rows for lr in sweep.values]
+            for row in campaign.swept_rows for lr in sweep_values(sweep, scores.get(row.name, {}))]
 
 
 def run_tasks(campaign: Campaign, chosen: dict) -> list:
@@ -100,23 +139,22 @@ def run_tasks(campaign: Campaign, chosen: dict) -> list:
     return tasks
 
 
-def choose_rates(campaign: Campaign, finished: dict) -> tuple:
+def choose_rates(campaign: Campaign, scores: dict) -> tuple:
     """``(chosen, table, diverged)``: per swept row the rate with the lowest best validation
-    perplexity (ties: the smaller rate), once all its sweep runs finished; ``table`` has every
-    value's; ``diverged`` the rows where no rate gave a finite perplexity (nothing chosen)."""
+    perplexity (ties: the smaller rate), once every rate of its sweep (``sweep_values``, its
+    extensions included) finished; ``table`` has every finished value's; ``diverged`` the rows
+    where no rate gave a finite perplexity (nothing chosen)."""
     chosen, table, diverged = {}, {}, []
     for row in campaign.swept_rows:
-        scores = {}
-        for task in sweep_tasks(campaign):
-            if task.row.name == row.name and task.result_path in finished:
-                scores[task.lr] = finished[task.result_path].best_valid_perplexity
-        table[row.name] = {f"{lr:g}": ppl for lr, ppl in sorted(scores.items())}
-        if len(scores) < len(campaign.lr_sweep.values):
+        row_scores = scores.get(row.name, {})
+        values = sweep_values(campaign.lr_sweep, row_scores)
+        table[row.name] = {f"{lr:g}": row_scores[lr] for lr in values if lr in row_scores}
+        if any(lr not in row_scores for lr in values):
             continue
-        if all(_finite(v) == float("inf") for v in scores.values()):
+        if all(_finite(row_scores[lr]) == float("inf") for lr in values):
             diverged.append(row.name)
             continue
-        chosen[row.name] = min(scores, key=lambda lr: (_finite(scores[lr]), lr))
+        chosen[row.name] = min(values, key=lambda lr: (_finite(row_scores[lr]), lr))
     return chosen, table, diverged
 
 
@@ -229,9 +267,16 @@ class CampaignRunner:
 
     def plan(self, *, copy: bool = True) -> dict:
         """What is done and what is left, the chosen rates and the sweep's table."""
-        sweeps = sweep_tasks(self.campaign) if self.campaign.lr_sweep else []
-        pending_sweeps = self.refresh(sweeps, copy=copy)
-        chosen, table, diverged = choose_rates(self.campaign, {p: r for p, (_, r) in self.finished.items()})
+        sweeps: list = []
+        while self.campaign.lr_sweep:  # a finished edge can add a rate past it, so until nothing new
+            known = {t.result_path for t in sweeps}
+            new = [t for t in sweep_tasks(self.campaign, sweep_scores(self.finished)) if t.result_path not in known]
+            if not new:
+                break
+            self.refresh(new, copy=copy)
+            sweeps += new
+        pending_sweeps = [t for t in sweeps if t.result_path not in self.finished]
+        chosen, table, diverged = choose_rates(self.campaign, sweep_scores(self.finished))
         runs = run_tasks(self.campaign, chosen)
         pending_runs = self.refresh(runs, copy=copy)
         every = sweeps + runs

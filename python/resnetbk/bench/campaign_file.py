@@ -6,6 +6,8 @@ checked into ``Campaign`` before anything trains, every mistake one line that na
       preset: epoch           # the sweep's budget (one epoch of the original configuration)
       seed: 42
       values: [5.0e-4, 1.0e-3, 2.0e-3]
+      extend: 2               # optional: up to this many rates past an edge that wins (default 2)
+      edge_margin: 0.01       # ... by more than this fraction of its neighbour's perplexity
     runs:
       - model: transformer_baseline      # one of the benchmark's models (bench.config.MODEL_NAMES)
         name: transformer_baseline       # optional (default: the model's): the row's name
@@ -30,7 +32,7 @@ SWEPT = "swept"
 ROW_FIELDS = {"seed": "seed/seeds", "lr": "lr", "model_name": "name", "data_dir": "the file's data_dir or --data-dir"}
 TOP_KEYS = ("description", "output_dir", "data_dir", "lr_sweep", "runs")
 RUN_KEYS = ("model", "name", "preset", "seed", "seeds", "lr", "overrides")
-SWEEP_KEYS = ("preset", "seed", "values")
+SWEEP_KEYS = ("preset", "seed", "values", "extend", "edge_margin")
 
 
 class CampaignError(ValueError):
@@ -39,9 +41,15 @@ class CampaignError(ValueError):
 
 @dataclass(frozen=True)
 class LRSweep:
+    """The learning-rate sweep: every swept row at ``values`` (``preset``, ``seed``); where the
+    best is an edge that beats its neighbour by more than ``edge_margin`` (relative perplexity),
+    that row goes one rate further at the same ratio, up to ``extend`` times (``bench.campaign``)."""
+
     preset: str
     seed: int
     values: tuple
+    extend: int = 2
+    edge_margin: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -131,8 +139,14 @@ def _sweep(path, data) -> LRSweep | None:
     rates = tuple(_lr(path, f"lr_sweep.values[{i}]", v, swept_allowed=False) for i, v in enumerate(values))
     if len({f"{lr:g}" for lr in rates}) != len(rates):  # they name the sweep's results files
         _fail(path, "lr_sweep.values", f"expected learning rates distinct to 6 significant digits, got {values!r}")
+    extend = data.get("extend", 2)
+    if isinstance(extend, bool) or not isinstance(extend, int) or extend < 0:
+        _fail(path, "lr_sweep.extend", f"expected how many rates a sweep may add past its edge (0 or more), got {extend!r}")
+    margin = data.get("edge_margin", 0.01)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
+        _fail(path, "lr_sweep.edge_margin", f"expected a fraction in [0, 1) such as 0.01, got {margin!r}")
     return LRSweep(_preset(path, "lr_sweep.preset", data.get("preset", "epoch")),
-                   _seed(path, "lr_sweep.seed", data.get("seed", 42)), rates)
+                   _seed(path, "lr_sweep.seed", data.get("seed", 42)), tuple(sorted(rates)), extend, float(margin))
 
 
 def _row(path, i: int, data) -> Row:
