@@ -9,7 +9,7 @@ import json
 import pytest
 
 from resnetbk.bench import campaign as campaign_module
-from resnetbk.bench.campaign import CampaignRunner, main, sweep_values
+from resnetbk.bench.campaign import CampaignRunner, choose_rates, main, sweep_values
 from resnetbk.bench.campaign_file import CampaignError, LRSweep, load_campaign
 from resnetbk.train.results import BenchmarkResults
 
@@ -150,6 +150,26 @@ def test_a_sweep_whose_edge_wins_goes_one_rate_further(scores, values):
     assert sweep_values(SWEEP, scores) == values
 
 
+def test_no_rate_is_chosen_while_an_extension_is_pending_and_a_spent_edge_is_flagged(tmp_path):
+    campaign = load_campaign(_write(tmp_path / "c.json", {
+        "output_dir": str(tmp_path / "out"), "lr_sweep": {"values": [5e-4, 1e-3, 2e-3], "extend": 1},
+        "runs": [{"model": "lstm", "lr": "swept"}]}))
+    chosen, table, diverged, at_edge = choose_rates(campaign, {"lstm": {5e-4: 540.0, 1e-3: 390.0, 2e-3: 320.0}})
+    assert chosen == {} and not diverged and not at_edge  # 4e-3 is still to run
+    chosen, table, _, at_edge = choose_rates(campaign, {"lstm": {5e-4: 540.0, 1e-3: 390.0, 2e-3: 320.0, 4e-3: 300.0}})
+    assert chosen == {"lstm": 4e-3} and at_edge == ["lstm"] and set(table["lstm"]) == {"0.0005", "0.001", "0.002", "0.004"}
+    # An added rate that failed counts as diverged: the best rate that finished is chosen.
+    chosen, _, _, at_edge = choose_rates(campaign, {"lstm": {5e-4: 540.0, 1e-3: 390.0, 2e-3: 320.0, 4e-3: float("inf")}})
+    assert chosen == {"lstm": 2e-3} and not at_edge
+
+
+def test_an_extension_named_like_a_rate_already_swept_is_not_added():
+    """Rates are files named with 6 significant digits: an extension that rounds to an existing
+    rate's name would share its file, so the sweep stops there instead."""
+    sweep = LRSweep("epoch", 42, (9.99999e-4, 1.0000004e-3), extend=2, edge_margin=0.0)
+    assert sweep_values(sweep, {9.99999e-4: 400.0, 1.0000004e-3: 390.0}) == sweep.values
+
+
 def test_a_campaign_trains_the_rate_past_a_winning_edge_and_may_choose_it(tmp_path, tiny_data):
     path = _write(tmp_path / "edge.json", {
         "output_dir": str(tmp_path / "out"), "data_dir": str(tiny_data),
@@ -162,6 +182,19 @@ def test_a_campaign_trains_the_rate_past_a_winning_edge_and_may_choose_it(tmp_pa
     assert plan["chosen"]["transformer_baseline"] == min(sweep, key=sweep.get)
     assert (tmp_path / "out" / "lr_sweep" / "transformer_baseline_lr0.0009_results.json").is_file()
     assert "0.0009:" in (tmp_path / "out" / "campaign.md").read_text()
+    # A failed added rate: the row takes the best rate that finished, and says nothing is pending.
+    (tmp_path / "out" / "lr_sweep" / "transformer_baseline_lr0.0009_results.json").unlink()
+    runner = CampaignRunner(load_campaign(path), quiet=True, separate_process=False)
+
+    def breaks(folder, config, quiet, separate_process):
+        raise RuntimeError("transformer_baseline_lr0.0009: training failed: OverflowError")
+
+    real, campaign_module._train_one = campaign_module._train_one, breaks
+    try:
+        again = runner.run()
+    finally:
+        campaign_module._train_one = real
+    assert again["chosen"]["transformer_baseline"] == min((1e-4, 3e-4), key=sweep.get)
 
 
 def test_status_lists_what_is_left_without_training(tmp_path, tiny_data, capsys):

@@ -209,18 +209,39 @@ def test_the_outer_writes_keys_start_at_one_under_every_init(init):
     model = build_model(ModelOptions(vocab_size=50, d_model=8, n_layers=1, n_seq=16, bk_channels=6, init=init,
                                      bk_write="outer", bk_write_keys=3))
     write = model.blocks[0].bk.outer_write
-    raw = write(torch.randn(2, 16, 8)).view(2, 16, 2, 3)
-    torch.testing.assert_close(raw, raw[..., :1].expand_as(raw), rtol=0, atol=0)
+    h = torch.randn(2, 16, 8)
+    u = torch.nn.functional.silu(write.conv(h.transpose(1, 2))[..., :16].transpose(1, 2))
+    torch.testing.assert_close(write.keys(u), torch.ones(2, 16, 3), rtol=0, atol=0)
+    raw = write(h).view(2, 16, 2, 3)
+    torch.testing.assert_close(raw, write.values(u)[..., None].expand_as(raw), rtol=0, atol=0)
+    assert float(raw.detach().abs().max()) > 0
 
 
-def test_the_sparse_gate_keeping_every_position_leaves_the_outer_write_as_it_was():
+def test_the_sparse_gate_with_the_outer_write_reads_the_gated_off_positions_inputs():
     """The gated path (the sparse BK-Core's) computes the outer write over every position and
-    gathers the kept rows: keeping all of them gives the ungated mixer."""
+    keeps the kept rows' potentials: keeping all of them gives the ungated mixer; with some gated
+    off, the kept ones still read their gated-off neighbours through the convolution, and the
+    result is the dense resolvent of exactly those potentials."""
     mixer = _mixer("fixed", "complex", "outer")
     h = torch.randn(2, 9, 5, dtype=torch.float64)
     plain = mixer(h)
-    mixer.gate = lambda flat: (torch.ones(flat.shape[0], dtype=torch.bool), torch.ones(flat.shape[0], dtype=flat.dtype))
+    every = torch.ones(18, dtype=torch.bool)
+    mixer.gate = lambda flat: (every, torch.ones(18, dtype=flat.dtype))
     torch.testing.assert_close(mixer(h), plain, rtol=1e-12, atol=1e-14)
+    keep = torch.tensor([True, False, True, True, False] * 3 + [True, False, True])
+    weight = torch.linspace(0.5, 1.0, 18, dtype=torch.float64)
+    mixer.gate = lambda flat: (keep, weight)
+    ours = mixer(h).reshape(18, 5)
+    v = torch.where(keep[:, None], mixer.potential(h) * weight[:, None], torch.zeros(()))  # (18, C)
+    diag = (LAPLACIAN_DIAG + v.view(2, 9, -1)).transpose(1, 2)
+    g = dense_resolvent_diag(diag, mixer.upper(h.reshape(18, 5), 2, 9, diag.dtype).expand(2, 6, 8), None, 1j, "causal")
+    features = torch.cat([g.real, g.imag], dim=1).transpose(1, 2).reshape(18, -1)
+    expected = torch.where(keep[:, None], mixer._read_out(features, h.reshape(18, 5)) * weight[:, None], torch.zeros(()))
+    torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
+    # A gated-off position's input still reaches the next kept position (position 2 reads 1).
+    other = h.clone()
+    other[0, 1] += 1.0
+    assert not torch.allclose(mixer(other)[0, 2], mixer(h)[0, 2])
 
 
 def test_the_decay_law_reads_the_outer_writes_potentials():
@@ -228,12 +249,16 @@ def test_the_decay_law_reads_the_outer_writes_potentials():
     h = torch.randn(2, 16, 5)
     law = _channel_law(mixer, h)
     assert len(law["decay_per_position"]) == 6 and all(math.isfinite(x) for x in law["decay_per_position"])
-    # Its potentials are the mixer's own: the law's resolvent is the BK-Core's.
-    v = mixer.potential(h).view(2, 16, -1).double()
-    kap = mixer.upper(h.reshape(32, 5), 2, 16, torch.float64).square()
-    g = causal_resolvent_diagonal((LAPLACIAN_DIAG + v).transpose(1, 2), 1j, kap)
-    ours = bk_core((LAPLACIAN_DIAG + v).transpose(1, 2), kap.sqrt(), None, 1j, mode="causal")
-    torch.testing.assert_close(g, ours, rtol=1e-9, atol=1e-12)
+    # Its prediction is the product of the contractions of the outer write's own potentials.
+    with torch.no_grad():
+        v = mixer.potential(h).view(2, 16, -1).double()
+        kap = mixer.upper(h.reshape(32, 5), 2, 16, torch.float64).square()
+    g = causal_resolvent_diagonal((LAPLACIAN_DIAG + v).transpose(1, 2), 1j, kap)  # (2, C, 16)
+    c = g.abs().square()[..., :15] * kap
+    for d in (1, 3, 7):  # per channel, the mean over the sequences of the last d positions' product
+        for channel in range(6):
+            expected = float(c[:, channel, 15 - d:15].prod(-1).mean())
+            assert math.isclose(law["predicted_relative"][channel][d], expected, rel_tol=1e-4)
 
 
 def test_bad_variant_options_are_named_errors():
@@ -261,6 +286,10 @@ def test_bad_variant_options_are_named_errors():
         OuterWrite(8, 12, 5)
     with pytest.raises(ValueError, match="variants of ResNet-BK's mixer"):
         ModelOptions(architecture="lstm", bk_write="outer")
+    with pytest.raises(ValueError, match="architecture 'lstm' has no BK-Core"):
+        ModelOptions(architecture="lstm", bk_write_keys=4)
+    with pytest.raises(ValueError, match="bk_write_keys"):
+        ModelOptions(bk_write_keys=8.0)
 
 
 @pytest.mark.parametrize("variant", [dict(bk_coupling="selective"), dict(bk_write="outer", bk_channels=8)])

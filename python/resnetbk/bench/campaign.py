@@ -91,10 +91,17 @@ def sweep_values(sweep: LRSweep, scores: dict) -> tuple:
         if any(v not in scores for v in values):
             break  # the next step waits for these
         further = _past_edge(values, scores, sweep.edge_margin)
-        if further is None or further in values:
+        if further is None or f"{further:g}" in {f"{v:g}" for v in values}:  # the names the files carry
             break
         values = sorted([*values, further])
     return tuple(values)
+
+
+def still_at_edge(sweep: LRSweep, scores: dict) -> bool:
+    """Whether a row's finished sweep (all its ``sweep_values``) ends with its best at an edge
+    that still wins: its ``extend`` steps were spent, and a further rate is untried."""
+    values = list(sweep_values(sweep, scores))
+    return all(v in scores for v in values) and _past_edge(values, scores, sweep.edge_margin) is not None
 
 
 def _past_edge(values: list, scores: dict, margin: float) -> float | None:
@@ -140,10 +147,11 @@ def run_tasks(campaign: Campaign, chosen: dict) -> list:
 
 
 def choose_rates(campaign: Campaign, scores: dict) -> tuple:
-    """``(chosen, table, diverged)``: per swept row the rate with the lowest best validation
-    perplexity (ties: the smaller rate), once every rate of its sweep (``sweep_values``, its
-    extensions included) finished; ``table`` has every finished value's; ``diverged`` the rows
-    where no rate gave a finite perplexity (nothing chosen)."""
+    """``(chosen, table, diverged, at_edge)``: per swept row the rate with the lowest best
+    validation perplexity (ties: the smaller rate), once every rate of its sweep (``sweep_values``,
+    its extensions included) finished; ``table`` has every finished value's; ``diverged`` the rows
+    where no rate gave a finite perplexity (nothing chosen); ``at_edge`` the rows whose chosen rate
+    is an edge still winning after every extension."""
     chosen, table, diverged = {}, {}, []
     for row in campaign.swept_rows:
         row_scores = scores.get(row.name, {})
@@ -155,7 +163,8 @@ def choose_rates(campaign: Campaign, scores: dict) -> tuple:
             diverged.append(row.name)
             continue
         chosen[row.name] = min(values, key=lambda lr: (_finite(row_scores[lr]), lr))
-    return chosen, table, diverged
+    at_edge = [name for name in chosen if still_at_edge(campaign.lr_sweep, scores.get(name, {}))]
+    return chosen, table, diverged, at_edge
 
 
 def _finite(x) -> float:
@@ -270,19 +279,29 @@ class CampaignRunner:
         sweeps: list = []
         while self.campaign.lr_sweep:  # a finished edge can add a rate past it, so until nothing new
             known = {t.result_path for t in sweeps}
-            new = [t for t in sweep_tasks(self.campaign, sweep_scores(self.finished)) if t.result_path not in known]
+            new = [t for t in sweep_tasks(self.campaign, self._sweep_scores(sweeps)) if t.result_path not in known]
             if not new:
                 break
             self.refresh(new, copy=copy)
             sweeps += new
         pending_sweeps = [t for t in sweeps if t.result_path not in self.finished]
-        chosen, table, diverged = choose_rates(self.campaign, sweep_scores(self.finished))
+        chosen, table, diverged, at_edge = choose_rates(self.campaign, self._sweep_scores(sweeps))
         runs = run_tasks(self.campaign, chosen)
         pending_runs = self.refresh(runs, copy=copy)
         every = sweeps + runs
         pending = set(map(id, pending_sweeps + pending_runs))
         return {"tasks": every, "pending": [t for t in every if id(t) in pending], "chosen": chosen, "table": table,
-                "diverged": diverged}
+                "diverged": diverged, "at_edge": at_edge}
+
+    def _sweep_scores(self, sweeps: list) -> dict:
+        """The finished sweep runs' scores, where a rate past the file's values whose run failed
+        counts as diverged: the rate the edge rule added is the likeliest to blow up, and its row
+        then takes the best rate that finished instead of waiting for it."""
+        scores = sweep_scores(self.finished)
+        for task in sweeps:
+            if task.result_path in self.failed and task.lr not in self.campaign.lr_sweep.values:
+                scores.setdefault(task.row.name, {})[task.lr] = float("inf")
+        return scores
 
     def write_plan(self, plan: dict) -> None:
         out = self.campaign.output_dir
@@ -290,7 +309,8 @@ class CampaignRunner:
         rows = [self._plan_row(task, out) for task in plan["tasks"]]
         doc = {"campaign": self.campaign.path, "description": self.campaign.description,
                "done": sum(r["done"] for r in rows), "total": len(rows), "lr_sweep_valid_perplexity": plan["table"],
-               "chosen_lr": plan["chosen"], "diverged_sweeps": plan["diverged"], "runs": rows}
+               "chosen_lr": plan["chosen"], "diverged_sweeps": plan["diverged"],
+               "sweeps_still_at_edge": plan["at_edge"], "runs": rows}
         write_json_atomic(out / "campaign.json", doc)
         (out / "campaign.md").write_text(format_plan(doc))
 
@@ -406,7 +426,10 @@ class CampaignRunner:
         if not names:
             return
         write_comparisons(out, names)
-        plot_seed_curves(load_runs(out, names), out / "training_curves.png")  # before the report, which shows it
+        try:  # before the report, which shows it; a figure must never stop the campaign
+            plot_seed_curves(load_runs(out, names), out / "training_curves.png")
+        except Exception as exc:  # matplotlib can fail in many ways; the numbers are written either way
+            self.log(f"note: the figure was not drawn ({type(exc).__name__}: {exc})")
         write_report(out, names)
 
 
@@ -429,6 +452,8 @@ def format_plan(doc: dict) -> str:
             chosen = doc["chosen_lr"].get(row)
             choice = "no finite perplexity at any rate: none chosen" if row in doc["diverged_sweeps"] else (
                 "-" if chosen is None else f"{chosen:g}")
+            if row in doc.get("sweeps_still_at_edge", []):
+                choice += " (still the winning edge after every extension: a further rate is untried)"
             lines.append(f"| {row} | {cells} | {choice} |")
         lines.append("")
     lines += ["## Runs", "", "| phase | row | seed | lr | preset | done | valid ppl | test ppl | time (s) |",
@@ -456,6 +481,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--status", action="store_true", help="print what is done and left, train nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
+
+
+def _warn_about_sweeps(plan: dict) -> None:
+    for name in plan["diverged"]:
+        print(f"error: {name}: no rate of the lr_sweep gave a finite validation perplexity; widen it", file=sys.stderr)
+    for name in plan["at_edge"]:
+        print(f"note: {name}: its chosen rate {plan['chosen'][name]:g} is still the winning edge after every extension "
+              f"(lr_sweep.extend); a further rate is untried", file=sys.stderr)
 
 
 def main(argv=None) -> int:
@@ -505,6 +538,5 @@ def main(argv=None) -> int:
           f"plan in {campaign.output_dir}/campaign.md")
     for path, why in runner.failed.items():
         print(f"FAILED: {path}: {why} (the same command tries it again)", file=sys.stderr)
-    for name in plan["diverged"]:
-        print(f"error: {name}: no rate of the lr_sweep gave a finite validation perplexity; widen it", file=sys.stderr)
+    _warn_about_sweeps(plan)
     return 0 if not waiting else 1

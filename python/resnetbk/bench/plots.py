@@ -106,15 +106,19 @@ def plot_training_curves(results: list, path: str | Path) -> Path:
 
 
 def _epoch_band(results: list) -> tuple:
-    """Per epoch: the mean validation perplexity over the seeds that reached it, and its sample std
-    (0 where one seed did)."""
-    longest = max(len(r.epoch_perplexities) for r in results)
-    means, stds = [], []
+    """``(epochs, means, stds)``: per epoch the mean validation perplexity over the seeds that
+    reached it with a finite one, and its sample std (0 where one seed did); epochs with none are
+    left out (a diverged seed has no perplexity to average)."""
+    longest = max((len(r.epoch_perplexities) for r in results), default=0)
+    epochs, means, stds = [], [], []
     for epoch in range(longest):
-        values = [r.epoch_perplexities[epoch] for r in results if len(r.epoch_perplexities) > epoch]
-        means.append(statistics.fmean(values))
-        stds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
-    return means, stds
+        values = [float(r.epoch_perplexities[epoch]) for r in results if len(r.epoch_perplexities) > epoch]
+        values = [v for v in values if math.isfinite(v)]
+        if values:
+            epochs.append(epoch + 1)
+            means.append(statistics.fmean(values))
+            stds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
+    return epochs, means, stds
 
 
 def plot_seed_curves(runs: dict, path: str | Path) -> Path:
@@ -134,13 +138,12 @@ def plot_seed_curves(runs: dict, path: str | Path) -> Path:
     for i, name in enumerate(names):
         results = runs[name]
         marker, line = STYLES[i % len(STYLES)]
-        means, stds = _epoch_band(results)
-        epochs = range(1, len(means) + 1)
+        epochs, means, stds = _epoch_band(results)
         (drawn,) = ppl_ax.plot(epochs, means, marker=marker, linestyle=line, label=f"{name} ({len(results)} seed(s))")
         colour = drawn.get_color()  # the same model in the same colour on both panels
         ppl_ax.fill_between(epochs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                             color=colour, alpha=0.2)
-        tests = [r.test_perplexity for r in results if math.isfinite(r.test_perplexity)]
+        tests = [float(r.test_perplexity) for r in results if math.isfinite(float(r.test_perplexity))]
         if tests:
             spread = statistics.stdev(tests) if len(tests) > 1 else 0.0
             test_ax.bar(i, statistics.fmean(tests), yerr=spread, capsize=4, color=colour, alpha=0.6)

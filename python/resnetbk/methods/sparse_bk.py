@@ -3,9 +3,10 @@
 What it does: each block's mixer gets a gate (``d -> 1``, from that position's own state); in
 the forward the gate is hard (keep where ``sigmoid > 0.5``), in the backward its sigmoid's
 gradient passes straight through. Gated-off positions get potential 0 and skip the potential
-projection and the read-out (the output projection); the BK-Core's masked variant skips their
-read-out too (``resnetbk.core.backends``). The recursion itself passes through every position,
-so the op's own saving is small: in causal mode its read-out *is* the recursion state. The loss
+projection (the plain write's; the outer-product write reads every position) and the read-out
+(the output projection); the BK-Core's masked variant skips their read-out too
+(``resnetbk.core.backends``). The recursion itself passes through every position, so the op's
+own saving is small: in causal mode its read-out *is* the recursion state. The loss
 term ``sparsity`` (weight ``sparsity_weight``) is the squared distance of the hard gate's kept
 fraction from ``1 - sparse_bk_target``, its gradient through the straight-through estimator, so
 that the sparsity realised is the one asked for (the earlier penalty on the mean sigmoid left the

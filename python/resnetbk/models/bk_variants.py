@@ -46,7 +46,7 @@ the selective read-out's per-channel weights pick a key, as ``C_t`` does. The pl
 every channel one linear function of the position's input, so no channel's state depends on a
 value *and* the key before it at once: it can hold which values occurred (the bag-of-values level
 the recall study measured), not which key they followed. The key's bias starts at 1 (whatever the
-model's initialisation), so each key's channels start as the plain write of their value feature.
+model's initialisation), so each key's channels start with the value feature alone (``x_i(u)``).
 The potential is still real and soft-clamped, so ``|G| <= 1 / Im z`` holds and the BK-Core's
 exact backward is unchanged; the write is autograd's.
 """
@@ -124,8 +124,8 @@ class OuterWrite(nn.Module):
         self.reset_parameters_after_init()
 
     def reset_parameters_after_init(self) -> None:
-        """Keys start at 1 (zero weights, bias 1): each key's channels start as the plain write of
-        their value feature, and the model-wide initialisation must not undo it."""
+        """Keys start at 1 (zero weights, bias 1): each key's channels start with the value feature
+        alone, and the model-wide initialisation must not undo it."""
         with torch.no_grad():
             self.keys.weight.zero_()
             self.keys.bias.fill_(1.0)

@@ -100,14 +100,15 @@ class ModelOptions:
         if self.bk_coupling_max != 32.0 and self.bk_coupling != "selective":
             raise ValueError(f"bk_coupling_max: bounds the selective couplings, but bk_coupling is {self.bk_coupling!r}; "
                              f"set bk_coupling: selective or leave bk_coupling_max at 32")
-        if self.bk_write == "outer":
-            check_int(self, "bk_write_keys", low=1)
-            if self.bk_channels % self.bk_write_keys:
-                raise ValueError(f"bk_write_keys: the outer-product write needs bk_channels ({self.bk_channels}) to be a "
-                                 f"multiple of the keys, got {self.bk_write_keys}; pick a divisor of bk_channels")
-        elif self.bk_write_keys != 8:
+        check_int(self, "bk_write_keys", low=1)
+        if self.bk_write == "outer" and self.bk_channels % self.bk_write_keys:
+            raise ValueError(f"bk_write_keys: the outer-product write needs bk_channels ({self.bk_channels}) to be a "
+                             f"multiple of the keys, got {self.bk_write_keys}; pick a divisor of bk_channels")
+        if self.bk_write != "outer" and self.bk_write_keys != 8:
+            where = ("set bk_write: outer or " if self.architecture == "resnet_bk"
+                     else f"architecture {self.architecture!r} has no BK-Core: ")
             raise ValueError(f"bk_write_keys: sets the outer-product write's keys, but bk_write is {self.bk_write!r}; "
-                             f"set bk_write: outer or leave bk_write_keys at 8")
+                             f"{where}leave bk_write_keys at 8")
         if self.architecture == "transformer" and self.d_model % self.n_heads:
             raise ValueError(f"n_heads: d_model = {self.d_model} must be divisible by n_heads = {self.n_heads}")
         for name in ("mamba_d_state", "mamba_layers_per_block"):
