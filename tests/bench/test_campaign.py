@@ -203,6 +203,21 @@ def test_status_lists_what_is_left_without_training(tmp_path, tiny_data, capsys)
     out = capsys.readouterr().out
     assert "0 of 5 runs done" in out and "(sweep pending)" in out
     assert not list((tmp_path / "out").glob("**/*_results.json"))
+    assert not (tmp_path / "out" / "campaign.md").exists()  # --status writes nothing
+
+
+def test_status_says_when_results_files_are_of_another_configuration(tmp_path, tiny_data, capsys):
+    """A finished run looked at with another data folder counts as not done, and says why."""
+    path = _write(tmp_path / "t.json", {"output_dir": str(tmp_path / "out"), "data_dir": str(tiny_data), "runs": [
+        {"model": "resnet_bk_baseline", "preset": "smoke", "seed": 1, "overrides": TINY}]})
+    assert main([path, "--quiet"]) == 0
+    capsys.readouterr()
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    assert main([path, "--status", "--data-dir", str(other)]) == 0
+    out = capsys.readouterr().out
+    assert "0 of 1 runs done" in out and "1 results file(s) here are of another configuration" in out
+    assert "differing: data_dir" in out
 
 
 @pytest.mark.parametrize("change,message", [

@@ -24,7 +24,7 @@ on a GPU); an interrupted one resumes only with the settings it started with. A 
 is recorded (``campaign.md``) and the others go on; the same command tries it again. A results
 file of another configuration under a run's name is moved to ``stale-<time>/`` before that run
 trains. The summary is rewritten after every finished run, so a partial campaign can be read.
-``--status`` prints the plan without training.
+``--status`` prints the plan without training or writing anything.
 """
 
 from __future__ import annotations
@@ -306,13 +306,17 @@ class CampaignRunner:
     def write_plan(self, plan: dict) -> None:
         out = self.campaign.output_dir
         out.mkdir(parents=True, exist_ok=True)
-        rows = [self._plan_row(task, out) for task in plan["tasks"]]
-        doc = {"campaign": self.campaign.path, "description": self.campaign.description,
+        doc = self.plan_doc(plan)
+        write_json_atomic(out / "campaign.json", doc)
+        (out / "campaign.md").write_text(format_plan(doc))
+
+    def plan_doc(self, plan: dict) -> dict:
+        """``campaign.json``'s content: the plan, the sweep's table, every run's state."""
+        rows = [self._plan_row(task, self.campaign.output_dir) for task in plan["tasks"]]
+        return {"campaign": self.campaign.path, "description": self.campaign.description,
                "done": sum(r["done"] for r in rows), "total": len(rows), "lr_sweep_valid_perplexity": plan["table"],
                "chosen_lr": plan["chosen"], "diverged_sweeps": plan["diverged"],
                "sweeps_still_at_edge": plan["at_edge"], "runs": rows}
-        write_json_atomic(out / "campaign.json", doc)
-        (out / "campaign.md").write_text(format_plan(doc))
 
     def _plan_row(self, task: Task, out: Path) -> dict:
         done = self.finished.get(task.result_path)
@@ -445,6 +449,11 @@ def format_plan(doc: dict) -> str:
     """``campaign.md``: the runs done and left, the sweep's validation perplexities and choices."""
     lines = [f"# Campaign `{doc['campaign']}`", "", doc["description"] or "", "",
              f"{doc['done']} of {doc['total']} runs done.", ""]
+    stale = [r for r in doc["runs"] if r.get("stale_file")]
+    if stale:  # e.g. --status without the --data-dir the runs were made with
+        lines += [f"**{len(stale)} results file(s) here are of another configuration** and count as not done "
+                  f"(`{stale[0]['results']}` {stale[0]['stale_file']}); with the same settings they count again, "
+                  f"while training moves each aside to `stale-<time>/` before its run.", ""]
     if doc["lr_sweep_valid_perplexity"]:
         lines += ["## Learning rate, chosen on validation", "", "| row | best valid ppl by lr | chosen |", "|---|---|---|"]
         for row, scores in doc["lr_sweep_valid_perplexity"].items():
@@ -507,9 +516,7 @@ def main(argv=None) -> int:
     overrides = {k: v for k, v in (("device", args.device), ("threads", args.threads)) if v is not None}
     runner = CampaignRunner(campaign, data_dir=args.data_dir, overrides=overrides, jobs=args.jobs, quiet=args.quiet)
     if args.status:
-        plan = runner.plan(copy=False)
-        runner.write_plan(plan)
-        print((campaign.output_dir / "campaign.md").read_text())
+        print(format_plan(runner.plan_doc(runner.plan(copy=False))))  # writes nothing: a run may be writing
         return 0
     if args.jobs > 1 and args.device != "cuda":
         print(f"note: --jobs {args.jobs} without --device cuda: runs share this machine's cores, so their time and "
