@@ -1,8 +1,15 @@
 """The benchmark: configs, an end-to-end smoke run with the documented files, resume, causality
 guard, non-finite steps, and comparisons."""
 
+import contextlib
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -567,3 +574,44 @@ def test_resnet_bk_selective_is_the_recall_studys_variant_with_no_method(tmp_pat
                      "cpu", "--threads", "1", "--epochs", "1", "--models", "resnet_bk_selective"]) == 0
     doc = json.loads((out / "resnet_bk_selective_results.json").read_text())
     assert doc["causal"] is True and math.isfinite(doc["test_perplexity"]) and doc["decay_law"]["blocks"]
+
+
+def _children(pid: int) -> list:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.is_file() else []
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from /proc (Linux)")
+def test_a_terminated_benchmark_stops_its_worker_process(tmp_path, tiny_data):
+    """SIGTERM to the benchmark (a kill, a session's end) stops the worker process that trains the
+    model too: no orphan goes on training and racing the next invocation for the same run."""
+    out = tmp_path / "out"
+    parent = subprocess.Popen([sys.executable, "-m", "resnetbk.bench", "--preset", "smoke", "--data-dir", str(tiny_data),
+                               "--output-dir", str(out), "--quiet", "--device", "cpu", "--threads", "1",
+                               "--models", "resnet_bk_baseline", "--epochs", "200"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workers = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not workers:  # the worker is a spawned python, not the tracker
+            workers = [c for c in _children(parent.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+            time.sleep(0.5)
+        assert workers, "the benchmark never started its worker process"
+        time.sleep(2.0)
+        parent.terminate()
+        _, errors = parent.communicate(timeout=120)
+        for worker in workers:
+            for _ in range(240):
+                if not Path(f"/proc/{worker}").exists() or "Z" in Path(f"/proc/{worker}/stat").read_text().split()[2]:
+                    break
+                time.sleep(0.5)
+            else:
+                raise AssertionError(f"worker {worker} still runs after its parent was terminated")
+        assert "interrupted" in errors.lower()
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.communicate()
+        for worker in workers:  # never leave one behind, even when the test fails
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGKILL)

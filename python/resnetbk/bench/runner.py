@@ -3,6 +3,7 @@ own), writes their results, the pairwise comparisons and the training-curve figu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -56,6 +57,26 @@ def checkpointed_epochs(run_dir: Path) -> Optional[int]:
         return int(torch.load(path, map_location="cpu", weights_only=False)["progress"]["epoch"])
     except Exception:  # a damaged checkpoint: --resume will say what is wrong
         return None
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """Within it, a SIGTERM (``kill``, a scheduler's or a session's end) is raised as a
+    KeyboardInterrupt, so the parent stops its worker process instead of leaving it training
+    alone, an orphan that would race the next invocation for the same run. The handler before
+    is restored after (only the main thread can set one: elsewhere nothing changes)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        before = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _stop_worker(process, grace_s: float = 30.0) -> None:
@@ -166,10 +187,11 @@ class WikiText2Benchmark:
                 args=(config, config.data_dir, str(run_dir), str(result_path), str(error_path), self.resume, self.quiet,
                       self.tensorboard),
             )
-            process.start()
             try:
-                process.join()
-            except KeyboardInterrupt:  # the parent alone was interrupted, or the worker too (Ctrl-C)
+                with terminate_as_interrupt():
+                    process.start()
+                    process.join()
+            except KeyboardInterrupt:  # the parent alone was interrupted (Ctrl-C, SIGTERM), or the worker too
                 _stop_worker(process)
                 raise Interrupted(config.model_name, checkpointed_epochs(run_dir)) from None
             if process.exitcode == -signal.SIGINT or (
