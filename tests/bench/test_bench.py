@@ -20,6 +20,7 @@ from resnetbk import methods
 from resnetbk.bench import BenchmarkConfig, BenchmarkResults, compare_results, model_config
 from resnetbk.bench.cli import main as cli_main
 from resnetbk.bench.config import PRESETS
+from resnetbk.measure import environment as env
 from resnetbk.bench.recipe import train_model as train
 from resnetbk.bench.report import requirement_change, requirement_line
 from resnetbk.measure.step_log import read_steps
@@ -615,3 +616,10 @@ def test_a_terminated_benchmark_stops_its_worker_process(tmp_path, tiny_data):
         for worker in workers:  # never leave one behind, even when the test fails
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker, signal.SIGKILL)
+
+
+def test_results_carry_the_revision_of_the_code_the_process_imported(monkeypatch):
+    """A commit made while a long run trains must not relabel it: the revision is read once, when
+    the process imports the package, not when the results are written."""
+    monkeypatch.setattr(env, "git_revision", lambda: "f" * 40)  # as if HEAD moved since the import
+    assert env.environment()[1] == env.IMPORTED_REVISION != "f" * 40

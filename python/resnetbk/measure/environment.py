@@ -41,9 +41,14 @@ def git_revision() -> Optional[str]:
     return revision.stdout.strip() if revision.returncode == 0 else None
 
 
+#: The revision of the code this process imported: read once, when this module is imported (with
+#: the package, before any training), so a commit made while a long run trains does not relabel it.
+IMPORTED_REVISION = git_revision()
+
+
 def environment() -> tuple[dict, Optional[str]]:
-    """``(versions(), git_revision())``."""
-    return versions(), git_revision()
+    """``(versions(), the revision of the code this process runs)``."""
+    return versions(), IMPORTED_REVISION
 
 
 def machine() -> str:
