@@ -20,9 +20,9 @@ from resnetbk import methods
 from resnetbk.bench import BenchmarkConfig, BenchmarkResults, compare_results, model_config
 from resnetbk.bench.cli import main as cli_main
 from resnetbk.bench.config import PRESETS
-from resnetbk.measure import environment as env
 from resnetbk.bench.recipe import train_model as train
 from resnetbk.bench.report import requirement_change, requirement_line
+from resnetbk.measure import environment as env
 from resnetbk.measure.step_log import read_steps
 
 RESULT_FIELDS = {
