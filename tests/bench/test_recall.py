@@ -33,6 +33,7 @@ def test_a_tiny_grid_writes_its_files_and_resumes_without_retraining(tmp_path, c
     edges = sum(len(doc["models"][n]["lr_sweep_valid_accuracy"]) - 2 for n in ("transformer", "no_mixer"))
     assert len(list(tmp_path.glob("runs/*/*.json"))) == 2 * (2 + 1) + edges
     assert doc["git_revision"] is not None or doc["versions"]
+    assert doc["threads"] == 1 and all(json.loads(p.read_text())["threads"] == 1 for p in tmp_path.glob("runs/*/*.json"))
     capsys.readouterr()
     assert cli_main([*args, "--resume"]) == 0
     out = capsys.readouterr().out

@@ -482,8 +482,19 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.threads is not None:
-        threads.set_num_threads(args.threads)
+    if args.threads is None:
+        return _main(config, args, argv)
+    before = torch.get_num_threads()
+    torch.set_num_threads(args.threads)  # torch's and the Rust kernels' (as the benchmark's --threads)
+    threads.set_num_threads(args.threads)
+    try:
+        return _main(config, args, argv)
+    finally:  # a caller in the same process (the tests) gets its own count back
+        torch.set_num_threads(before)
+        threads.set_num_threads(None)
+
+
+def _main(config: RecallConfig, args, argv: list) -> int:
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
