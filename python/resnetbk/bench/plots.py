@@ -27,6 +27,18 @@ def _smooth(values: list, window: int) -> list:
     return out
 
 
+def _save(fig, path: Path) -> Path:
+    """Lay out, write beside ``path`` and move into place (a reader never sees half a PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def _title(results: list) -> str:
     c = flat_view(results[0].config)  # results files of any schema
     budget = (f"{c.get('max_train_tokens'):,} training tokens" if c.get("max_train_tokens") else "all training tokens")
@@ -97,12 +109,7 @@ def plot_training_curves(results: list, path: str | Path) -> Path:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     flops_ax.tick_params(axis="x", labelrotation=15)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save(fig, path)
 
 
 def _epoch_band(results: list) -> tuple:
@@ -160,12 +167,7 @@ def plot_seed_curves(runs: dict, path: str | Path) -> Path:
     c = flat_view(first.config)
     fig.suptitle(f"WikiText-2: d {c.get('d_model')}, {c.get('n_layers')} layers, N {c.get('n_seq')}, batch "
                  f"{c.get('batch_size')}, {c.get('epochs')} epoch(s); {first.device}", fontsize=10)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save(fig, path)
 
 
 __all__ = ["BenchmarkResults", "plot_seed_curves", "plot_training_curves"]
