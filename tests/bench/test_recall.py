@@ -48,7 +48,9 @@ def test_a_tiny_grid_writes_its_files_and_resumes_without_retraining(tmp_path, c
     assert "training" not in out and partial["complete"] is False
     assert {"model": "no_mixer", "lr": 0.003, "seed": 0} in partial["missing_runs"]
     assert partial["models"]["no_mixer"]["chosen_lr"] is None and partial["models"]["transformer"] == doc["models"]["transformer"]
-    assert "**Partial**" in (tmp_path / "recall.md").read_text()
+    text = (tmp_path / "recall.md").read_text()
+    assert "**Partial**" in text and "- no_mixer: lr 0.003 seed 0" in text
+    assert "| 0, 1 |" in text  # the transformer's row names the seeds its accuracy is over
 
 
 def test_attention_recalls_where_a_position_wise_model_can_only_guess():

@@ -369,22 +369,35 @@ def _pct(stat: dict) -> str:
     return f"{100 * stat['mean']:.1f}" + (f" +- {100 * stat['std']:.1f}" if stat["n"] > 1 else "")
 
 
+def _partial_note(missing: list) -> list:
+    """The lines that say, model by model, which runs are not finished (none: a complete grid)."""
+    if not missing:
+        return []
+    by_model = {}
+    for run in missing:
+        lr = "its chosen rate" if run["lr"] is None else f"lr {run['lr']:g}"
+        by_model.setdefault(run["model"], []).append(f"{lr} seed {run['seed']}")
+    lines = [f"**Partial**: {len(missing)} run(s) not finished yet (`missing_runs` in recall.json). A model without "
+             "its whole learning-rate sweep has no chosen rate and no test accuracy here; one without every seed "
+             "reports the seeds it has (the `seeds` column).", ""]
+    lines += [f"- {name}: {', '.join(runs)}" for name, runs in by_model.items()]
+    return lines + [""]
+
+
 def format_markdown(doc: dict) -> str:
     cells = doc["cells"]
-    missing = doc.get("missing_runs") or []
-    note = [f"**Partial**: {len(missing)} run(s) not finished yet (`missing_runs` in recall.json); a model "
-            "without its whole learning-rate sweep has no chosen rate and no test accuracy here.", ""] if missing else []
+    note = _partial_note(doc.get("missing_runs") or [])
     lines = [f"# MQAR recall ({doc['grid']} grid)", "", *note,
              f"Test accuracy at the query positions, % ({'mean +- std over seeds ' if len(doc['seeds']) > 1 else 'seed '}"
              f"{', '.join(map(str, doc['seeds']))}); {doc['selection']}.", "",
-             "| model | overall | " + " | ".join(cells) + " | lr | valid accuracy by lr | parameters | causal |",
-             "|---" * (len(cells) + 6) + "|"]
+             "| model | overall | " + " | ".join(cells) + " | lr | seeds | valid accuracy by lr | parameters | causal |",
+             "|---" * (len(cells) + 7) + "|"]
     for name, m in doc["models"].items():
         sweep = ", ".join(f"{lr}: {100 * acc:.1f}" for lr, acc in m["lr_sweep_valid_accuracy"].items())
         lr = "-" if m["chosen_lr"] is None else f"{m['chosen_lr']:g}"
         lines.append(f"| {name} | {_pct(m['test_accuracy'])} | "
                      + " | ".join(_pct(m["test_by_cell"].get(c)) for c in cells)
-                     + f" | {lr} | {sweep} | {m['parameters'] or '-'} | {m['causal']} |")
+                     + f" | {lr} | {', '.join(map(str, m['seeds'])) or '-'} | {sweep} | {m['parameters'] or '-'} | {m['causal']} |")
     buckets = sorted({int(b) for m in doc["models"].values() for b in m["test_by_distance"]})
     if buckets:
         lines += ["", "Test accuracy by key-to-query distance (all cells; bucket [d, 2d)), %:", "",
