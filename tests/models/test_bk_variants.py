@@ -3,6 +3,7 @@ couplings, the multiplicative read-outs and the outer-product write, held to the
 every gradient), causal (the probe and a shared prefix), bounded at N = 65,536 in float32, and
 described by the decay law."""
 
+import cmath
 import math
 
 import pytest
@@ -12,7 +13,7 @@ from resnetbk import bk_core
 from resnetbk.core.reference import dense_resolvent_diag
 from resnetbk.flops.estimate import StepShape, step_ops
 from resnetbk.measure.causality import probe_causality
-from resnetbk.measure.decay_law import _channel_law, causal_resolvent_diagonal
+from resnetbk.measure.decay_law import _channel_law, causal_resolvent_diagonal, steady_state_factor
 from resnetbk.models import ModelOptions, build_model
 from resnetbk.models.bk_variants import OuterWrite, SelectiveCoupling
 from resnetbk.models.resnet_bk import LAPLACIAN_DIAG, BKMixer
@@ -185,6 +186,31 @@ def test_the_laws_summary_per_position_is_the_steady_state_past_the_start():
     assert math.isclose(1 / decay, (1 - 1 / 64) ** 2, rel_tol=0.01)
     (mean,) = law["mean_contraction"]
     assert mean < 1.0
+    # The kept part turns by the steady state's angle each position, the same at every position
+    # (past a start that fades as 0.97^k: a longer window).
+    law = _channel_law(mixer, torch.randn(1, 1024, 8))
+    (turn,), (spread,) = law["turn_per_position_deg"], law["turn_spread_deg"]
+    expected = math.degrees(cmath.phase(steady_state_factor(-2.0, 32.0 ** 2, 1j)))
+    assert abs(turn - expected) < 0.5 and abs(abs(turn) - 180) < 5 and spread < 0.5
+
+
+@pytest.mark.parametrize("a,kap,z", [(-2.0, 1.0, 1j), (-5.0, 16.0, 1j), (1.0, 128.0 ** 2, 1j), (-2.0, 1.0, 0.3j),
+                                     (-2.0, 1.0, -4.5), (0.5, 4.0, -3.6)])
+def test_the_steady_state_factor_is_the_recursions_own(a, kap, z):
+    """Against the recursion run to its fixed point and its derivative there; below the spectrum
+    (z real, under a - 2 sqrt(kap)) the factor is real and positive: a decay that does not turn."""
+    g = 0j
+    for _ in range(200_000):
+        g = 1 / (a - z - kap * g)
+    step = 1e-7
+    derivative = (1 / (a - z - kap * (g + step)) - 1 / (a - z - kap * g)) / step
+    factor = steady_state_factor(a, kap, z)
+    assert abs(factor) < 1 and cmath.isclose(factor, kap * g * g, rel_tol=1e-6)
+    assert cmath.isclose(factor, derivative, rel_tol=1e-4, abs_tol=1e-9)
+    if isinstance(z, float):
+        assert factor.imag == 0 and factor.real > 0
+    with pytest.raises(ValueError, match="kap: expected a positive coupling"):
+        steady_state_factor(a, 0.0, z)
 
 
 def test_the_outer_write_is_a_value_times_a_key_read_from_the_last_four_positions():

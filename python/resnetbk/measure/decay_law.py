@@ -12,6 +12,17 @@ position, which couples to nothing, counts with ``kap = 1``). For ``v = 0`` and 
 the contraction is about 1/4.33 per position (the resolvent's exponential decay away from the
 spectrum); a potential or a ``z`` near the spectrum decays slower.
 
+The factor itself, ``dg_{k+1} / dg_k = kap_k g_{k+1}^2``, is complex: what a channel keeps of a
+write also *turns*, by ``arg(kap_k g_{k+1}^2)`` per position. Inside the band (where a long memory
+needs the couplings: ``kap |g|^2`` near 1) that turn is near 180 degrees and depends on the
+potentials written in between, so a write arrives at a later read with a sign set by the
+distance's parity and a phase set by the tokens between: its magnitude (which values occurred)
+survives, its sign (which key it came with, where the write was a product) does not. Only
+below the spectrum (``z`` real, under every eigenvalue of ``H``) is the resolvent real and the
+factor a pure, positive decay, as Mamba's real ``exp(Delta A)`` is. ``steady_state_factor`` gives
+the factor for constant ``a``, ``kap`` and ``z``; ``_channel_law`` reports each channel's mean turn
+per position and its spread.
+
 For validation windows (the context reach's) the potentials are captured from every block's
 mixer input, the recursion is run in float64, and per block and channel this reports the mean
 ``log10 c_k`` over the window's second half (as a decay factor per position: past the start's
@@ -48,6 +59,21 @@ def causal_resolvent_diagonal(diag: torch.Tensor, z, kap: torch.Tensor | None = 
         g_prev = 1.0 / (a[..., k] - z - coupling * g_prev)
         out.append(g_prev)
     return torch.stack(out, dim=-1)
+
+
+def steady_state_factor(a: complex, kap: float, z: complex) -> complex:
+    """``kap g^2``: the factor ``dg_k / dg_{k-1}`` at the fixed point ``g = 1 / (a - z - kap g)``
+    that the causal recursion reaches for constant ``a``, ``kap > 0`` and ``z`` off the spectrum
+    (the root of ``kap g^2 - (a - z) g + 1 = 0`` the recursion attracts: ``|kap g^2| < 1``).
+    Its modulus is what a channel keeps per position, its argument how far the kept part turns."""
+    import cmath
+
+    if not kap > 0:
+        raise ValueError(f"kap: expected a positive coupling, got {kap!r}")
+    w = complex(a) - complex(z)
+    root = cmath.sqrt(w * w - 4.0 * kap)
+    factors = [kap * g * g for g in ((w + root) / (2.0 * kap), (w - root) / (2.0 * kap))]
+    return min(factors, key=abs)
 
 
 @torch.no_grad()
@@ -102,8 +128,14 @@ def _channel_law(mixer, h: torch.Tensor) -> dict:
     # Relative to d = 0: the product over positions t-d .. t-1, for every d (d = 0: 1).
     cumulative = torch.cat([torch.zeros_like(log_c[..., :1]), log_c[..., :-1].flip(-1).cumsum(-1)], dim=-1)
     predicted = (10.0 ** cumulative).mean(0)  # (C, N): mean over windows
+    # The turn per position, arg(kap_k g_{k+1}^2), over the steady half: its circular mean and spread.
+    turn = (kap * g[..., 1:].square())[..., n // 2: n - 1] if n > 2 else kap * g[..., 1:].square()
+    unit = (turn / turn.abs().clamp_min(1e-300)).mean(dim=(0, 2))  # (C,): the mean unit vector
+    mean_turn = torch.rad2deg(unit.angle())
+    spread = torch.rad2deg(torch.sqrt(-2.0 * unit.abs().clamp(1e-12, 1.0).log()))  # the circular std
     z_list = [[complex(zz).real, complex(zz).imag] for zz in (z.flatten().tolist() if isinstance(z, torch.Tensor)
                                                              else [z] * v.shape[-1])]
     return {"z": z_list, "decay_per_position": (10.0 ** -steady.mean(dim=(0, 2))).tolist(),
             "mean_contraction": (10.0 ** steady).mean(dim=(0, 2)).tolist(),
-            "predicted_relative": predicted.tolist()}
+            "predicted_relative": predicted.tolist(), "turn_per_position_deg": mean_turn.tolist(),
+            "turn_spread_deg": spread.tolist()}
