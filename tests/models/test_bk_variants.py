@@ -20,7 +20,8 @@ from resnetbk.models.resnet_bk import LAPLACIAN_DIAG, BKMixer
 
 VARIANTS = [("selective", "complex", "linear"), ("fixed", "gated", "linear"), ("selective", "gated", "linear"),
             ("fixed", "selective", "linear"), ("selective", "selective", "linear"), ("fixed", "complex", "outer"),
-            ("selective", "selective", "outer")]
+            ("selective", "selective", "outer"), ("selective_real", "complex", "linear"),
+            ("selective_real", "selective", "outer")]
 
 
 def _mixer(coupling: str, readout: str, write: str = "linear", *, d: int = 5, channels: int = 6) -> BKMixer:
@@ -36,9 +37,9 @@ def _dense_mixer(mixer: BKMixer, h: torch.Tensor) -> torch.Tensor:
     """The mixer's forward with the BK-Core replaced by the dense inverse (the definition)."""
     b, n, d = h.shape
     flat = h.reshape(b * n, d)
-    diag = (LAPLACIAN_DIAG + mixer.potential(h).view(b, n, -1)).transpose(1, 2)
-    upper = mixer.upper(flat, b, n, diag.dtype).expand(b, mixer.channels, n - 1)
-    g = dense_resolvent_diag(diag, upper, None, 1j, "causal")
+    upper = mixer.upper(flat, b, n, h.dtype).expand(b, mixer.channels, n - 1)
+    diag = mixer.diagonal(mixer.potential(h).view(b, n, -1), upper)
+    g = dense_resolvent_diag(diag, upper, None, mixer.spectral_z(), "causal")
     features = torch.cat([g.real, g.imag], dim=1).transpose(1, 2).reshape(b * n, -1)
     return mixer._read_out(features, flat).view(b, n, d)
 
@@ -56,7 +57,7 @@ def test_the_mixer_and_every_gradient_match_the_dense_resolvent_in_float64(coupl
     for (name, _), a, b in zip([("h", h), *mixer.named_parameters()], ours_grads, dense_grads):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=lambda m, name=name: f"{name}: {m}")
     names = [name for name, _ in mixer.named_parameters()]
-    own = (["coupling.proj.weight"] if coupling == "selective" else []) + {
+    own = (["coupling.proj.weight"] if coupling != "fixed" else []) + {
         "complex": [], "gated": ["query_gate.proj.weight"], "selective": ["read_gate.proj.weight"]}[readout] + (
         ["outer_write.conv.weight", "outer_write.values.weight", "outer_write.keys.weight"] if write == "outer" else [])
     for variant in own:
@@ -102,6 +103,55 @@ def test_the_selective_resolvent_stays_bounded_at_65536_positions_in_float32():
     assert float((g.detach() - g64.detach()).abs().max()) < 1e-5
     for ours, exact in ((diag.grad, diag64.grad), (upper.grad, upper64.grad)):
         assert float((ours - exact).abs().max() / exact.abs().max()) < 1e-5
+
+
+def test_the_real_resolvent_stays_real_and_under_one_over_b_max_at_65536_positions_in_float32():
+    """Below the spectrum: ``|G| <= 1 / b_max`` for every coupling in [0, b_max] and every write, G
+    nearly real (Im z = 1e-4), the exact backward finite, float32 on float64's answer."""
+    torch.manual_seed(0)
+    n, b_max = 65536, 2.0
+    mixer = BKMixer(4, 3, coupling="selective_real", coupling_max=b_max)
+    upper = b_max * torch.rand(2, 3, n - 1) ** 0.3
+    upper[:, :, ::97] = 0.0
+    v = 3.0 * torch.tanh(2 * torch.randn(2, n, 3))
+    v[:, ::5] = 0.0  # rests between the writes
+    upper, v = upper.requires_grad_(), v.requires_grad_()
+    diag = mixer.diagonal(v, upper)
+    g = bk_core(diag, upper, None, mixer.spectral_z(), mode="causal")
+    assert torch.isfinite(g).all() and float(g.detach().abs().max()) <= (1 + 1e-5) / b_max
+    assert float(g.detach().real.min()) > 0 and float(g.detach().imag.abs().max()) < 1e-3 / b_max
+    g.real.sum().backward()
+    assert torch.isfinite(v.grad).all() and torch.isfinite(upper.grad).all()
+    upper64, v64 = upper.detach().double().requires_grad_(), v.detach().double().requires_grad_()
+    g64 = bk_core(mixer.diagonal(v64, upper64), upper64, None, mixer.spectral_z(), mode="causal")
+    g64.real.sum().backward()
+    assert float((g.detach() - g64.detach()).abs().max()) < 1e-5 / b_max
+    for ours, exact in ((v.grad, v64.grad), (upper.grad, upper64.grad)):
+        assert float((ours - exact).abs().max() / exact.abs().max()) < 1e-4
+
+
+def test_the_real_resolvent_keeps_its_couplings_share_without_turning():
+    """At rest (no write) and a constant coupling b, ``g = 1 / b_max`` exactly, so a channel keeps
+    ``(b / b_max)^2`` per position and does not turn; the couplings start at retentions
+    ``exp(-1/tau)``, tau log-spaced over [1, 1000]; a learnt z is refused."""
+    mixer = BKMixer(8, 1, coupling="selective_real", coupling_max=4.0)
+    torch.nn.init.zeros_(mixer.v_proj.weight)
+    torch.nn.init.zeros_(mixer.v_proj.bias)
+    torch.nn.init.zeros_(mixer.coupling.proj.weight)
+    with torch.no_grad():
+        mixer.coupling.offset.fill_(0.0)  # b = 4 * sigmoid(0) = 2
+    law = _channel_law(mixer, torch.randn(2, 64, 8))
+    (decay,), (turn,), (spread,) = law["decay_per_position"], law["turn_per_position_deg"], law["turn_spread_deg"]
+    assert math.isclose(1 / decay, (2 / 4) ** 2, rel_tol=1e-3) and abs(turn) < 0.01 and spread < 0.01
+    start = SelectiveCoupling(8, 4, 4.0, real=True)(torch.zeros(1, 8))[0].detach().double()
+    tau = -1 / torch.log((start / 4.0) ** 2)
+    torch.testing.assert_close(tau, torch.logspace(0, 3, 4, dtype=torch.float64), rtol=1e-4, atol=0)
+    model = build_model(ModelOptions(vocab_size=50, d_model=8, n_layers=1, n_seq=16, bk_channels=4,
+                                     bk_coupling="selective_real", bk_coupling_max=4.0))
+    torch.testing.assert_close(model.blocks[0].bk.coupling(torch.zeros(1, 8))[0].detach().double(), start)
+    mixer.shift = torch.nn.Module()
+    with pytest.raises(ValueError, match="selective_real"):
+        mixer.spectral_z()
 
 
 def test_the_couplings_start_log_spaced_from_the_laplacians_one_and_survive_the_models_init():

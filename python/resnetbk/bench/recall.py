@@ -14,7 +14,8 @@ couplings), ``resnet_bk_gated`` (8 channels, a multiplicative read-out),
 each channel before the projection), ``resnet_bk_outer_64ch_b128`` (the same state written as
 8 values x 8 keys: an outer product after a short convolution), ``resnet_bk_outer_64ch_16keys``
 (4 values x 16 keys), ``resnet_bk_outer_512ch`` (a state eight times wider: 32 values x 16
-keys). Each model learns every cell of the grid at once
+keys), ``resnet_bk_real_64ch`` and ``resnet_bk_real_outer_64ch`` (the resolvent below the
+spectrum, so what a channel keeps decays without turning, with the plain or the outer write). Each model learns every cell of the grid at once
 (Zoology's mixture) with the recipe of ``recall.training``, at each learning rate of ``--lrs``
 for the first seed; the learning rate with the best validation accuracy is then run for the
 other seeds. Test accuracy is reported as mean +- std over the seeds, overall, per cell and by
@@ -81,6 +82,12 @@ MODELS = {  # in the order they run (the slowest per step, Mamba, last)
     "resnet_bk_outer_64ch_16keys": dict(architecture="resnet_bk", bk_channels=64, bk_coupling="selective",
                                         bk_readout="selective", bk_coupling_max=128.0, bk_write="outer",
                                         bk_write_keys=16),
+    # The resolvent below the spectrum (a real, positive decay: what a channel keeps no longer turns
+    # with the tokens in between; models.bk_variants), with the plain and with the outer write.
+    "resnet_bk_real_64ch": dict(architecture="resnet_bk", bk_channels=64, bk_coupling="selective_real",
+                                bk_readout="selective", bk_coupling_max=2.0),
+    "resnet_bk_real_outer_64ch": dict(architecture="resnet_bk", bk_channels=64, bk_coupling="selective_real",
+                                      bk_readout="selective", bk_coupling_max=2.0, bk_write="outer", bk_write_keys=8),
     # A state eight times wider (32 values x 16 keys): is the 64-channel state too small to hold
     # the pairs apart (Zoology: a recurrence's recall grows with its state)?
     "resnet_bk_outer_512ch": dict(architecture="resnet_bk", bk_channels=512, bk_coupling="selective",

@@ -2,7 +2,8 @@
 potentials and its z, beside the loss's measured context reach (``measure.context_reach``).
 
 In causal mode a channel's output at position k is ``g_k = 1 / (a_k - z - kap_{k-1} g_{k-1})``
-with ``a_k = -2 + v_k``, ``v_k`` the potential the block computes from its input, and
+with ``a_k = -2 + v_k``, ``v_k`` the potential the block computes from its input (the mixer's
+``diagonal``: below the spectrum it is ``b_max + b_{k-1}^2 / b_max + v_k^2``), and
 ``kap_j = b_j^2`` the coupling from position j to j+1 (the Laplacian's 1, or the selective
 couplings of ``models.bk_variants``). So ``|dg_k / dg_{k-1}| = kap_{k-1} |g_k|^2`` and
 ``dg_k / da_k = -g_k^2``: the sensitivity of the output at the last position ``t`` to the
@@ -40,7 +41,8 @@ import torch
 
 from .. import data as wt2
 
-METHOD = ("g_k = 1/(a_k - z - kap_{k-1} g_{k-1}) in float64 from each mixer's learnt potentials (a_k = -2 + v_k), "
+METHOD = ("g_k = 1/(a_k - z - kap_{k-1} g_{k-1}) in float64 from each mixer's learnt potentials (a_k = -2 + v_k; "
+          "below the spectrum b_max + b_{k-1}^2/b_max + v_k^2), "
           "couplings (kap = b^2) and z on validation windows; contraction c_k = kap_k |g_k|^2; decay per position = "
           "10^-(mean log10 c_k over positions N/2 .. N-2); predicted relative sensitivity at distance d from the last "
           "position t = mean over windows of prod_{j=t-d..t-1} c_j")
@@ -116,10 +118,11 @@ def _channel_law(mixer, h: torch.Tensor) -> dict:
     s, n, d = h.shape
     flat = h.reshape(s * n, d).float()
     v = mixer.potential(h.float()).view(s, n, -1).double()  # (S, N, C)
-    kap = mixer.upper(flat, s, n, torch.float64).square().expand(s, v.shape[-1], n - 1)  # (S, C, N-1)
+    upper = mixer.upper(flat, s, n, torch.float64).expand(s, v.shape[-1], n - 1)  # (S, C, N-1)
+    kap = upper.square()
     z = mixer.spectral_z()
     z = z.detach().to(torch.complex128) if isinstance(z, torch.Tensor) else z  # (C,) or a number
-    g = causal_resolvent_diagonal((-2.0 + v).transpose(1, 2), z, kap)  # (S, C, N)
+    g = causal_resolvent_diagonal(mixer.diagonal(v, upper), z, kap)  # (S, C, N)
     contraction = g.abs().square() * torch.nn.functional.pad(kap, (0, 1), value=1.0)
     log_c = contraction.log10()
     # The summaries per position: the window's second half before its last position (what the

@@ -24,6 +24,24 @@ couplings. The offsets start each channel's coupling at values log-spaced over
 ``[1, b_max / 4]`` (one channel: the Laplacian's 1), as S4 and Mamba spread their initial time
 scales.
 
+**Below the spectrum** (``bk_coupling = "selective_real"``). With the couplings large enough to
+keep, the factor ``kap_k g_{k+1}^2`` of the recursion is near -1 inside the band: what a channel
+keeps turns by about 180 degrees a position, by an angle the potentials in between decide
+(``measure.decay_law.steady_state_factor``), so a write reaches a later read with a sign set by
+the distance's parity and the tokens between. Below the spectrum (``Re z`` under every
+eigenvalue of ``H``) the resolvent is real and positive and the factor a pure decay, as
+Mamba's ``exp(Delta A)``. This variant keeps it there causally: the diagonal is
+``b_max + b_{k-1}^2 / b_max + v_k^2`` (``v`` the soft-clamped potential; the first position has
+no ``b_{k-1}``) and ``z = i * REAL_AXIS_ETA``, so by induction every denominator's real part is
+at least ``b_max`` and ``|g_k| <= 1 / b_max`` at every position, whatever the input (the induction:
+``|g_{k-1}| <= 1/b_max`` makes ``Re(a_k - kap_{k-1} g_{k-1}) >= b_max``). At rest (``v = 0``) a
+channel keeps ``(b_{k-1} / b_max)^2`` of its past per position, a decay its token chooses; a write
+is an energy ``v^2 >= 0`` that raises the diagonal (a potential under the rest value could
+reach the spectrum). ``Im z`` is kept just above 0 only because the BK-Core takes ``z`` off the
+real axis; the turn it leaves is below a tenth of a degree per position. The couplings start at
+retentions ``exp(-1 / tau)`` with time scales ``tau`` log-spaced over ``[1, 1000]`` positions, as
+Mamba spreads its step sizes.
+
 **Multiplicative read-out** (``bk_readout = "gated"``): the mixer's output
 ``output_proj(Re G, Im G)`` is multiplied, feature by feature, by ``1 + W_q h_k`` (the current
 position's input): the query meets the state in a product, as attention's ``q . k`` and H3's
@@ -63,22 +81,31 @@ from torch import Tensor, nn
 START_FRACTION = 4.0
 #: The outer-product write's causal convolution width (Mamba's d_conv).
 SHORT_CONV_WIDTH = 4
+#: ``Im z`` of the resolvent below the spectrum (the BK-Core takes z off the real axis).
+REAL_AXIS_ETA = 1e-4
+#: The time scales (positions) the real resolvent's couplings start at, log-spaced across channels.
+REAL_TIME_SCALES = (1.0, 1000.0)
 
 
 class SelectiveCoupling(nn.Module):
     """``b (T, C) = b_max * sigmoid(proj(h) + offset)``: each channel's coupling from each row's input."""
 
-    def __init__(self, d_model: int, channels: int, b_max: float):
+    def __init__(self, d_model: int, channels: int, b_max: float, *, real: bool = False):
         super().__init__()
         if not b_max > 1.0:
             raise ValueError(f"b_max: expected a coupling bound above 1 (the Laplacian's coupling), got {b_max!r}")
         self.b_max = float(b_max)
+        self.real = real  # the resolvent below the spectrum: start at retentions, not at couplings
         self.proj = nn.Linear(d_model, channels, bias=False)
         self.offset = nn.Parameter(self._start_offsets(channels))
 
     def _start_offsets(self, channels: int) -> Tensor:
-        start = torch.logspace(0.0, math.log10(self.b_max / START_FRACTION), channels, dtype=torch.float64)
-        fraction = start / self.b_max
+        if self.real:  # retention (b / b_max)^2 = exp(-1 / tau)
+            tau = torch.logspace(*(math.log10(t) for t in REAL_TIME_SCALES), channels, dtype=torch.float64)
+            fraction = torch.exp(-0.5 / tau)
+        else:
+            start = torch.logspace(0.0, math.log10(self.b_max / START_FRACTION), channels, dtype=torch.float64)
+            fraction = start / self.b_max
         return (fraction / (1 - fraction)).log().float()  # the logit of b / b_max
 
     def reset_parameters_after_init(self) -> None:

@@ -20,9 +20,11 @@ RECURRENT = ("lstm", "mamba")
 BK_GRADS = ("exact", "autograd")
 BK_MODES = ("causal", "bidirectional")
 #: The BK-Core's couplings and read-out (``models.bk_variants``): "fixed" is the Laplacian's 1,
-#: "selective" input-dependent; "complex" reads (Re G, Im G), "gated" multiplies the read-out by the
-#: query, "selective" lets the query weigh each channel before the read-out's projection.
-BK_COUPLINGS = ("fixed", "selective")
+#: "selective" input-dependent, "selective_real" input-dependent with the resolvent taken below the
+#: spectrum (a real, positive decay: ``models.bk_variants``); "complex" reads (Re G, Im G), "gated"
+#: multiplies the read-out by the query, "selective" lets the query weigh each channel before the
+#: read-out's projection.
+BK_COUPLINGS = ("fixed", "selective", "selective_real")
 BK_READOUTS = ("complex", "gated", "selective")
 #: The potential's write: "linear" one projection of the position's input per channel, "outer" the
 #: product of a value and a key feature per channel (``models.bk_variants.OuterWrite``).
@@ -97,7 +99,7 @@ class ModelOptions:
             raise ValueError(f"bk_coupling/bk_readout/bk_write: variants of ResNet-BK's mixer, but architecture is "
                              f"{self.architecture!r}{' with no_mixer' if self.no_mixer else ''}; leave them at "
                              f"'fixed'/'complex'/'linear'")
-        if self.bk_coupling_max != 32.0 and self.bk_coupling != "selective":
+        if self.bk_coupling_max != 32.0 and self.bk_coupling == "fixed":
             raise ValueError(f"bk_coupling_max: bounds the selective couplings, but bk_coupling is {self.bk_coupling!r}; "
                              f"set bk_coupling: selective or leave bk_coupling_max at 32")
         check_int(self, "bk_write_keys", low=1)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import bk_core
-from .bk_variants import OuterWrite, QueryGate, SelectiveCoupling
+from .bk_variants import REAL_AXIS_ETA, OuterWrite, QueryGate, SelectiveCoupling
 from .dropout import Dropout
 from .options import BK_COUPLINGS, BK_READOUTS, BK_WRITES
 
@@ -127,7 +127,9 @@ class BKMixer(nn.Module):
         self.outer_write = OuterWrite(d_model, channels, write_keys) if write == "outer" else None
         self.output_proj = nn.Linear(2 * channels, d_model)
         self.bk_scale = nn.Parameter(torch.ones(()))
-        self.coupling = SelectiveCoupling(d_model, channels, coupling_max) if coupling == "selective" else None
+        self.real = coupling == "selective_real"  # the resolvent below the spectrum (models.bk_variants)
+        self.coupling = (SelectiveCoupling(d_model, channels, coupling_max, real=self.real)
+                         if coupling != "fixed" else None)
         self.query_gate = QueryGate(d_model, d_model) if readout == "gated" else None  # after the projection
         self.read_gate = QueryGate(d_model, 2 * channels) if readout == "selective" else None  # per channel, before it
         # Extension points (see the module's doc): None = every position, z = i.
@@ -135,8 +137,24 @@ class BKMixer(nn.Module):
         self.shift: Optional[nn.Module] = None
 
     def spectral_z(self) -> Tensor | complex:
-        """The shift ``z``: ``shift()`` (``(channels,)`` complex) where one is attached, else ``1j``."""
+        """The shift ``z``: ``shift()`` (``(channels,)`` complex) where one is attached, else ``1j``
+        (just above the real axis for the resolvent below the spectrum)."""
+        if self.real:
+            if self.shift is not None:
+                raise ValueError("spectral z: the resolvent below the spectrum (bk_coupling: selective_real) fixes z "
+                                 "next to the real axis; a learnt z could reach the spectrum. Leave use_spectral_z off")
+            return 1j * REAL_AXIS_ETA
         return 1j if self.shift is None else self.shift()
+
+    def diagonal(self, v: Tensor, upper: Tensor) -> Tensor:
+        """``H``'s diagonal ``(B, C, N)`` from the potentials ``v (B, N, C)`` and the couplings
+        ``upper`` (``self.upper``'s): the Laplacian's plus ``v``, or (below the spectrum)
+        ``b_max + b_{k-1}^2 / b_max + v_k^2``, which keeps every ``|g_k| <= 1 / b_max``."""
+        if not self.real:
+            return (LAPLACIAN_DIAG + v).transpose(1, 2)
+        b_max = self.coupling.b_max
+        into = F.pad(upper.square(), (1, 0)) / b_max  # b_{k-1}^2 / b_max; position 0 has no link in
+        return b_max + into + v.transpose(1, 2).square()
 
     def _clamp(self, raw: Tensor) -> Tensor:
         # A soft clamp (tanh) bounds the potential yet keeps its gradient everywhere.
@@ -182,10 +200,11 @@ class BKMixer(nn.Module):
             v_kept = v_kept * keep_st[kept, None].to(flat.dtype)
             v = scatter_rows(kept, v_kept, b * n, flat)
             read = keep if read is None else read & keep
-        diag = (LAPLACIAN_DIAG + v.view(b, n, -1)).transpose(1, 2)  # (B, C, N)
-        if diag.dtype in (torch.float16, torch.bfloat16):  # under autocast the BK-Core stays float32
-            diag = diag.float()
-        upper = self.upper(flat, b, n, diag.dtype)
+        v = v.view(b, n, -1)
+        if v.dtype in (torch.float16, torch.bfloat16):  # under autocast the BK-Core stays float32
+            v = v.float()
+        upper = self.upper(flat, b, n, v.dtype)
+        diag = self.diagonal(v, upper)  # (B, C, N)
         mask = None if read is None else read.view(b, 1, n).expand_as(diag)
         g = bk_core(diag, upper, None, self.spectral_z(), mode=self.mode, grad=self.grad, backend="auto", mask=mask)
         features = torch.cat([g.real, g.imag], dim=1).transpose(1, 2).reshape(b * n, -1).to(h.dtype)  # (BN, 2C)
