@@ -161,3 +161,10 @@ def test_the_verdict_needs_both_a_longer_reach_and_a_real_perplexity_gain(reach_
     row = AblationRow(context_reach=reach, baseline_context_reach=base, test_perplexity_change_percent=change)
     own, said = methods.BY_FLAG["use_spectral_z"].assess(row)
     assert said.startswith(verdict) and "reach at d = 8" in own
+
+
+def test_a_learnt_z_is_refused_with_the_resolvent_below_the_spectrum():
+    config = make_config(d_model=16, n_layers=1, n_seq=12, use_spectral_z=True, bk_coupling="selective_real",
+                         bk_coupling_max=2.0)
+    with pytest.raises(ValueError, match="use_spectral_z: the resolvent below the spectrum"):
+        model_options(config, 50)

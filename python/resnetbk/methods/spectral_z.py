@@ -79,6 +79,9 @@ class SpectralZ(Method):
 
     @classmethod
     def configure_model(cls, options, config):
+        if options.bk_coupling == "selective_real":  # its z sits next to the real axis, below the spectrum
+            raise ValueError("use_spectral_z: the resolvent below the spectrum (bk_coupling: selective_real) fixes z; "
+                             "a learnt z could reach the spectrum. Turn one of them off")
         channels = cls.settings_of(config).spectral_channels or options.bk_channels
         return options.replace(bk_channels=channels)
 
