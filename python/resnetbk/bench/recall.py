@@ -84,10 +84,11 @@ MODELS = {  # in the order they run (the slowest per step, Mamba, last)
                                         bk_write_keys=16),
     # The resolvent below the spectrum (a real, positive decay: what a channel keeps no longer turns
     # with the tokens in between; models.bk_variants), with the plain and with the outer write.
+    # b_max (here the scale of a write): 1/4, where the initial features vary by about 2% over the positions.
     "resnet_bk_real_64ch": dict(architecture="resnet_bk", bk_channels=64, bk_coupling="selective_real",
-                                bk_readout="selective", bk_coupling_max=2.0),
+                                bk_readout="selective", bk_coupling_max=0.25),
     "resnet_bk_real_outer_64ch": dict(architecture="resnet_bk", bk_channels=64, bk_coupling="selective_real",
-                                      bk_readout="selective", bk_coupling_max=2.0, bk_write="outer", bk_write_keys=8),
+                                      bk_readout="selective", bk_coupling_max=0.25, bk_write="outer", bk_write_keys=8),
     # A state eight times wider (32 values x 16 keys): is the 64-channel state too small to hold
     # the pairs apart (Zoology: a recurrence's recall grows with its state)?
     "resnet_bk_outer_512ch": dict(architecture="resnet_bk", bk_channels=512, bk_coupling="selective",

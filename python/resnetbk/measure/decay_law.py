@@ -3,7 +3,7 @@ potentials and its z, beside the loss's measured context reach (``measure.contex
 
 In causal mode a channel's output at position k is ``g_k = 1 / (a_k - z - kap_{k-1} g_{k-1})``
 with ``a_k = -2 + v_k``, ``v_k`` the potential the block computes from its input (the mixer's
-``diagonal``: below the spectrum it is ``b_max + b_{k-1}^2 / b_max + v_k^2``), and
+``diagonal``: below the spectrum it is ``b_max + b_{k-1}^2 / b_max + |v_k|``), and
 ``kap_j = b_j^2`` the coupling from position j to j+1 (the Laplacian's 1, or the selective
 couplings of ``models.bk_variants``). So ``|dg_k / dg_{k-1}| = kap_{k-1} |g_k|^2`` and
 ``dg_k / da_k = -g_k^2``: the sensitivity of the output at the last position ``t`` to the
@@ -42,7 +42,7 @@ import torch
 from .. import data as wt2
 
 METHOD = ("g_k = 1/(a_k - z - kap_{k-1} g_{k-1}) in float64 from each mixer's learnt potentials (a_k = -2 + v_k; "
-          "below the spectrum b_max + b_{k-1}^2/b_max + v_k^2), "
+          "below the spectrum b_max + b_{k-1}^2/b_max + |v_k|), "
           "couplings (kap = b^2) and z on validation windows; contraction c_k = kap_k |g_k|^2; decay per position = "
           "10^-(mean log10 c_k over positions N/2 .. N-2); predicted relative sensitivity at distance d from the last "
           "position t = mean over windows of prod_{j=t-d..t-1} c_j")

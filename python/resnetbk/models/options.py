@@ -62,7 +62,7 @@ class ModelOptions:
     bk_mode: str = "causal"  # see BK_MODES: "bidirectional" reads future tokens (not a language model)
     potential_limit: float = 3.0  # the soft clamp of the BK-Core's potential
     bk_coupling: str = "fixed"  # see BK_COUPLINGS
-    bk_coupling_max: float = 32.0  # the selective couplings' bound (b_max: effective Im z down to 1/b_max)
+    bk_coupling_max: float = 32.0  # the selective couplings' bound (b_max: effective Im z down to 1/b_max; the scale below the spectrum)
     bk_readout: str = "complex"  # see BK_READOUTS
     bk_write: str = "linear"  # see BK_WRITES
     bk_write_keys: int = 8  # the outer-product write's keys (bk_channels / keys values per key)
@@ -90,7 +90,8 @@ class ModelOptions:
             check_int(self, name, low=1)
         check_int(self, "vocab_size", low=0, expected="0 (from the data) or a positive integer")
         check_number(self, "potential_limit", low=0.0, low_open=True)
-        check_number(self, "bk_coupling_max", low=1.0, low_open=True)
+        # Below the spectrum b_max is only the resolvent's scale; elsewhere it bounds couplings above the Laplacian's 1.
+        check_number(self, "bk_coupling_max", low=0.0 if self.bk_coupling == "selective_real" else 1.0, low_open=True)
         check_number(self, "dropout", low=0.0, high=1.0, high_open=True)
         if self.no_mixer and self.architecture != "resnet_bk":
             raise ValueError(f"no_mixer: only ResNet-BK has a BK-Core mixer to leave out, got architecture "

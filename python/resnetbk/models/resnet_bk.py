@@ -143,18 +143,26 @@ class BKMixer(nn.Module):
             if self.shift is not None:
                 raise ValueError("spectral z: the resolvent below the spectrum (bk_coupling: selective_real) fixes z "
                                  "next to the real axis; a learnt z could reach the spectrum. Leave use_spectral_z off")
-            return 1j * REAL_AXIS_ETA
+            return 1j * REAL_AXIS_ETA * self.coupling.b_max  # scaled as H is
         return 1j if self.shift is None else self.shift()
+
+    def features(self, g: Tensor) -> Tensor:
+        """``(B*N, 2C)`` read-out features ``(Re g, Im g)`` of ``g (B, C, N)``; below the spectrum
+        ``b_max * g``, in ``(0, 1]`` whatever the scale."""
+        if self.real:
+            g = g * self.coupling.b_max
+        b, c, n = g.shape
+        return torch.cat([g.real, g.imag], dim=1).transpose(1, 2).reshape(b * n, 2 * c)
 
     def diagonal(self, v: Tensor, upper: Tensor) -> Tensor:
         """``H``'s diagonal ``(B, C, N)`` from the potentials ``v (B, N, C)`` and the couplings
         ``upper`` (``self.upper``'s): the Laplacian's plus ``v``, or (below the spectrum)
-        ``b_max + b_{k-1}^2 / b_max + v_k^2``, which keeps every ``|g_k| <= 1 / b_max``."""
+        ``b_max + b_{k-1}^2 / b_max + |v_k|``, which keeps every ``|g_k| <= 1 / b_max``."""
         if not self.real:
             return (LAPLACIAN_DIAG + v).transpose(1, 2)
         b_max = self.coupling.b_max
         into = F.pad(upper.square(), (1, 0)) / b_max  # b_{k-1}^2 / b_max; position 0 has no link in
-        return b_max + into + v.transpose(1, 2).square()
+        return b_max + into + v.transpose(1, 2).abs()
 
     def _clamp(self, raw: Tensor) -> Tensor:
         # A soft clamp (tanh) bounds the potential yet keeps its gradient everywhere.
@@ -207,7 +215,7 @@ class BKMixer(nn.Module):
         diag = self.diagonal(v, upper)  # (B, C, N)
         mask = None if read is None else read.view(b, 1, n).expand_as(diag)
         g = bk_core(diag, upper, None, self.spectral_z(), mode=self.mode, grad=self.grad, backend="auto", mask=mask)
-        features = torch.cat([g.real, g.imag], dim=1).transpose(1, 2).reshape(b * n, -1).to(h.dtype)  # (BN, 2C)
+        features = self.features(g).to(h.dtype)  # (BN, 2C)
         if read is None:
             return self._read_out(features, flat).view(b, n, d)
         rows = read.nonzero(as_tuple=True)[0]
