@@ -15,8 +15,9 @@ each channel before the projection), ``resnet_bk_outer_64ch_b128`` (the same sta
 8 values x 8 keys: an outer product after a short convolution), ``resnet_bk_outer_64ch_16keys``
 (4 values x 16 keys), ``resnet_bk_outer_512ch`` (a state eight times wider: 32 values x 16
 keys), ``resnet_bk_real_64ch`` and ``resnet_bk_real_outer_64ch`` (the resolvent below the
-spectrum, so what a channel keeps decays without turning, with the plain or the outer write). Each model learns every cell of the grid at once
-(Zoology's mixture) with the recipe of ``recall.training``, at each learning rate of ``--lrs``
+spectrum, so what a channel keeps decays without turning, with the plain or the outer write).
+Each model learns every cell of the grid at once (Zoology's mixture) with the recipe of
+``recall.training``, at each learning rate of ``--lrs``
 for the first seed; the learning rate with the best validation accuracy is then run for the
 other seeds. Test accuracy is reported as mean +- std over the seeds, overall, per cell and by
 key-to-query distance, with the causality probe of every trained model.
