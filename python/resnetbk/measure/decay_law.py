@@ -17,8 +17,9 @@ The factor itself, ``dg_{k+1} / dg_k = kap_k g_{k+1}^2``, is complex: what a cha
 write also *turns*, by ``arg(kap_k g_{k+1}^2)`` per position. Inside the band (where a long memory
 needs the couplings: ``kap |g|^2`` near 1) that turn is near 180 degrees and depends on the
 potentials written in between, so a write arrives at a later read with a sign set by the
-distance's parity and a phase set by the tokens between: its magnitude (which values occurred)
-survives, its sign (which key it came with, where the write was a product) does not. Only
+distance's parity and a phase set by the tokens between (a reading of why the recall variants
+stop at the bag-of-values level, ``docs/recall.md``; the variant built to test it did not bind
+either). Only
 below the spectrum (``z`` real, under every eigenvalue of ``H``) is the resolvent real and the
 factor a pure, positive decay, as Mamba's real ``exp(Delta A)`` is. ``steady_state_factor`` gives
 the factor for constant ``a``, ``kap`` and ``z``; ``_channel_law`` reports each channel's mean turn
