@@ -113,7 +113,7 @@ def test_the_selective_resolvent_stays_bounded_at_65536_positions_in_float32():
 
 def test_the_real_resolvent_stays_real_and_under_one_over_b_max_at_65536_positions_in_float32():
     """Below the spectrum: ``|G| <= 1 / b_max`` for every coupling in [0, b_max] and every write, G
-    nearly real (Im z = 1e-4), the exact backward finite, float32 on float64's answer."""
+    nearly real (Im z = 1e-8 b_max), the exact backward finite, float32 on float64's answer."""
     torch.manual_seed(0)
     n, b_max = 65536, 0.25
     mixer = BKMixer(4, 3, coupling="selective_real", coupling_max=b_max)
@@ -149,6 +149,11 @@ def test_the_real_resolvent_keeps_its_couplings_share_without_turning():
     law = _channel_law(mixer, torch.randn(2, 64, 8))
     (decay,), (turn,), (spread,) = law["decay_per_position"], law["turn_per_position_deg"], law["turn_spread_deg"]
     assert math.isclose(1 / decay, (2 / 4) ** 2, rel_tol=1e-3) and abs(turn) < 0.01 and spread < 0.01
+    # With writes (a potential that varies) the factor stays real and positive: still no turn.
+    torch.nn.init.normal_(mixer.v_proj.weight, std=0.5)
+    law = _channel_law(mixer, torch.randn(2, 64, 8))
+    assert abs(law["turn_per_position_deg"][0]) < 0.01 and law["turn_spread_deg"][0] < 0.01
+    torch.nn.init.zeros_(mixer.v_proj.weight)
     # A long memory is not capped by z's distance from the real axis: 0.999 kept per position.
     fraction = math.sqrt(0.999)
     with torch.no_grad():
@@ -176,8 +181,6 @@ def test_the_couplings_start_log_spaced_from_the_laplacians_one_and_survive_the_
     torch.testing.assert_close(model.blocks[0].bk.coupling(torch.zeros(1, 8))[0].detach(), start)
     with pytest.raises(ValueError, match="b_max"):
         SelectiveCoupling(8, 2, 1.0)
-    with pytest.raises(ValueError, match="b_max: expected a coupling bound above 0"):
-        SelectiveCoupling(8, 2, 0.0, real=True)
 
 
 @pytest.mark.parametrize("readout,gate", [("gated", "query_gate"), ("selective", "read_gate")])
@@ -256,6 +259,29 @@ def test_the_laws_summary_per_position_is_the_steady_state_past_the_start():
     (turn,), (spread,) = law["turn_per_position_deg"], law["turn_spread_deg"]
     expected = math.degrees(cmath.phase(steady_state_factor(-2.0, 32.0 ** 2, 1j)))
     assert abs(turn - expected) < 0.5 and abs(abs(turn) - 180) < 5 and spread < 0.5
+
+
+@pytest.mark.parametrize("coupling", ["selective", "selective_real"])
+def test_the_turn_is_the_recursions_own_factor_from_one_position_to_the_next(coupling):
+    """With couplings that vary along the sequence, the reported turn is the circular mean of the
+    finite-difference factor dg_{k+1} / dg_k (kap_k g_{k+1}^2, not kap_k g_k^2), over the steady half."""
+    mixer = _mixer(coupling, "complex").float()  # the law reads the mixer in float32, then recurs in float64
+    h = torch.randn(3, 40, 5)
+    law = _channel_law(mixer, h)
+    with torch.no_grad():
+        upper = mixer.upper(h.reshape(-1, 5), 3, 40, torch.float64).expand(3, 6, 39)
+        a = mixer.diagonal(mixer.potential(h).view(3, 40, -1).double(), upper).to(torch.complex128)
+    kap, z = upper.square(), mixer.spectral_z()
+    g = causal_resolvent_diagonal(a, z, kap)
+    assert float(kap.std(-1).max()) > 0.01  # the couplings do vary
+    step = 1e-7
+    moved = 1.0 / (a[..., 1:] - z - kap * (g[..., :-1] + step))
+    factor = ((moved - g[..., 1:]) / step)[..., 20:39]  # positions N/2 .. N-2, as the law's
+    unit = (factor / factor.abs()).mean(dim=(0, 2))
+    expected = torch.rad2deg(unit.angle())
+    torch.testing.assert_close(torch.tensor(law["turn_per_position_deg"], dtype=torch.float64), expected,
+                               rtol=0, atol=1e-3)
+    assert all(x >= 0 for x in law["turn_spread_deg"])
 
 
 @pytest.mark.parametrize("a,kap,z", [(-2.0, 1.0, 1j), (-5.0, 16.0, 1j), (1.0, 128.0 ** 2, 1j), (-2.0, 1.0, 0.3j),
@@ -380,6 +406,14 @@ def test_bad_variant_options_are_named_errors():
         ModelOptions(architecture="lstm", bk_write_keys=4)
     with pytest.raises(ValueError, match="bk_write_keys"):
         ModelOptions(bk_write_keys=8.0)
+    # Below the spectrum b_max is a scale (under 1 is fine, 0 is not), and only the causal recursion is bounded.
+    assert ModelOptions(bk_coupling="selective_real", bk_coupling_max=0.25).bk_coupling_max == 0.25
+    with pytest.raises(ValueError, match="bk_coupling_max: expected a positive number"):
+        ModelOptions(bk_coupling="selective_real", bk_coupling_max=0.0)
+    with pytest.raises(ValueError, match="bk_coupling: selective_real keeps .* Set bk_mode: causal"):
+        ModelOptions(bk_coupling="selective_real", bk_mode="bidirectional")
+    with pytest.raises(ValueError, match="b_max: expected a positive scale"):
+        SelectiveCoupling(8, 2, 0.0, real=True)
 
 
 @pytest.mark.parametrize("variant", [dict(bk_coupling="selective"), dict(bk_write="outer", bk_channels=8)])

@@ -401,9 +401,9 @@ def _partial_note(missing: list) -> list:
 def format_markdown(doc: dict) -> str:
     cells = doc["cells"]
     note = _partial_note(doc.get("missing_runs") or [])
+    over = "mean +- std over the seeds each row has (its `seeds`) of " if len(doc["seeds"]) > 1 else "seed "
     lines = [f"# MQAR recall ({doc['grid']} grid)", "", *note,
-             f"Test accuracy at the query positions, % ({'mean +- std over seeds ' if len(doc['seeds']) > 1 else 'seed '}"
-             f"{', '.join(map(str, doc['seeds']))}); {doc['selection']}.", "",
+             f"Test accuracy at the query positions, % ({over}{', '.join(map(str, doc['seeds']))}); {doc['selection']}.", "",
              "| model | overall | " + " | ".join(cells) + " | lr | seeds | valid accuracy by lr | parameters | causal |",
              "|---" * (len(cells) + 7) + "|"]
     for name, m in doc["models"].items():

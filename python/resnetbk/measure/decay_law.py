@@ -20,8 +20,8 @@ potentials written in between, so a write arrives at a later read with a sign se
 distance's parity and a phase set by the tokens between (a reading of why the recall variants
 stop at the bag-of-values level, ``docs/recall.md``; the variant built to test it did not bind
 either). Only
-below the spectrum (``z`` real, under every eigenvalue of ``H``) is the resolvent real and the
-factor a pure, positive decay, as Mamba's real ``exp(Delta A)`` is. ``steady_state_factor`` gives
+for a real ``z`` off the spectrum is the resolvent real and the factor a pure, positive decay,
+as Mamba's real ``exp(Delta A)`` is (below the spectrum ``G`` is positive as well). ``steady_state_factor`` gives
 the factor for constant ``a``, ``kap`` and ``z``; ``_channel_law`` reports each channel's mean turn
 per position and its spread.
 
@@ -46,7 +46,8 @@ METHOD = ("g_k = 1/(a_k - z - kap_{k-1} g_{k-1}) in float64 from each mixer's le
           "below the spectrum b_max + b_{k-1}^2/b_max + |v_k|), "
           "couplings (kap = b^2) and z on validation windows; contraction c_k = kap_k |g_k|^2; decay per position = "
           "10^-(mean log10 c_k over positions N/2 .. N-2); predicted relative sensitivity at distance d from the last "
-          "position t = mean over windows of prod_{j=t-d..t-1} c_j")
+          "position t = mean over windows of prod_{j=t-d..t-1} c_j; turn per position = circular mean (and std) "
+          "of arg(kap_k g_{k+1}^2) over positions N/2 .. N-2")
 
 
 def causal_resolvent_diagonal(diag: torch.Tensor, z, kap: torch.Tensor | None = None) -> torch.Tensor:
@@ -136,7 +137,7 @@ def _channel_law(mixer, h: torch.Tensor) -> dict:
     turn = (kap * g[..., 1:].square())[..., n // 2: n - 1] if n > 2 else kap * g[..., 1:].square()
     unit = (turn / turn.abs().clamp_min(1e-300)).mean(dim=(0, 2))  # (C,): the mean unit vector
     mean_turn = torch.rad2deg(unit.angle())
-    spread = torch.rad2deg(torch.sqrt(-2.0 * unit.abs().clamp(1e-12, 1.0).log()))  # the circular std
+    spread = torch.rad2deg(torch.sqrt(-2.0 * unit.abs().clamp(1e-12, 1.0).log()).abs())  # circular std (never -0)
     z_list = [[complex(zz).real, complex(zz).imag] for zz in (z.flatten().tolist() if isinstance(z, torch.Tensor)
                                                              else [z] * v.shape[-1])]
     return {"z": z_list, "decay_per_position": (10.0 ** -steady.mean(dim=(0, 2))).tolist(),

@@ -102,7 +102,10 @@ class ModelOptions:
                              f"'fixed'/'complex'/'linear'")
         if self.bk_coupling_max != 32.0 and self.bk_coupling == "fixed":
             raise ValueError(f"bk_coupling_max: bounds the selective couplings, but bk_coupling is {self.bk_coupling!r}; "
-                             f"set bk_coupling: selective or leave bk_coupling_max at 32")
+                             f"set bk_coupling: selective or selective_real, or leave bk_coupling_max at 32")
+        if self.bk_coupling == "selective_real" and self.bk_mode != "causal":
+            raise ValueError("bk_coupling: selective_real keeps |g| <= 1/b_max by the causal recursion only; the "
+                             f"{self.bk_mode!r} resolvent can grow with the sequence. Set bk_mode: causal")
         check_int(self, "bk_write_keys", low=1)
         if self.bk_write == "outer" and self.bk_channels % self.bk_write_keys:
             raise ValueError(f"bk_write_keys: the outer-product write needs bk_channels ({self.bk_channels}) to be a "
