@@ -34,10 +34,6 @@ def _mixer(coupling: str, readout: str, write: str = "linear", *, d: int = 5, ch
     return mixer
 
 
-def coupling_is_real(mixer: BKMixer) -> bool:
-    return isinstance(mixer.coupling, SelectiveCoupling) and mixer.coupling.real
-
-
 def _dense_mixer(mixer: BKMixer, h: torch.Tensor) -> torch.Tensor:
     """The mixer's forward with the BK-Core replaced by the dense inverse (the definition)."""
     b, n, d = h.shape
@@ -45,7 +41,7 @@ def _dense_mixer(mixer: BKMixer, h: torch.Tensor) -> torch.Tensor:
     upper = mixer.upper(flat, b, n, h.dtype).expand(b, mixer.channels, n - 1)
     diag = mixer.diagonal(mixer.potential(h).view(b, n, -1), upper)
     g = dense_resolvent_diag(diag, upper, None, mixer.spectral_z(), "causal")
-    scale = mixer.coupling.b_max if coupling_is_real(mixer) else 1.0
+    scale = mixer.coupling.b_max if mixer.real else 1.0
     features = torch.cat([scale * g.real, scale * g.imag], dim=1).transpose(1, 2).reshape(b * n, -1)
     return mixer._read_out(features, flat).view(b, n, d)
 
