@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from resnetbk import bk_core
 from resnetbk.core.reference import dense_resolvent_diag
@@ -21,12 +22,13 @@ from resnetbk.models.resnet_bk import LAPLACIAN_DIAG, BKMixer
 VARIANTS = [("selective", "complex", "linear"), ("fixed", "gated", "linear"), ("selective", "gated", "linear"),
             ("fixed", "selective", "linear"), ("selective", "selective", "linear"), ("fixed", "complex", "outer"),
             ("selective", "selective", "outer"), ("selective_real", "complex", "linear"),
-            ("selective_real", "selective", "outer")]
+            ("selective_real", "selective", "outer"), ("selective_real_tied", "complex", "linear"),
+            ("selective_real_tied", "selective", "outer")]
 
 
 def _mixer(coupling: str, readout: str, write: str = "linear", *, d: int = 5, channels: int = 6) -> BKMixer:
     torch.manual_seed(0)
-    scale = 0.5 if coupling == "selective_real" else 8.0  # below the spectrum b_max is a scale: under 1 too
+    scale = 0.5 if coupling.startswith("selective_real") else 8.0  # below the spectrum b_max is a scale: under 1 too
     mixer = BKMixer(d, channels, coupling=coupling, readout=readout, coupling_max=scale, write=write,
                     write_keys=3).double()
     for p in mixer.parameters():  # away from the initial values, so every term matters
@@ -107,12 +109,13 @@ def test_the_selective_resolvent_stays_bounded_at_65536_positions_in_float32():
         assert float((ours - exact).abs().max() / exact.abs().max()) < 1e-5
 
 
-def test_the_real_resolvent_stays_real_and_under_one_over_b_max_at_65536_positions_in_float32():
+@pytest.mark.parametrize("coupling", ["selective_real", "selective_real_tied"])
+def test_the_real_resolvent_stays_real_and_under_one_over_b_max_at_65536_positions_in_float32(coupling):
     """Below the spectrum: ``|G| <= 1 / b_max`` for every coupling in [0, b_max] and every write, G
     nearly real (Im z = 1e-8 b_max), the exact backward finite, float32 on float64's answer."""
     torch.manual_seed(0)
     n, b_max = 65536, 0.25
-    mixer = BKMixer(4, 3, coupling="selective_real", coupling_max=b_max)
+    mixer = BKMixer(4, 3, coupling=coupling, coupling_max=b_max)
     upper = b_max * torch.rand(2, 3, n - 1) ** 0.3
     upper[:, :, ::97] = 0.0
     v = 3.0 * torch.tanh(2 * torch.randn(2, n, 3))
@@ -165,6 +168,32 @@ def test_the_real_resolvent_keeps_its_couplings_share_without_turning():
     mixer.shift = torch.nn.Module()
     with pytest.raises(ValueError, match="selective_real"):
         mixer.spectral_z()
+
+
+def test_the_tied_write_is_scaled_by_what_its_position_forgets():
+    """``selective_real_tied``: the write ``|v_k|`` enters the diagonal times ``1 - (b_{k-1} / b_max)^2``
+    (Mamba's discretised step: a position that keeps its past writes nothing, one that forgets
+    writes fully); position 0 (no link in) writes fully. Where every link keeps all (b = b_max),
+    nothing after position 0 reaches G, whatever the potentials; the untied variant is moved by them."""
+    torch.manual_seed(0)
+    b_max, n = 0.5, 9
+    tied = BKMixer(4, 2, coupling="selective_real_tied", coupling_max=b_max).double()
+    untied = BKMixer(4, 2, coupling="selective_real", coupling_max=b_max).double()
+    v = torch.randn(1, n, 2, dtype=torch.float64)
+    upper = b_max * torch.rand(1, 2, n - 1, dtype=torch.float64)
+    keep = F.pad((upper / b_max) ** 2, (1, 0))
+    torch.testing.assert_close(tied.diagonal(v, upper) - untied.diagonal(v, upper),
+                               -keep * v.transpose(1, 2).abs(), rtol=0, atol=1e-15)
+    full = torch.full((1, 2, n - 1), b_max, dtype=torch.float64)
+    for mixer, moved in ((tied, False), (untied, True)):
+        v = torch.randn(1, n, 2, dtype=torch.float64, requires_grad=True)
+        g = bk_core(mixer.diagonal(v, full), full, None, mixer.spectral_z(), mode="causal")
+        (grad,) = torch.autograd.grad(g.real.sum(), v)
+        assert float(grad[:, 0].abs().min()) > 0  # the first position writes in both
+        assert (float(grad[:, 1:].abs().max()) > 1e-3) == moved
+    assert ModelOptions(bk_coupling="selective_real_tied", bk_coupling_max=0.25).bk_coupling_max == 0.25
+    with pytest.raises(ValueError, match="bk_coupling: selective_real_tied keeps .* Set bk_mode: causal"):
+        ModelOptions(bk_coupling="selective_real_tied", bk_mode="bidirectional")
 
 
 def test_the_couplings_start_log_spaced_from_the_laplacians_one_and_survive_the_models_init():
@@ -257,7 +286,7 @@ def test_the_laws_summary_per_position_is_the_steady_state_past_the_start():
     assert abs(turn - expected) < 0.5 and abs(abs(turn) - 180) < 5 and spread < 0.5
 
 
-@pytest.mark.parametrize("coupling", ["selective", "selective_real"])
+@pytest.mark.parametrize("coupling", ["selective", "selective_real", "selective_real_tied"])
 def test_the_turn_is_the_recursions_own_factor_from_one_position_to_the_next(coupling):
     """With couplings that vary along the sequence, the reported turn is the circular mean of the
     finite-difference factor dg_{k+1} / dg_k (kap_k g_{k+1}^2, not kap_k g_k^2), over the steady half."""

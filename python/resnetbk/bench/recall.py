@@ -6,7 +6,7 @@ Transformer, the LSTM, Mamba, the ResNet-BK baseline (one BK-Core channel, z = i
 with 8 channels, ResNet-BK with learnt spectral z (8 channels, ``methods.spectral_z``) and the
 ``no_mixer`` control (ResNet-BK without its BK-Core: a position-wise model, which sees no value
 and can only guess among all of them). The variants of the BK-Core made to remember
-(``models.bk_variants``, issue 23): ``resnet_bk_selective`` (8 channels, input-dependent
+(``models.bk_variants``, issue 23): ``resnet_bk_selective_8ch`` (8 channels, input-dependent
 couplings), ``resnet_bk_gated`` (8 channels, a multiplicative read-out),
 ``resnet_bk_selective_gated`` (8 channels, both), ``resnet_bk_selective_gated_64ch`` (both,
 64 channels: one per feature; couplings up to 32) and ``resnet_bk_selective_gated_64ch_b128``
@@ -15,7 +15,9 @@ each channel before the projection), ``resnet_bk_outer_64ch_b128`` (the same sta
 8 values x 8 keys: an outer product after a short convolution), ``resnet_bk_outer_64ch_16keys``
 (4 values x 16 keys), ``resnet_bk_outer_512ch`` (a state eight times wider: 32 values x 16
 keys), ``resnet_bk_real_64ch`` and ``resnet_bk_real_outer_64ch`` (the resolvent below the
-spectrum, so what a channel keeps decays without turning, with the plain or the outer write).
+spectrum, so what a channel keeps decays without turning, with the plain or the outer write),
+``resnet_bk_real_tied_outer_64ch`` (the same outer write, each write scaled by what its position
+forgets: Mamba's discretised step).
 Each model learns every cell of the grid at once (Zoology's mixture) with the recipe of
 ``recall.training``, at each learning rate of ``--lrs``
 for the first seed; the learning rate with the best validation accuracy is then run for the
@@ -62,7 +64,7 @@ MODELS = {  # in the order they run (the slowest per step, Mamba, last)
     "resnet_bk": dict(architecture="resnet_bk"),
     "resnet_bk_8ch": dict(architecture="resnet_bk", bk_channels=8),
     "resnet_bk_spectral_z": dict(architecture="resnet_bk", bk_channels=8),  # + SpectralShift (below)
-    "resnet_bk_selective": dict(architecture="resnet_bk", bk_channels=8, bk_coupling="selective"),
+    "resnet_bk_selective_8ch": dict(architecture="resnet_bk", bk_channels=8, bk_coupling="selective"),
     "resnet_bk_gated": dict(architecture="resnet_bk", bk_channels=8, bk_readout="gated"),
     "resnet_bk_selective_gated": dict(architecture="resnet_bk", bk_channels=8, bk_coupling="selective",
                                       bk_readout="gated"),
@@ -90,6 +92,11 @@ MODELS = {  # in the order they run (the slowest per step, Mamba, last)
                                 bk_readout="selective", bk_coupling_max=0.25),
     "resnet_bk_real_outer_64ch": dict(architecture="resnet_bk", bk_channels=64, bk_coupling="selective_real",
                                       bk_readout="selective", bk_coupling_max=0.25, bk_write="outer", bk_write_keys=8),
+    # The same with each write scaled by what its position forgets (Mamba's discretised step): a
+    # channel that keeps its past writes nothing, so a held value is not worn away by later writes.
+    "resnet_bk_real_tied_outer_64ch": dict(architecture="resnet_bk", bk_channels=64, bk_coupling="selective_real_tied",
+                                           bk_readout="selective", bk_coupling_max=0.25, bk_write="outer",
+                                           bk_write_keys=8),
     # A state eight times wider (32 values x 16 keys): is the 64-channel state too small to hold
     # the pairs apart (Zoology: a recurrence's recall grows with its state)?
     "resnet_bk_outer_512ch": dict(architecture="resnet_bk", bk_channels=512, bk_coupling="selective",

@@ -35,6 +35,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..models.options import REAL_COUPLINGS
 from .base import Method, check_int, check_number
 
 #: The smallest eta a learnt spectral parameter may reach: keeps ``|G| <= 1/eta`` at most 1e4,
@@ -79,8 +80,8 @@ class SpectralZ(Method):
 
     @classmethod
     def configure_model(cls, options, config):
-        if options.bk_coupling == "selective_real":  # its z sits next to the real axis, below the spectrum
-            raise ValueError("use_spectral_z: the resolvent below the spectrum (bk_coupling: selective_real) fixes z; "
+        if options.bk_coupling in REAL_COUPLINGS:  # its z sits next to the real axis, below the spectrum
+            raise ValueError(f"use_spectral_z: the resolvent below the spectrum (bk_coupling: {options.bk_coupling}) fixes z; "
                              "a learnt z could reach the spectrum. Turn one of them off")
         channels = cls.settings_of(config).spectral_channels or options.bk_channels
         return options.replace(bk_channels=channels)

@@ -51,6 +51,16 @@ at 0.986, ``1e-8`` at 0.9998), and the turn it leaves is below a hundredth of a 
 position. The couplings start at retentions ``exp(-1 / tau)`` with time scales ``tau``
 log-spaced over ``[1, 1000]`` positions, as Mamba spreads its step sizes.
 
+**The tied write** (``bk_coupling = "selective_real_tied"``): the same resolvent below the
+spectrum, with each write scaled by what its position forgets, ``(1 - (b_{k-1} / b_max)^2) |v_k|``
+(position 0, with no link in, writes fully). Mamba's discretisation ties the two the same way:
+with a scalar ``A``, zero-order hold gives ``h_k = exp(Delta A) h_{k-1} + (1 - exp(Delta A)) / (-A)
+B x``, so a step that keeps its state writes little into it, as a GRU's update gate does. Above,
+every position writes, and every write opens a gap that forgets; tied, a channel whose token
+keeps its past is left at rest, where (to first order in the deviation from the rest ``1 /
+b_max``) it keeps exactly ``(b_{k-1} / b_max)^2`` of what it holds. The bound is unchanged (the
+write stays non-negative).
+
 **Multiplicative read-out** (``bk_readout = "gated"``): the mixer's output
 ``output_proj(Re G, Im G)`` is multiplied, feature by feature, by ``1 + W_q h_k`` (the current
 position's input): the query meets the state in a product, as attention's ``q . k`` and H3's

@@ -21,10 +21,13 @@ BK_GRADS = ("exact", "autograd")
 BK_MODES = ("causal", "bidirectional")
 #: The BK-Core's couplings and read-out (``models.bk_variants``): "fixed" is the Laplacian's 1,
 #: "selective" input-dependent, "selective_real" input-dependent with the resolvent taken below the
-#: spectrum (a real, positive decay: ``models.bk_variants``); "complex" reads (Re G, Im G), "gated"
+#: spectrum (a real, positive decay: ``models.bk_variants``), "selective_real_tied" the same with
+#: each write scaled by what the position forgets (Mamba's discretised step); "complex" reads (Re G, Im G), "gated"
 #: multiplies the read-out by the query, "selective" lets the query weigh each channel before the
 #: read-out's projection.
-BK_COUPLINGS = ("fixed", "selective", "selective_real")
+BK_COUPLINGS = ("fixed", "selective", "selective_real", "selective_real_tied")
+#: The couplings whose resolvent is taken below the spectrum (``|g| <= 1 / b_max``, causal only).
+REAL_COUPLINGS = ("selective_real", "selective_real_tied")
 BK_READOUTS = ("complex", "gated", "selective")
 #: The potential's write: "linear" one projection of the position's input per channel, "outer" the
 #: product of a value and a key feature per channel (``models.bk_variants.OuterWrite``).
@@ -91,7 +94,7 @@ class ModelOptions:
         check_int(self, "vocab_size", low=0, expected="0 (from the data) or a positive integer")
         check_number(self, "potential_limit", low=0.0, low_open=True)
         # Below the spectrum b_max is only the resolvent's scale; elsewhere it bounds couplings above the Laplacian's 1.
-        check_number(self, "bk_coupling_max", low=0.0 if self.bk_coupling == "selective_real" else 1.0, low_open=True)
+        check_number(self, "bk_coupling_max", low=0.0 if self.bk_coupling in REAL_COUPLINGS else 1.0, low_open=True)
         check_number(self, "dropout", low=0.0, high=1.0, high_open=True)
         if self.no_mixer and self.architecture != "resnet_bk":
             raise ValueError(f"no_mixer: only ResNet-BK has a BK-Core mixer to leave out, got architecture "
@@ -103,8 +106,8 @@ class ModelOptions:
         if self.bk_coupling_max != 32.0 and self.bk_coupling == "fixed":
             raise ValueError(f"bk_coupling_max: bounds the selective couplings, but bk_coupling is {self.bk_coupling!r}; "
                              f"set bk_coupling: selective or selective_real, or leave bk_coupling_max at 32")
-        if self.bk_coupling == "selective_real" and self.bk_mode != "causal":
-            raise ValueError("bk_coupling: selective_real keeps |g| <= 1/b_max by the causal recursion only; the "
+        if self.bk_coupling in REAL_COUPLINGS and self.bk_mode != "causal":
+            raise ValueError(f"bk_coupling: {self.bk_coupling} keeps |g| <= 1/b_max by the causal recursion only; the "
                              f"{self.bk_mode!r} resolvent can grow with the sequence. Set bk_mode: causal")
         check_int(self, "bk_write_keys", low=1)
         if self.bk_write == "outer" and self.bk_channels % self.bk_write_keys:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from ..core import bk_core
 from .bk_variants import REAL_AXIS_ETA, OuterWrite, QueryGate, SelectiveCoupling
 from .dropout import Dropout
-from .options import BK_COUPLINGS, BK_READOUTS, BK_WRITES
+from .options import BK_COUPLINGS, BK_READOUTS, BK_WRITES, REAL_COUPLINGS
 
 #: The Laplacian's diagonal and off-diagonal entries (H0).
 LAPLACIAN_DIAG, LAPLACIAN_OFF = -2.0, 1.0
@@ -127,7 +127,8 @@ class BKMixer(nn.Module):
         self.outer_write = OuterWrite(d_model, channels, write_keys) if write == "outer" else None
         self.output_proj = nn.Linear(2 * channels, d_model)
         self.bk_scale = nn.Parameter(torch.ones(()))
-        self.real = coupling == "selective_real"  # the resolvent below the spectrum (models.bk_variants)
+        self.real = coupling in REAL_COUPLINGS  # the resolvent below the spectrum (models.bk_variants)
+        self.tied_write = coupling == "selective_real_tied"  # each write scaled by what its position forgets
         self.coupling = (SelectiveCoupling(d_model, channels, coupling_max, real=self.real)
                          if coupling != "fixed" else None)
         self.query_gate = QueryGate(d_model, d_model) if readout == "gated" else None  # after the projection
@@ -157,12 +158,16 @@ class BKMixer(nn.Module):
     def diagonal(self, v: Tensor, upper: Tensor) -> Tensor:
         """``H``'s diagonal ``(B, C, N)`` from the potentials ``v (B, N, C)`` and the couplings
         ``upper`` (``self.upper``'s): the Laplacian's plus ``v``, or (below the spectrum)
-        ``b_max + b_{k-1}^2 / b_max + |v_k|``, which keeps every ``|g_k| <= 1 / b_max``."""
+        ``b_max + b_{k-1}^2 / b_max + |v_k|``, which keeps every ``|g_k| <= 1 / b_max`` (with the
+        tied write ``(1 - b_{k-1}^2 / b_max^2) |v_k|``: a position that keeps its past writes nothing)."""
         if not self.real:
             return (LAPLACIAN_DIAG + v).transpose(1, 2)
         b_max = self.coupling.b_max
         into = F.pad(upper.square(), (1, 0)) / b_max  # b_{k-1}^2 / b_max; position 0 has no link in
-        return b_max + into + v.transpose(1, 2).abs()
+        write = v.transpose(1, 2).abs()
+        if self.tied_write:  # what the position keeps at rest is (b_{k-1} / b_max)^2 = into / b_max, in [0, 1)
+            write = (1.0 - into / b_max) * write
+        return b_max + into + write
 
     def _clamp(self, raw: Tensor) -> Tensor:
         # A soft clamp (tanh) bounds the potential yet keeps its gradient everywhere.
