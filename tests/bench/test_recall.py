@@ -32,6 +32,7 @@ def test_a_tiny_grid_writes_its_files_and_resumes_without_retraining(tmp_path, c
         assert set(m["test_by_cell"]) == {"seq16-pairs2"}
     edges = sum(len(doc["models"][n]["lr_sweep_valid_accuracy"]) - 2 for n in ("transformer", "no_mixer"))
     assert len(list(tmp_path.glob("runs/*/*.json"))) == 2 * (2 + 1) + edges
+    assert not list(tmp_path.glob("runs/*/*.ckpt*"))  # a finished run leaves no checkpoint
     assert doc["git_revision"] is not None or doc["versions"]
     assert doc["threads"] == 1 and all(json.loads(p.read_text())["threads"] == 1 for p in tmp_path.glob("runs/*/*.json"))
     capsys.readouterr()

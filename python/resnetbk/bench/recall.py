@@ -28,7 +28,8 @@ Grids (``--grid``): ``default`` (vocabulary 256, sequence 64, 4/8 pairs, 10,000 
 ``--seq-lens 64,128`` adds the length axis) and ``zoology`` (Zoology's: vocabulary 8,192,
 sequence 64/128/256, 4/8/16 pairs; hours on a CPU). Writes ``recall.json``, ``recall.md`` and
 ``recall.png`` into ``--output-dir`` (default ``benchmark_results/recall``), every run under
-``runs/<model>/``; ``--resume`` keeps every finished run.
+``runs/<model>/``; ``--resume`` keeps every finished run and resumes an interrupted one from its
+last finished epoch (``runs/<model>/lr<rate>_seed<seed>.ckpt``, removed when the run finishes).
 """
 
 from __future__ import annotations
@@ -194,13 +195,20 @@ def run_path(output: Path, model: str, lr: float, seed: int) -> Path:
     return output / "runs" / model / f"lr{lr:g}_seed{seed}.json"
 
 
-def run_one(config: RecallConfig, name: str, lr: float, seed: int, log=None) -> dict:
-    """Train one model at one learning rate and seed; its scores, history and causality."""
+def checkpoint_path(output: Path, model: str, lr: float, seed: int) -> Path:
+    """Where an unfinished run keeps its state after every epoch (removed once it finishes)."""
+    return run_path(output, model, lr, seed).with_suffix(".ckpt")
+
+
+def run_one(config: RecallConfig, name: str, lr: float, seed: int, log=None, checkpoint: Path | None = None) -> dict:
+    """Train one model at one learning rate and seed; its scores, history and causality. With
+    ``checkpoint``, an interrupted run goes on from its last finished epoch."""
     torch.manual_seed(seed)
     model = build_recall_model(name, config)
     train, valid, test = _datasets(config, seed)
     settings = RecallTraining(lr=lr, epochs=config.epochs, batch_size=config.batch_size, seed=seed)
-    trained = train_recall(model, train, valid, settings, log=log)
+    identity = {"task": config.task(), "model": name, "lr": lr, "seed": seed}
+    trained = train_recall(model, train, valid, settings, log=log, checkpoint=checkpoint, identity=identity)
     scores = [evaluate(model, part) for part in test]
     probe = probe_causality(model, config.vocab_size, max(config.seq_lens))
     return {"model": name, "lr": lr, "seed": seed, "task": config.task(), "training": dataclasses.asdict(settings),
@@ -341,11 +349,16 @@ def _run_or_keep(config, output, key, tag, resume, quiet, clock, left_runs) -> d
     left = f"; about {clock['spent'] / clock['trained'] * left_runs / 60:.0f} min left" if clock["trained"] else ""
     print(f"{tag} {name} lr {lr:g} seed {seed}: training{left}", flush=True)
     started = time.perf_counter()
-    run = run_one(config, name, lr, seed, log=None if quiet else (lambda line: print("    " + line, flush=True)))
+    checkpoint = checkpoint_path(output, name, lr, seed)
+    if not resume:
+        checkpoint.unlink(missing_ok=True)  # without --resume every run starts from its first step
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    run = run_one(config, name, lr, seed, log=None if quiet else (lambda line: print("    " + line, flush=True)),
+                  checkpoint=checkpoint)
     clock["spent"] += time.perf_counter() - started
     clock["trained"] += 1
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, run)
+    checkpoint.unlink(missing_ok=True)
     print(f"    valid {run['valid_accuracy']:.3f}, test {run['test_accuracy']:.3f} after {run['epochs_run']} "
           f"epoch(s), {run['training_time_s']:.0f} s; {'causal' if run['causal'] else 'NOT CAUSAL'}", flush=True)
     return run
@@ -487,7 +500,8 @@ def parse_config(argv=None) -> tuple:
         p.add_argument(f"--{name}", type=int, help="per cell" if name.endswith("examples") else None)
     p.add_argument("--threads", type=int, help="torch and Rust threads (default: torch's)")
     p.add_argument("--output-dir", default="benchmark_results/recall")
-    p.add_argument("--resume", action="store_true", help="keep every finished run in --output-dir")
+    p.add_argument("--resume", action="store_true",
+                   help="keep every finished run in --output-dir and resume an interrupted one from its last epoch")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     p.add_argument("--report", action="store_true",
                    help="train nothing: write recall.json/md/png from the finished runs in --output-dir (a partial "
@@ -542,7 +556,8 @@ def _main(config: RecallConfig, args, argv: list) -> int:
         else:
             runs = run_all(config, output, resume=args.resume, quiet=args.quiet)
     except KeyboardInterrupt:
-        print(f"interrupted; every finished run is in {output}/runs (rerun with --resume to go on)", file=sys.stderr)
+        print(f"interrupted; every finished run and the last finished epoch of the one in progress are in {output}/runs "
+              f"(rerun with --resume to go on)", file=sys.stderr)
         return 130
     doc = summarise(config, runs)
     doc["complete"] = not missing

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -89,37 +90,90 @@ def recall_optimizer(model, settings: RecallTraining) -> torch.optim.AdamW:
     return torch.optim.AdamW(parameter_groups(model, False, settings.weight_decay), lr=settings.lr)
 
 
+def _save_checkpoint(path: Path, state: dict) -> None:
+    """Written whole or not at all (a temporary file, then a rename): an interruption while saving
+    leaves the previous epoch's checkpoint."""
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    partial.replace(path)
+
+
+def _load_checkpoint(path: Optional[Path], identity: dict, log) -> Optional[dict]:
+    """The checkpoint at ``path`` if it is this run's (same ``identity``), else None."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception as error:  # a damaged file: start again rather than fail the run
+        if log:
+            log(f"checkpoint {path.name} is unreadable ({type(error).__name__}); training from the start")
+        return None
+    if state.get("identity") != identity:
+        if log:
+            log(f"checkpoint {path.name} is another run's; training from the start")
+        return None
+    return state
+
+
+def _train_epoch(model, optimizer, train: list, settings: RecallTraining, generator: torch.Generator,
+                 step: int, total: int) -> tuple:
+    """One epoch over every cell's batches: ``(loss sum, batches, the step count after it)``."""
+    model.train()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    loss_sum, batches = 0.0, 0
+    for cell_index, rows in _batches(train, settings.batch_size, generator):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, total, settings)
+        part = train[cell_index]
+        logits, targets = query_logits(model, part.inputs[rows], part.labels[rows])
+        loss = F.cross_entropy(logits.float(), targets)
+        aux = model.aux_losses().get("load_balance")
+        total_loss = loss if aux is None else loss + 0.01 * aux
+        optimizer.zero_grad(set_to_none=True)
+        total_loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, settings.clip_norm)
+        optimizer.step()
+        loss_sum += loss.item()
+        batches += 1
+        step += 1
+    return loss_sum, batches, step
+
+
 def train_recall(model, train: list, valid: list, settings: RecallTraining, *,
-                 log: Optional[Callable[[str], None]] = None) -> dict:
+                 log: Optional[Callable[[str], None]] = None, checkpoint: Optional[Path] = None,
+                 identity: Optional[dict] = None) -> dict:
     """Train ``model`` on the cells ``train`` (a list of ``MQARData``), validating on ``valid``
     after every epoch. Returns the history (loss and accuracy per epoch), the best validation
     accuracy (with the model's weights at that epoch restored), the epochs and steps run and the
-    training time."""
+    training time.
+
+    With ``checkpoint`` (a file path), the state after every epoch (weights, optimizer, the
+    shuffling generator, torch's RNG, the history and the best epoch's weights) is saved there,
+    and a run that finds a checkpoint of the same ``identity`` (what decides the run: the caller's
+    task, model, rate and seed) goes on from it: interrupted and resumed, it trains the same steps
+    on the same batches as a run never interrupted (tested). The caller removes the file once the
+    run's results are written."""
     generator = torch.Generator().manual_seed(settings.seed)
-    trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = recall_optimizer(model, settings)
     steps_per_epoch = sum(math.ceil(len(part) / settings.batch_size) for part in train)
     total = steps_per_epoch * settings.epochs
-    history, best, best_state, step = [], -1.0, None, 0
+    history, best, best_state, step, spent, first_epoch = [], -1.0, None, 0, 0.0, 0
+    identity = {"identity": identity, "training": asdict(settings), "recipe": RECIPE_VERSION}
+    resumed = _load_checkpoint(checkpoint, identity, log)
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        generator.set_state(resumed["generator"])
+        torch.set_rng_state(resumed["torch_rng"])
+        history, best, best_state = resumed["history"], resumed["best"], resumed["best_state"]
+        step, spent, first_epoch = resumed["step"], resumed["training_time_s"], len(resumed["history"])
+        if log:
+            log(f"resumed from {checkpoint.name} after epoch {first_epoch}")
     started = time.perf_counter()
-    for epoch in range(settings.epochs):
-        model.train()
-        loss_sum, batches = 0.0, 0
-        for cell_index, rows in _batches(train, settings.batch_size, generator):
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(step, total, settings)
-            part = train[cell_index]
-            logits, targets = query_logits(model, part.inputs[rows], part.labels[rows])
-            loss = F.cross_entropy(logits.float(), targets)
-            aux = model.aux_losses().get("load_balance")
-            total_loss = loss if aux is None else loss + 0.01 * aux
-            optimizer.zero_grad(set_to_none=True)
-            total_loss.backward()
-            torch.nn.utils.clip_grad_norm_(trained, settings.clip_norm)
-            optimizer.step()
-            loss_sum += loss.item()
-            batches += 1
-            step += 1
+    done = first_epoch > 0 and (not math.isfinite(history[-1]["valid_accuracy"])
+                                or history[-1]["valid_accuracy"] >= settings.target_accuracy)
+    for epoch in range(first_epoch, 0 if done else settings.epochs):
+        loss_sum, batches, step = _train_epoch(model, optimizer, train, settings, generator, step, total)
         if not math.isfinite(loss_sum):
             history.append({"epoch": epoch + 1, "train_loss": loss_sum / batches, "valid_accuracy": float("nan")})
             if log:
@@ -127,17 +181,23 @@ def train_recall(model, train: list, valid: list, settings: RecallTraining, *,
             break
         accuracy = overall_accuracy([evaluate(model, part) for part in valid])
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / batches, "valid_accuracy": accuracy})
-        if log:
-            log(f"epoch {epoch + 1}/{settings.epochs}: train loss {loss_sum / batches:.3f}, valid accuracy {accuracy:.3f}")
         if accuracy > best:
             best = accuracy
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, {
+                "identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
+                "best": best, "best_state": best_state, "step": step,
+                "training_time_s": spent + time.perf_counter() - started})
+        if log:
+            log(f"epoch {epoch + 1}/{settings.epochs}: train loss {loss_sum / batches:.3f}, valid accuracy {accuracy:.3f}")
         if accuracy >= settings.target_accuracy:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
     return {"history": history, "best_valid_accuracy": max(best, 0.0), "epochs_run": len(history), "steps": step,
-            "steps_per_epoch": steps_per_epoch, "training_time_s": time.perf_counter() - started}
+            "steps_per_epoch": steps_per_epoch, "training_time_s": spent + time.perf_counter() - started}
 
 
 @torch.no_grad()
