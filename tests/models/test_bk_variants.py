@@ -191,6 +191,12 @@ def test_the_tied_write_is_scaled_by_what_its_position_forgets():
         (grad,) = torch.autograd.grad(g.real.sum(), v)
         assert float(grad[:, 0].abs().min()) > 0  # the first position writes in both
         assert (float(grad[:, 1:].abs().max()) > 1e-3) == moved
+    # A saturated coupling (b = b_max) rounds 1 - b^2/b_max^2 below 0 in float32 for some b_max (0.1):
+    # the write is clamped at 0, so it never lowers the diagonal under its rest value.
+    small = BKMixer(4, 2, coupling="selective_real_tied", coupling_max=0.1)
+    rest = torch.full((1, 2, n - 1), 0.1)
+    written = small.diagonal(torch.randn(1, n, 2), rest) - small.diagonal(torch.zeros(1, n, 2), rest)
+    assert float(written.min()) >= 0.0
     assert ModelOptions(bk_coupling="selective_real_tied", bk_coupling_max=0.25).bk_coupling_max == 0.25
     with pytest.raises(ValueError, match="bk_coupling: selective_real_tied keeps .* Set bk_mode: causal"):
         ModelOptions(bk_coupling="selective_real_tied", bk_mode="bidirectional")

@@ -207,7 +207,7 @@ def run_one(config: RecallConfig, name: str, lr: float, seed: int, log=None, che
     model = build_recall_model(name, config)
     train, valid, test = _datasets(config, seed)
     settings = RecallTraining(lr=lr, epochs=config.epochs, batch_size=config.batch_size, seed=seed)
-    identity = {"task": config.task(), "model": name, "lr": lr, "seed": seed}
+    identity = {"task": config.task(), "model": name, "definition": MODELS[name], "lr": lr, "seed": seed}
     trained = train_recall(model, train, valid, settings, log=log, checkpoint=checkpoint, identity=identity)
     scores = [evaluate(model, part) for part in test]
     probe = probe_causality(model, config.vocab_size, max(config.seq_lens))
@@ -343,13 +343,14 @@ def _run_or_keep(config, output, key, tag, resume, quiet, clock, left_runs) -> d
     name, lr, seed = key
     path = run_path(output, name, lr, seed)
     kept = _finished(path, config) if resume else None
+    checkpoint = checkpoint_path(output, name, lr, seed)
     if kept is not None:
         print(f"{tag} {name} lr {lr:g} seed {seed}: finished earlier, kept", flush=True)
+        checkpoint.unlink(missing_ok=True)  # left by a stop between the results and the clean-up
         return kept
     left = f"; about {clock['spent'] / clock['trained'] * left_runs / 60:.0f} min left" if clock["trained"] else ""
     print(f"{tag} {name} lr {lr:g} seed {seed}: training{left}", flush=True)
     started = time.perf_counter()
-    checkpoint = checkpoint_path(output, name, lr, seed)
     if not resume:
         checkpoint.unlink(missing_ok=True)  # without --resume every run starts from its first step
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -359,6 +360,7 @@ def _run_or_keep(config, output, key, tag, resume, quiet, clock, left_runs) -> d
     clock["trained"] += 1
     write_json_atomic(path, run)
     checkpoint.unlink(missing_ok=True)
+    checkpoint.with_name(checkpoint.name + ".partial").unlink(missing_ok=True)
     print(f"    valid {run['valid_accuracy']:.3f}, test {run['test_accuracy']:.3f} after {run['epochs_run']} "
           f"epoch(s), {run['training_time_s']:.0f} s; {'causal' if run['causal'] else 'NOT CAUSAL'}", flush=True)
     return run

@@ -142,7 +142,8 @@ class BKMixer(nn.Module):
         (just above the real axis for the resolvent below the spectrum)."""
         if self.real:
             if self.shift is not None:
-                raise ValueError("spectral z: the resolvent below the spectrum (bk_coupling: selective_real) fixes z "
+                raise ValueError("spectral z: the resolvent below the spectrum (bk_coupling: selective_real or "
+                                 "selective_real_tied) fixes z "
                                  "next to the real axis; a learnt z could reach the spectrum. Leave use_spectral_z off")
             return 1j * REAL_AXIS_ETA * self.coupling.b_max  # scaled as H is
         return 1j if self.shift is None else self.shift()
@@ -166,7 +167,7 @@ class BKMixer(nn.Module):
         into = F.pad(upper.square(), (1, 0)) / b_max  # b_{k-1}^2 / b_max; position 0 has no link in
         write = v.transpose(1, 2).abs()
         if self.tied_write:  # what the position keeps at rest is (b_{k-1} / b_max)^2 = into / b_max, in [0, 1)
-            write = (1.0 - into / b_max) * write
+            write = (1.0 - into / b_max).clamp_min(0.0) * write  # b = b_max can round 1 - b^2/b_max^2 below 0
         return b_max + into + write
 
     def _clamp(self, raw: Tensor) -> Tensor:

@@ -110,8 +110,26 @@ def _load_checkpoint(path: Optional[Path], identity: dict, log) -> Optional[dict
         return None
     if state.get("identity") != identity:
         if log:
-            log(f"checkpoint {path.name} is another run's; training from the start")
+            log(f"checkpoint {path.name} is another run's (or of another --threads); training from the start")
         return None
+    return state
+
+
+def _resume(checkpoint: Optional[Path], identity: dict, model, optimizer, generator: torch.Generator, log) -> Optional[dict]:
+    """This run's checkpoint, loaded into the model, the optimizer, the generator and torch's RNG;
+    None (and nothing loaded) where there is none of this run's."""
+    state = _load_checkpoint(checkpoint, identity, log)
+    if state is None:
+        return None
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:  # the model's definition changed under the same name
+        if log:
+            log(f"checkpoint {checkpoint.name} holds another model's weights; training from the start")
+        return None
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
     return state
 
 
@@ -158,20 +176,17 @@ def train_recall(model, train: list, valid: list, settings: RecallTraining, *,
     steps_per_epoch = sum(math.ceil(len(part) / settings.batch_size) for part in train)
     total = steps_per_epoch * settings.epochs
     history, best, best_state, step, spent, first_epoch = [], -1.0, None, 0, 0.0, 0
-    identity = {"identity": identity, "training": asdict(settings), "recipe": RECIPE_VERSION}
-    resumed = _load_checkpoint(checkpoint, identity, log)
+    # The thread count is part of it: the same batches on other threads round differently.
+    identity = {"identity": identity, "training": asdict(settings), "recipe": RECIPE_VERSION,
+                "threads": torch.get_num_threads()}
+    resumed = _resume(checkpoint, identity, model, optimizer, generator, log)
     if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        generator.set_state(resumed["generator"])
-        torch.set_rng_state(resumed["torch_rng"])
         history, best, best_state = resumed["history"], resumed["best"], resumed["best_state"]
         step, spent, first_epoch = resumed["step"], resumed["training_time_s"], len(resumed["history"])
         if log:
             log(f"resumed from {checkpoint.name} after epoch {first_epoch}")
     started = time.perf_counter()
-    done = first_epoch > 0 and (not math.isfinite(history[-1]["valid_accuracy"])
-                                or history[-1]["valid_accuracy"] >= settings.target_accuracy)
+    done = first_epoch > 0 and history[-1]["valid_accuracy"] >= settings.target_accuracy  # stopped early there
     for epoch in range(first_epoch, 0 if done else settings.epochs):
         loss_sum, batches, step = _train_epoch(model, optimizer, train, settings, generator, step, total)
         if not math.isfinite(loss_sum):
