@@ -1,5 +1,6 @@
 """The ablation command end to end on tiny data: every row, the three files, verdicts in words."""
 
+import functools
 import json
 
 import pytest
@@ -8,6 +9,7 @@ from resnetbk import methods
 from resnetbk.bench.ablation import ablation_configs
 from resnetbk.bench.cli import main as cli_main
 from resnetbk.bench.config import PRESETS, BenchmarkConfig
+from resnetbk.bench.runner import WikiText2Benchmark
 from resnetbk.hardware import slow_bf16_reason
 from resnetbk.methods.base import AblationRow
 
@@ -43,8 +45,14 @@ def test_rows_picks_some_rows_and_names_an_unknown_one():
 @pytest.fixture(scope="module")
 def ablation_run(tmp_path_factory, tiny_data):
     out = tmp_path_factory.mktemp("ablation")
-    code = cli_main(["ablation", "--preset", "smoke", "--data-dir", str(tiny_data), "--output-dir", str(out),
-                     "--device", "cpu", "--threads", "1", "--quiet"])
+    # Every row in this process: a worker per row (the command's default on a CPU, for an honest
+    # peak memory) would cost 17 fresh imports of torch, most of this test's time, and nothing here
+    # reads the memory's value.
+    in_process = functools.partial(WikiText2Benchmark, separate_process=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("resnetbk.bench.ablation.WikiText2Benchmark", in_process)
+        code = cli_main(["ablation", "--preset", "smoke", "--data-dir", str(tiny_data), "--output-dir", str(out),
+                         "--device", "cpu", "--threads", "1", "--epochs", "1", "--quiet"])
     assert code == 0
     return out
 

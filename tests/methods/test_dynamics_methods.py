@@ -87,3 +87,13 @@ def test_a_physics_informed_run_adds_the_energy_term_at_its_fixed_weight(tmp_pat
 def test_bad_hyperparameters_are_named(field, value, flag):
     with pytest.raises(ValueError, match=field):
         small_config(**{flag: True, field: value})
+
+
+def test_a_koopman_run_too_short_for_a_window_says_so_in_its_verdict():
+    """Figures hold only the method's version when no window ever filled (one short epoch): the
+    ablation's verdict says no jump was attempted instead of failing on the missing counts."""
+    from resnetbk.methods.base import AblationRow
+    from resnetbk.methods.koopman import Koopman
+
+    own, verdict = Koopman.assess(AblationRow(figures={"version": 2}, test_perplexity_change_percent=1.0))
+    assert "no jump attempted" in own and verdict
