@@ -46,8 +46,8 @@ def test_rows_picks_some_rows_and_names_an_unknown_one():
 def ablation_run(tmp_path_factory, tiny_data):
     out = tmp_path_factory.mktemp("ablation")
     # Every row in this process: a worker per row (the command's default on a CPU, for an honest
-    # peak memory) would cost 17 fresh imports of torch, most of this test's time, and nothing here
-    # reads the memory's value.
+    # peak memory) would cost a fresh import of torch per row, most of this test's time, and nothing
+    # here reads the memory's value.
     in_process = functools.partial(WikiText2Benchmark, separate_process=False)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("resnetbk.bench.ablation.WikiText2Benchmark", in_process)

@@ -136,7 +136,7 @@ class Koopman(Method):
     def assess(cls, row):
         own, verdict = assess_steps(row, claimed=100.0)
         figures = row.figures
-        if "jumps_taken" not in figures:  # no window filled: an epoch shorter than koopman_snapshots steps
+        if "jumps_taken" not in figures:  # figures hold only the version: no window ever filled
             own += "; no jump attempted (no step at a multiple of koopman_interval had a full window of koopman_snapshots in its epoch)"
         else:
             own += (f"; {figures['jumps_taken']} jumps taken ({figures['steps_advanced_without_gradients']} steps "
